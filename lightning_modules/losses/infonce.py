@@ -1,0 +1,47 @@
+"""In-batch contrastive loss (InfoNCE) over a score matrix."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InfoNCELoss(nn.Module):
+    """Cross-entropy that picks each text's own partner among the whole batch.
+
+    Inputs:
+        scores: ``(Ba, Bb)`` similarities with ``Bb >= Ba``; ``scores[i, i]`` is the
+            positive of row ``i``; every other column is a negative (the other
+            positives in the batch, and any hard negatives appended after column
+            ``Ba``).
+
+    ``symmetric=True`` also picks each ``b`` text's partner among the ``a`` texts
+    (columns of the square part), which suits symmetric tasks.
+
+    Scores are divided by ``temperature`` (MaxSim means lie in [-1, 1], so a small
+    temperature such as 0.05 sharpens them like cosine-similarity losses do).
+
+    Example::
+
+        loss = InfoNCELoss(temperature=0.05)(torch.eye(4))  # near 0: positives win
+
+    Citation: van den Oord et al., "Representation Learning with Contrastive
+    Predictive Coding" (2018), arXiv:1807.03748
+    """
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = True) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.symmetric = symmetric
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        n = scores.shape[0]
+        if scores.dim() != 2 or scores.shape[1] < n:
+            raise ValueError(f"scores must be (Ba, Bb) with Bb >= Ba, got {tuple(scores.shape)}")
+        logits = scores.float() / self.temperature
+        targets = torch.arange(n, device=scores.device)
+        loss = F.cross_entropy(logits, targets)
+        if self.symmetric:
+            loss = 0.5 * (loss + F.cross_entropy(logits[:, :n].T, targets))
+        return loss

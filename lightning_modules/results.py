@@ -1,0 +1,75 @@
+"""The run's ``results.json`` and the summary table printed at the end of training."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
+
+PACKAGES = ("maxsim-lightning", "torch", "pytorch-lightning", "transformers", "torchmetrics", "hydra-core")
+METRICS = ("val/spearman", "val/pearson", "test/spearman", "test/pearson")
+
+
+def build_results(trainer: pl.Trainer, zero_shot: dict, final_test: dict, wall_time: float) -> dict:
+    """Gather the metrics and costs of a run into one plain dict.
+
+    ``val/*`` are those of the best validation (the checkpoint that was tested);
+    ``zero_shot`` holds the same metrics for the model before training.
+    """
+    stats = next((c for c in trainer.callbacks if isinstance(c, TrainingStats)), None)
+    history = stats.history if stats else []
+    best_val = max(history, key=lambda h: h.get("val/spearman", float("-inf")), default={})
+    results = {
+        "zero_shot": {k: round(float(v), 2) for k, v in zero_shot.items()},
+        **{k: round(float(best_val[k]), 2) for k in ("val/spearman", "val/pearson") if k in best_val},
+        **{k: round(float(v), 2) for k, v in final_test.items()},
+        "best_epoch": best_val.get("epoch"),
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "wall_time_s": round(wall_time, 1),
+        "train_time_s": round(stats.train_seconds, 1) if stats else None,
+        "train_pairs_per_second": round(stats.pairs_per_second, 2) if stats else None,
+        "peak_memory_mb": round(peak_memory_mb(trainer.strategy.root_device), 1),
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
+        "validation_history": history,
+        "versions": {"python": platform.python_version(), **_versions()},
+    }
+    return results
+
+
+def write_results(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def format_summary(results: dict) -> str:
+    """A short table: each metric before and after training."""
+    lines = ["", f"{'metric':<16}{'zero-shot':>12}{'trained':>12}", "-" * 40]
+    for metric in METRICS:
+        before = results["zero_shot"].get(metric)
+        after = results.get(metric)
+        lines.append(f"{metric:<16}{_fmt(before):>12}{_fmt(after):>12}")
+    lines.append("-" * 40)
+    lines.append(
+        f"epochs {results['epochs']}, wall time {results['wall_time_s']} s, "
+        f"{results['train_pairs_per_second']} training pairs/s, peak memory {results['peak_memory_mb']} MB"
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

@@ -1,0 +1,5 @@
+"""Entry points: ``python -m train`` (training) and its sub-commands."""
+
+from train.resolvers import register_resolvers
+
+register_resolvers()

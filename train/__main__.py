@@ -1,0 +1,17 @@
+"""``python -m train +experiment=sts``: compose the config, train, test, write results.json."""
+
+import hydra
+from omegaconf import DictConfig
+
+from train.pipeline import run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    results = run(cfg)
+    # Returned so that Hydra sweepers (-m model.lr=1e-5,3e-5) can optimise it.
+    return results.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

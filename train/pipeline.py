@@ -1,0 +1,57 @@
+"""``run(cfg)``: build the objects a config describes, train, test, and record the results."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.results import build_results, format_summary, write_results
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train and evaluate as ``cfg`` says; return the results written to ``results.json``."""
+    start = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.model)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    try:
+        zero_shot = {}
+        if cfg.get("zero_shot"):
+            log.info("Zero-shot evaluation of the untrained model")
+            zero_shot.update(trainer.validate(module, datamodule=datamodule)[0])
+            if cfg.get("test"):
+                zero_shot.update(trainer.test(module, datamodule=datamodule)[0])
+        trainer.fit(module, datamodule=datamodule)
+        final = {}
+        if cfg.get("test"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not best:
+                log.warning("No best checkpoint was saved (fast_dev_run or no validation); testing the last weights")
+            final = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
+        results = build_results(trainer, zero_shot, final, wall_time=time.perf_counter() - start)
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            import wandb  # lazily: W&B is opt-in
+
+            wandb.finish()  # always close the run, or sweep jobs share one
+
+    if trainer.is_global_zero:
+        write_results(results, output_dir / "results.json")
+        print(format_summary(results))
+        log.info("Results written to %s", output_dir / "results.json")
+    return results
