@@ -27,8 +27,8 @@ Masks are boolean, ``True`` for tokens that take part in matching. A masked toke
 can never win a max (it is filled with ``-inf``, not ``0``: with ``0`` a padding
 token would win whenever every real cosine is negative) and never counts in a mean.
 Every text needs at least one unmasked token, else a ``ValueError`` says which.
-Maxima are taken in the input dtype (exact) and summed in float32, so bf16
-autocast does not lose precision in the aggregation.
+Maxima are taken in the input dtype (exact) and summed in float32 (float64 for
+float64 inputs), so bf16 autocast does not lose precision in the aggregation.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def maxsim_pairwise(
         direction, reduction, temperature: see the module docstring.
 
     Returns:
-        ``(B,)`` float32 scores, ``score[i] = MaxSim(a[i], b[i])``.
+        ``(B,)`` scores (float32; float64 for float64 inputs), ``score[i] = MaxSim(a[i], b[i])``.
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=True)
     sims = torch.einsum("bld,bmd->blm", a, b)  # (B, La, Lb)
@@ -84,7 +84,7 @@ def maxsim_matrix(
         direction, reduction, temperature: see the module docstring.
 
     Returns:
-        ``(Ba, Bb)`` float32 scores, ``score[i, j] = MaxSim(a[i], b[j])``.
+        ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
 
     This reference implementation materialises the ``(Ba, Bb, La, Lb)`` similarity
     tensor; memory grows with the square of the batch.
@@ -118,14 +118,16 @@ def _one_direction(sims, query_mask, doc_mask, reduction, temperature):
         doc_mask: ``(..., Ld)`` bool, broadcastable to ``sims[..., 0, :]``.
 
     Returns:
-        ``(...)`` float32.
+        ``(...)`` in float32, or float64 for float64 inputs.
     """
     # -inf, not 0: a masked document token must lose even against negative cosines.
     masked = sims.masked_fill(~doc_mask.unsqueeze(-2), float("-inf"))
+    # Accumulate in at least float32 (bf16/fp16 lifted, float64 kept).
+    accumulate = torch.promote_types(sims.dtype, torch.float32)
     if temperature is None:
-        best = masked.amax(dim=-1).float()  # (..., Lq)
+        best = masked.amax(dim=-1).to(accumulate)  # (..., Lq)
     else:
-        best = temperature * torch.logsumexp(masked.float() / temperature, dim=-1)
+        best = temperature * torch.logsumexp(masked.to(accumulate) / temperature, dim=-1)
     # Masked query tokens contribute nothing to the sum (and no gradient).
     best = best.masked_fill(~query_mask, 0.0)
     total = best.sum(dim=-1)

@@ -30,15 +30,15 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.05, symmetric: bool = True) -> None:
         super().__init__()
-        if temperature <= 0:
+        if not temperature > 0:  # also refuses NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.symmetric = symmetric
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        n = scores.shape[0]
-        if scores.dim() != 2 or scores.shape[1] < n:
+        if scores.dim() != 2 or scores.shape[1] < scores.shape[0]:
             raise ValueError(f"scores must be (Ba, Bb) with Bb >= Ba, got {tuple(scores.shape)}")
+        n = scores.shape[0]
         logits = scores.float() / self.temperature
         targets = torch.arange(n, device=scores.device)
         loss = F.cross_entropy(logits, targets)
