@@ -412,10 +412,8 @@ def main(argv=None) -> None:
         "model_dir": model_dir(),
     }
     ours_overrides = [
-        # No logger ("logger=null" is refused by Hydra 1.3 for a config group), and so no
-        # LearningRateMonitor either: Lightning refuses it on a Trainer without a logger.
+        # No logger ("logger=null" is refused by Hydra 1.3 for a config group).
         "~logger",
-        "~callbacks.learning_rate_monitor",
         f"trainer.max_epochs={epochs}",
         f"data.batch_size={batch}",
         f"seed={args.seed}",

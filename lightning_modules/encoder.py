@@ -130,19 +130,16 @@ def _load_failure_message(model_name_or_path: str, what: str, error: Exception) 
 
 
 def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remote_code) -> nn.Module:
+    options = {"trust_remote_code": trust_remote_code, **config_overrides}
     try:
         if random_init:
-            config = AutoConfig.from_pretrained(
-                model_name_or_path, trust_remote_code=trust_remote_code, **config_overrides
-            )
+            config = AutoConfig.from_pretrained(model_name_or_path, **options)
             return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-        return AutoModel.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code, add_pooling_layer=False, **config_overrides
-        )
-    except TypeError:
-        # Not every architecture takes add_pooling_layer; BERT-likes do, and skipping
-        # the pooler saves parameters that MaxSim never uses.
-        return AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, **config_overrides)
+        try:
+            # MaxSim never uses BERT's pooler: skip its parameters where the architecture allows.
+            return AutoModel.from_pretrained(model_name_or_path, add_pooling_layer=False, **options)
+        except TypeError:
+            return AutoModel.from_pretrained(model_name_or_path, **options)
     except (OSError, ValueError) as error:
         raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
 

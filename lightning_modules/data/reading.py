@@ -7,6 +7,7 @@ that names the file, the line, the column and what was expected.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,30 +48,37 @@ def read_scored_pairs_csv(path: str | Path, score_min: float = 0.0, score_max: f
     if not score_max > score_min:
         raise DataError(f"score range must have score_max > score_min, got [{score_min}, {score_max}]")
     pairs = ScoredPairs([], [], [])
+    text = _read_utf8(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(
-                    f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}, found {reader.fieldnames or []}"
-                )
-            for row in reader:
-                where = f"{path}, line {reader.line_num}"
-                for column in COLUMNS[:2]:
-                    if not (row[column] or "").strip():
-                        raise DataError(f"{where}, column '{column}': empty text")
-                score = _parse_score(row["score"], where, score_min, score_max)
-                pairs.text_a.append(row["sentence1"])
-                pairs.text_b.append(row["sentence2"])
-                pairs.scores.append((score - score_min) / (score_max - score_min))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from error
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}, found {reader.fieldnames or []}"
+            )
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            for column in COLUMNS[:2]:
+                if not (row[column] or "").strip():
+                    raise DataError(f"{where}, column '{column}': empty text")
+            score = _parse_score(row["score"], where, score_min, score_max)
+            pairs.text_a.append(row["sentence1"])
+            pairs.text_b.append(row["sentence2"])
+            pairs.scores.append((score - score_min) / (score_max - score_min))
     except csv.Error as error:
         raise DataError(f"{path}: not readable as CSV: {error}") from error
     if not len(pairs):
         raise DataError(f"{path}: no rows (an empty split cannot be trained or evaluated on)")
     return pairs
+
+
+def _read_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a BOM is not part of the first column name
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 ({error.reason} at byte {error.start})") from error
 
 
 def _parse_score(raw: str | None, where: str, score_min: float, score_max: float) -> float:

@@ -1,0 +1,536 @@
+"""Tests for masked MaxSim (lightning_modules/maxsim.py).
+
+Every numeric check is against ``reference_maxsim``: plain Python loops over texts
+and tokens in float64 (``math`` only, no torch arithmetic), so a bug in the
+vectorised code cannot also be in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
+
+DIRECTIONS = ("a2b", "b2a", "both")
+REDUCTIONS = ("mean", "sum")
+TEMPERATURES = (None, 0.1, 1.0)
+FAST = settings(max_examples=40, deadline=None)
+
+# ----------------------------------------------------------------------------
+# Independent reference: Python loops in float64
+# ----------------------------------------------------------------------------
+
+
+def _dot(u, v):
+    return math.fsum(x * y for x, y in zip(u, v))
+
+
+def _smooth_max(values, temperature):
+    """t * log(sum(exp(s / t))), written in the overflow-safe but equal form."""
+    m = max(values)
+    return m + temperature * math.log(math.fsum(math.exp((s - m) / temperature) for s in values))
+
+
+def _one_direction_ref(q, q_mask, d, d_mask, reduction, temperature):
+    """q, d: lists of token vectors (lists of floats); masks: lists of bools."""
+    bests = []
+    for i, qi in enumerate(q):
+        if not q_mask[i]:
+            continue  # masked query token: does not count
+        sims = [_dot(qi, dj) for j, dj in enumerate(d) if d_mask[j]]  # unmasked doc tokens only
+        assert sims, "reference needs at least one unmasked doc token"
+        bests.append(max(sims) if temperature is None else _smooth_max(sims, temperature))
+    assert bests, "reference needs at least one unmasked query token"
+    total = math.fsum(bests)
+    return total / len(bests) if reduction == "mean" else total
+
+
+def reference_maxsim(a, a_mask, b, b_mask, direction, reduction, temperature):
+    """MaxSim of one pair of texts. a: (La, D) list of lists, a_mask: list of bools."""
+    a2b = lambda: _one_direction_ref(a, a_mask, b, b_mask, reduction, temperature)  # noqa: E731
+    b2a = lambda: _one_direction_ref(b, b_mask, a, a_mask, reduction, temperature)  # noqa: E731
+    if direction == "a2b":
+        return a2b()
+    if direction == "b2a":
+        return b2a()
+    assert direction == "both"
+    return 0.5 * (a2b() + b2a())
+
+
+def _as_lists(x, m):
+    """Tensor (B, L, D) + mask (B, L) -> python float64 lists (exact values of x)."""
+    return x.detach().double().tolist(), m.tolist()
+
+
+def reference_pairwise(a, a_mask, b, b_mask, direction, reduction, temperature):
+    A, AM = _as_lists(a, a_mask)
+    B, BM = _as_lists(b, b_mask)
+    return torch.tensor(
+        [reference_maxsim(A[i], AM[i], B[i], BM[i], direction, reduction, temperature) for i in range(len(A))],
+        dtype=torch.float64,
+    )
+
+
+def reference_matrix(a, a_mask, b, b_mask, direction, reduction, temperature):
+    A, AM = _as_lists(a, a_mask)
+    B, BM = _as_lists(b, b_mask)
+    return torch.tensor(
+        [
+            [reference_maxsim(A[i], AM[i], B[j], BM[j], direction, reduction, temperature) for j in range(len(B))]
+            for i in range(len(A))
+        ],
+        dtype=torch.float64,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Reference self-checks (so the reference itself is known to be right)
+# ----------------------------------------------------------------------------
+
+
+def test_reference_on_hand_computed_example():
+    # a has tokens e1, e2 (+ one masked garbage token); b has tokens e1, -e2.
+    a = [[1.0, 0.0], [0.0, 1.0], [50.0, 50.0]]
+    am = [True, True, False]
+    b = [[1.0, 0.0], [0.0, -1.0]]
+    bm = [True, True]
+    # a2b: e1 -> max(1, 0) = 1 ; e2 -> max(0, -1) = 0 ; mean 0.5, sum 1
+    assert reference_maxsim(a, am, b, bm, "a2b", "mean", None) == 0.5
+    assert reference_maxsim(a, am, b, bm, "a2b", "sum", None) == 1.0
+    # b2a: e1 -> max(1, 0) = 1 ; -e2 -> max(0, -1) = 0 ; mean 0.5
+    assert reference_maxsim(a, am, b, bm, "b2a", "mean", None) == 0.5
+    # smooth: e1 row: t*log(e^{1/t} + e^{0}) ; e2 row: t*log(e^0 + e^{-1/t})
+    t = 0.5
+    expect = 0.5 * (t * math.log(math.exp(2) + 1) + t * math.log(1 + math.exp(-2)))
+    assert reference_maxsim(a, am, b, bm, "a2b", "mean", t) == pytest.approx(expect, abs=1e-15)
+
+
+# ----------------------------------------------------------------------------
+# Random ragged batches
+# ----------------------------------------------------------------------------
+
+
+@st.composite
+def masks(draw, n_texts, length):
+    """n_texts rows of `length` bools, at least one True per row, anywhere (not a prefix)."""
+    rows = []
+    for _ in range(n_texts):
+        row = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+        if not any(row):
+            row[draw(st.integers(0, length - 1))] = True
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def random_vectors(shape, mask, seed, dtype, garbage=100.0):
+    """Unit vectors at unmasked positions, large garbage at masked ones."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    junk = garbage * torch.randn(*shape, generator=g, dtype=torch.float64)
+    x = torch.where(mask[..., None], x, junk)
+    return x.to(dtype)
+
+
+@st.composite
+def ragged_batch(draw, paired):
+    ba = draw(st.integers(1, 4))
+    bb = ba if paired else draw(st.integers(1, 4))
+    la = draw(st.integers(1, 7))
+    lb = draw(st.integers(1, 7))
+    d = draw(st.integers(1, 8))
+    a_mask = draw(masks(ba, la))
+    b_mask = draw(masks(bb, lb))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return (ba, la, lb, d, a_mask, b_mask, seed)
+
+
+def _build(batch, dtype):
+    ba, la, lb, d, a_mask, b_mask, seed = batch
+    a = random_vectors((ba, la, d), a_mask, seed, dtype)
+    b = random_vectors((b_mask.shape[0], lb, d), b_mask, seed + 1, dtype)
+    return a, a_mask, b, b_mask
+
+
+# float64 inputs must be exact up to rounding (1e-10); float32 to ~1e-5
+# (sum reduction: at most 7 terms of magnitude <= 1, float32 eps ~ 1.2e-7).
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@FAST
+@given(batch=ragged_batch(paired=True), temperature=st.sampled_from(TEMPERATURES))
+def test_pairwise_matches_reference(direction, reduction, dtype, batch, temperature):
+    a, am, b, bm = _build(batch, dtype)
+    got = maxsim_pairwise(a, am, b, bm, direction=direction, reduction=reduction, temperature=temperature)
+    want = reference_pairwise(a, am, b, bm, direction, reduction, temperature)
+    assert got.shape == (a.shape[0],)
+    torch.testing.assert_close(got.double(), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@FAST
+@given(batch=ragged_batch(paired=False), temperature=st.sampled_from(TEMPERATURES))
+def test_matrix_matches_reference(direction, reduction, dtype, batch, temperature):
+    a, am, b, bm = _build(batch, dtype)
+    got = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, temperature=temperature)
+    want = reference_matrix(a, am, b, bm, direction, reduction, temperature)
+    assert got.shape == (a.shape[0], b.shape[0])
+    torch.testing.assert_close(got.double(), want, **TOL[dtype])
+
+
+@FAST
+@given(
+    batch=ragged_batch(paired=True),
+    direction=st.sampled_from(DIRECTIONS),
+    reduction=st.sampled_from(REDUCTIONS),
+    temperature=st.sampled_from(TEMPERATURES),
+)
+def test_pairwise_is_diagonal_of_matrix(batch, direction, reduction, temperature):
+    a, am, b, bm = _build(batch, torch.float32)
+    opts = dict(direction=direction, reduction=reduction, temperature=temperature)
+    pair = maxsim_pairwise(a, am, b, bm, **opts)
+    mat = maxsim_matrix(a, am, b, bm, **opts)
+    torch.testing.assert_close(pair, torch.diagonal(mat), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_float64_inputs_keep_float64_precision(fn, temperature):
+    # A float64 caller (gradcheck, numerics checks) must not be silently rounded
+    # to float32: the output dtype should be at least as precise as the input.
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    a = random_vectors((2, 3, 4), mask, 0, torch.float64)
+    b = random_vectors((2, 3, 4), mask, 1, torch.float64)
+    assert fn(a, mask, b, mask, temperature=temperature).dtype == torch.float64
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+def test_float32_inputs_give_float32(fn):
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    a = random_vectors((2, 3, 4), mask, 0, torch.float32)
+    assert fn(a, mask, a, mask).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------
+# Hand-made cases
+# ----------------------------------------------------------------------------
+
+
+def test_hand_computed_pair():
+    e1, e2, e3 = torch.eye(3, dtype=torch.float32)
+    # a = [e1, e2, <pad>], b = [e1, (e2+e3)/sqrt2]
+    pad = torch.full((3,), 7.0)
+    a = torch.stack([e1, e2, pad])[None]
+    am = torch.tensor([[True, True, False]])
+    b = torch.stack([e1, (e2 + e3) / math.sqrt(2)])[None]
+    bm = torch.tensor([[True, True]])
+    c = 1 / math.sqrt(2)
+    # a2b: e1 -> 1, e2 -> c ; b2a: e1 -> 1, (e2+e3)/sqrt2 -> c
+    for direction in DIRECTIONS:
+        got = maxsim_pairwise(a, am, b, bm, direction=direction, reduction="mean")
+        torch.testing.assert_close(got, torch.tensor([(1 + c) / 2]))
+        got = maxsim_pairwise(a, am, b, bm, direction=direction, reduction="sum")
+        torch.testing.assert_close(got, torch.tensor([1 + c]))
+
+
+@pytest.mark.parametrize("pad_value", ["zero", "garbage"])
+@pytest.mark.parametrize("fn", ["pairwise", "matrix"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_all_negative_cosines_padding_never_wins(pad_value, fn, reduction, direction, temperature):
+    # a's real tokens lie in the positive orthant, b's in the negative one, so every
+    # real cosine is strictly negative. A zero padding vector has cosine 0 and a
+    # positive garbage one a large positive cosine: either would win an unmasked max.
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(3, 4, 5, generator=g) + 0.1
+    b = -(torch.rand(3, 6, 5, generator=g) + 0.1)
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b / b.norm(dim=-1, keepdim=True)
+    am = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    bm = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    pad = torch.zeros(5) if pad_value == "zero" else torch.full((5,), 40.0)
+    a = torch.where(am[..., None], a, pad)
+    b = torch.where(bm[..., None], b, pad if pad_value == "zero" else -pad)  # -pad . (-b) > 0 in b2a too
+    opts = dict(direction=direction, reduction=reduction, temperature=temperature)
+    if fn == "pairwise":
+        got = maxsim_pairwise(a, am, b, bm, **opts)
+        want = reference_pairwise(a, am, b, bm, direction, reduction, temperature)
+    else:
+        got = maxsim_matrix(a, am, b, bm, **opts)
+        want = reference_matrix(a, am, b, bm, direction, reduction, temperature)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    if temperature is None:
+        # The smooth max may exceed every cosine by up to t*log(Lb); the hard max may not.
+        assert (got < 0).all(), got
+
+
+def test_all_negative_cosines_b_equals_minus_a():
+    # b = -a with a in the positive orthant: every a-token . b-token cosine < 0.
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(2, 4, 3, generator=g) + 0.1
+    a = a / a.norm(dim=-1, keepdim=True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    a = torch.where(mask[..., None], a, torch.zeros(3))
+    b = -a
+    for direction in DIRECTIONS:
+        got = maxsim_pairwise(a, mask, b, mask, direction=direction)
+        want = reference_pairwise(a, mask, b, mask, direction, "mean", None)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        assert (got < 0).all()
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_garbage_in_masked_tokens_changes_nothing(fn, direction, reduction, temperature):
+    g = torch.Generator().manual_seed(11)
+    am = torch.tensor([[1, 0, 1, 0, 1], [0, 0, 1, 1, 0]], dtype=torch.bool)
+    bm = torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    a_real = random_vectors((2, 5, 4), torch.ones(2, 5, dtype=torch.bool), 1, torch.float32)
+    b_real = random_vectors((2, 3, 4), torch.ones(2, 3, dtype=torch.bool), 2, torch.float32)
+    opts = dict(direction=direction, reduction=reduction, temperature=temperature)
+
+    def run(a_pad, b_pad):
+        a = torch.where(am[..., None], a_real, a_pad).requires_grad_(True)
+        b = torch.where(bm[..., None], b_real, b_pad).requires_grad_(True)
+        out = fn(a, am, b, bm, **opts)
+        out.sum().backward()
+        return out.detach(), a.grad, b.grad
+
+    base, ga0, gb0 = run(torch.zeros(2, 5, 4), torch.zeros(2, 3, 4))
+    for scale in (1e3, -1e3):
+        out, ga, gb = run(scale * torch.randn(2, 5, 4, generator=g), scale * torch.rand(2, 3, 4, generator=g))
+        assert torch.equal(out, base), (out, base)
+        # The real tokens' gradients do not depend on padding, and padding gets none.
+        torch.testing.assert_close(ga, ga0, rtol=0, atol=0)
+        torch.testing.assert_close(gb, gb0, rtol=0, atol=0)
+        assert torch.equal(ga[~am], torch.zeros_like(ga[~am]))
+        assert torch.equal(gb[~bm], torch.zeros_like(gb[~bm]))
+    # ... and it still equals the reference (which never looks at masked tokens).
+    want_fn = reference_pairwise if fn is maxsim_pairwise else reference_matrix
+    torch.testing.assert_close(
+        base.double(), want_fn(a_real, am, b_real, bm, direction, reduction, temperature), rtol=1e-5, atol=1e-5
+    )
+
+
+# ----------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------
+
+
+def _untied_inputs(seed, ba, bb, la, lb, d):
+    """float64 inputs whose per-row maxima are separated by >= 1e-2 (no ties), so
+    the hard max is differentiable there and finite differences (eps 1e-6) agree."""
+    for s in range(seed, seed + 1000):
+        g = torch.Generator().manual_seed(s)
+        a = torch.randn(ba, la, d, generator=g, dtype=torch.float64)
+        b = torch.randn(bb, lb, d, generator=g, dtype=torch.float64)
+        am = torch.rand(ba, la, generator=g) < 0.7
+        bm = torch.rand(bb, lb, generator=g) < 0.7
+        am[:, 0] = True
+        bm[:, -1] = True
+        sims = torch.einsum("ild,jmd->ijlm", a, b)
+        ok = True
+        for i in range(ba):
+            for j in range(bb):
+                s_ij = sims[i, j]
+                for rows, mrow, mcol in ((s_ij, am[i], bm[j]), (s_ij.T, bm[j], am[i])):
+                    vals = rows[mrow][:, mcol]
+                    if vals.shape[1] >= 2:
+                        top = vals.topk(2, dim=1).values
+                        ok &= bool(((top[:, 0] - top[:, 1]) > 1e-2).all())
+        if ok:
+            return a, am, b, bm
+    raise AssertionError("no untied inputs found")
+
+
+@pytest.mark.parametrize("temperature", [None, 0.5], ids=["hard", "smooth"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("kind", ["pairwise", "matrix"])
+def test_gradcheck(kind, direction, reduction, temperature):
+    if kind == "pairwise":
+        a, am, b, bm = _untied_inputs(0, 2, 2, 3, 4, 3)
+        fn = maxsim_pairwise
+    else:
+        a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)
+        fn = maxsim_matrix
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+
+    def f(x, y):
+        return fn(x, am, y, bm, direction=direction, reduction=reduction, temperature=temperature)
+
+    assert torch.autograd.gradcheck(f, (a, b), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_hard_max_gradient_goes_to_the_argmax_only():
+    # a2b, sum: d score / d b[m] = sum of a[l] over query tokens l whose best match is m.
+    a = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [9.0, 9.0]]], requires_grad=True)
+    am = torch.tensor([[True, True, False]])
+    b = torch.tensor([[[0.8, 0.6], [0.0, 1.0], [5.0, 5.0]]], requires_grad=True)
+    bm = torch.tensor([[True, True, False]])
+    # a0 . b0 = 0.8, a0 . b1 = 0 -> b0 ; a1 . b0 = 0.96, a1 . b1 = 0.8 -> b0
+    maxsim_pairwise(a, am, b, bm, direction="a2b", reduction="sum").sum().backward()
+    torch.testing.assert_close(b.grad[0], torch.tensor([[1.6, 0.8], [0.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(a.grad[0], torch.tensor([[0.8, 0.6], [0.8, 0.6], [0.0, 0.0]]))
+
+
+# ----------------------------------------------------------------------------
+# Smooth max -> hard max
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_smooth_max_tends_to_hard_max(direction):
+    mask_a = torch.tensor([[1, 1, 1, 0, 1], [1, 0, 1, 1, 1]], dtype=torch.bool)
+    mask_b = torch.tensor([[1, 1, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    a = random_vectors((2, 5, 8), mask_a, 21, torch.float32)
+    b = random_vectors((2, 6, 8), mask_b, 22, torch.float32)
+    hard = maxsim_pairwise(a, mask_a, b, mask_b, direction=direction, reduction="mean")
+    torch.testing.assert_close(
+        hard.double(), reference_pairwise(a, mask_a, b, mask_b, direction, "mean", None), rtol=1e-5, atol=1e-5
+    )
+    temps = [1.0, 0.3, 0.1, 0.03, 0.01, 1e-3]
+    errs = []
+    for t in temps:
+        smooth = maxsim_pairwise(a, mask_a, b, mask_b, direction=direction, reduction="mean", temperature=t)
+        err = smooth - hard
+        # hard max <= t*logsumexp(s/t) <= hard max + t*log(n unmasked doc tokens <= 5)
+        assert (err >= -1e-6).all(), (t, err)
+        assert (err <= t * math.log(5) + 1e-6).all(), (t, err)
+        errs.append(err.abs().max().item())
+    assert errs[-1] < 1e-2
+    # Error is strictly increasing in t (d/dt of t*log(1 + sum exp(-g/t)) > 0), so it
+    # must fall as t falls; once it reaches float32 resolution it may stay flat.
+    for big, small in zip(errs, errs[1:]):
+        assert small < big or small < 1e-6, errs
+    assert errs[0] > errs[1] > errs[2]
+
+
+# ----------------------------------------------------------------------------
+# bf16 autocast
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("temperature", [None, 0.1])
+@pytest.mark.parametrize("cast_inputs", [False, True], ids=["f32-in", "bf16-in"])
+def test_bf16_autocast(fn, reduction, temperature, cast_inputs):
+    L, D = 6, 16
+    am = torch.tensor([[1, 1, 1, 1, 0, 1], [1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    bm = torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    a = random_vectors((3, L, D), am, 31, torch.float32, garbage=0.0)
+    b = random_vectors((3, L, D), bm, 32, torch.float32, garbage=0.0)
+    opts = dict(direction="both", reduction=reduction, temperature=temperature)
+    full = fn(a, am, b, bm, **opts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # Sanity: autocast really does lower einsum to bf16 here, so this test
+        # exercises the bf16 path.
+        assert torch.einsum("ld,md->lm", a[0], b[0]).dtype == torch.bfloat16
+        x, y = (a.bfloat16(), b.bfloat16()) if cast_inputs else (a, b)
+        low = fn(x, am, y, bm, **opts)
+    assert low.dtype == torch.float32
+    # Tolerance: bf16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3). A
+    # cosine of two unit vectors computed from bf16-rounded inputs and rounded to
+    # bf16 again is off by at most ~3 * 2^-9 ~ 6e-3 (plus accumulation error), so
+    # 1e-2 per cosine. Max, smooth max and mean do not amplify an absolute error;
+    # a sum of up to L=6 maxima can add it up L times.
+    per_cosine = 1e-2
+    atol = per_cosine * (L if reduction == "sum" else 1)
+    torch.testing.assert_close(low, full, rtol=0, atol=atol)
+
+
+# ----------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------
+
+
+def _ok_inputs(ba=2, bb=2, la=3, lb=4, d=5):
+    a = torch.randn(ba, la, d)
+    b = torch.randn(bb, lb, d)
+    return a, torch.ones(ba, la, dtype=torch.bool), b, torch.ones(bb, lb, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_fully_masked_text_raises_naming_it(fn, side):
+    a, am, b, bm = _ok_inputs(ba=3, bb=3)
+    if side == "a":
+        am[1] = False
+    else:
+        bm[2] = False
+    which = "[1] of a" if side == "a" else "[2] of b"
+    with pytest.raises(ValueError, match=r"no token") as info:
+        fn(a, am, b, bm)
+    assert which in str(info.value)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(direction="ab"), "direction"),
+        (dict(direction="A2B"), "direction"),
+        (dict(reduction="max"), "reduction"),
+        (dict(reduction=None), "reduction"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+    ],
+)
+def test_bad_options_raise(fn, kwargs, match):
+    a, am, b, bm = _ok_inputs()
+    with pytest.raises(ValueError, match=match):
+        fn(a, am, b, bm, **kwargs)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+def test_mismatched_vector_size_raises(fn):
+    a, am, _, _ = _ok_inputs()
+    b = torch.randn(2, 4, 6)
+    with pytest.raises(ValueError, match="D"):
+        fn(a, am, b, torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_pairwise_with_different_batch_sizes_raises():
+    a, am, b, bm = _ok_inputs(ba=2, bb=3)
+    with pytest.raises(ValueError, match="as many texts"):
+        maxsim_pairwise(a, am, b, bm)
+    # ... while the matrix accepts them.
+    assert maxsim_matrix(a, am, b, bm).shape == (2, 3)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+@pytest.mark.parametrize("mask_dtype", [torch.int64, torch.float32, torch.uint8])
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_non_bool_mask_raises(fn, mask_dtype, side):
+    a, am, b, bm = _ok_inputs()
+    if side == "a":
+        am = am.to(mask_dtype)
+    else:
+        bm = bm.to(mask_dtype)
+    with pytest.raises(ValueError, match=f"{side}_mask must be a bool"):
+        fn(a, am, b, bm)
+
+
+@pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
+def test_bad_shapes_raise(fn):
+    a, am, b, bm = _ok_inputs()
+    with pytest.raises(ValueError, match="a must be"):
+        fn(a[0], am[0], b, bm)  # 2-D vectors
+    with pytest.raises(ValueError, match="b_mask must be"):
+        fn(a, am, b, bm[:, :-1])  # mask length != L

@@ -1,0 +1,96 @@
+"""A short fine-tuning of the real all-MiniLM-L6-v2 on a seeded STS-B subset, on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch.utils.data import DataLoader
+
+from lightning_modules.data import PairCollator, STSBDataModule
+from lightning_modules.module import MaxSimModule
+
+
+class _ModeRecorder(pl.Callback):
+    """Whether the encoder was in training mode (dropout on) at each training step; validation gold scores."""
+
+    def __init__(self) -> None:
+        self.backbone_training: list[bool] = []
+        self.gold: list[torch.Tensor] | None = None  # set to a list to collect validation gold scores
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.gold is not None:
+            self.gold.append(batch["scores"].clone())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        backbone = pl_module.model.encoder.backbone
+        self.backbone_training.append(all(m.training for m in backbone.modules()))
+
+
+def _predict(module: MaxSimModule, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores from the module's forward, gold scores: computed outside Lightning and torchmetrics."""
+    was_training = module.training
+    module.eval()
+    predicted, gold = [], []
+    with torch.no_grad():
+        for batch in loader:
+            predicted.append(module(batch["input_ids"], batch["attention_mask"]))
+            gold.append(batch["scores"])
+    module.train(was_training)
+    return torch.cat(predicted), torch.cat(gold)
+
+
+def _spearman(predicted, gold) -> float:
+    return 100 * spearmanr(predicted.numpy(), gold.numpy()).statistic
+
+
+def test_minilm_fine_tuning_on_a_stsb_subset(stsb_dir, minilm_path):
+    pl.seed_everything(0)
+    datamodule = STSBDataModule(
+        str(stsb_dir), minilm_path, hub_id=None, batch_size=16, eval_batch_size=100,
+        limit_train_pairs=300, limit_eval_pairs=300,
+    )
+    module = MaxSimModule(minilm_path, projection_dim=None, lr=5e-5)
+    recorder = _ModeRecorder()
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder],
+    )
+    zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    assert len(datamodule.datasets["train"]) == len(datamodule.datasets["validation"]) == 300
+
+    # The same 300 training pairs, scored before and after: does the model learn what it is shown?
+    train_loader = DataLoader(
+        datamodule.datasets["train"], batch_size=100, collate_fn=PairCollator(datamodule.tokenizer.pad_token_id)
+    )
+    train_before = _spearman(*_predict(module, train_loader))
+
+    trainer.fit(module, datamodule=datamodule)
+    # Capture what the module predicts during the final validation, to check its metrics independently.
+    predicted, gold = [], []
+    hook = module.register_forward_hook(lambda mod, args, out: predicted.append(out.detach().clone()))
+    recorder.gold = gold
+    try:
+        trained = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    finally:
+        hook.remove()
+    train_after = _spearman(*_predict(module, train_loader))
+    print(f"val/spearman {zero_shot['val/spearman']:.2f} -> {trained['val/spearman']:.2f}; "
+          f"train-pair spearman {train_before:.2f} -> {train_after:.2f}")
+
+    assert trainer.global_step == math.ceil(300 / 16)
+    assert recorder.backbone_training and all(recorder.backbone_training), "dropout was off during training"
+    assert 70 < zero_shot["val/spearman"] < 95  # the pretrained model already ranks STS-B pairs well
+    assert math.isfinite(trained["val/spearman"])
+    # One epoch on 300 pairs: the training pairs are fitted clearly better, and validation improves.
+    assert train_after > train_before + 2.0, (train_before, train_after)
+    assert trained["val/spearman"] > zero_shot["val/spearman"], (zero_shot, trained)
+
+    # The logged metrics equal scipy's on the module's own predictions (independent reference).
+    predicted, gold = torch.cat(predicted).numpy(), torch.cat(gold).numpy()
+    assert predicted.shape == gold.shape == (300,)
+    assert trained["val/spearman"] == pytest.approx(100 * spearmanr(predicted, gold).statistic, abs=1e-3)
+    assert trained["val/pearson"] == pytest.approx(100 * pearsonr(predicted, gold).statistic, abs=1e-3)
