@@ -134,12 +134,15 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
     try:
         if random_init:
             config = AutoConfig.from_pretrained(model_name_or_path, **options)
-            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+            build = lambda **kw: AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw)  # noqa: E731
+        else:
+            build = lambda **kw: AutoModel.from_pretrained(model_name_or_path, **options, **kw)  # noqa: E731
         try:
-            # MaxSim never uses BERT's pooler: skip its parameters where the architecture allows.
-            return AutoModel.from_pretrained(model_name_or_path, add_pooling_layer=False, **options)
+            # MaxSim never uses BERT's pooler: leave it out where the architecture allows
+            # (fewer parameters, and none that DDP would find unused).
+            return build(add_pooling_layer=False)
         except TypeError:
-            return AutoModel.from_pretrained(model_name_or_path, **options)
+            return build()
     except (OSError, ValueError) as error:
         raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
 

@@ -33,7 +33,8 @@ def build_results(trainer: pl.Trainer, zero_shot: dict, final_test: dict, wall_t
         "steps": trainer.global_step,
         "wall_time_s": round(wall_time, 1),
         "train_time_s": round(stats.train_seconds, 1) if stats else None,
-        "train_pairs_per_second": round(stats.pairs_per_second, 2) if stats else None,
+        # Every process sees its own shard: the run's throughput is the sum over processes.
+        "train_pairs_per_second": round(stats.pairs_per_second * trainer.world_size, 2) if stats else None,
         "peak_memory_mb": round(peak_memory_mb(trainer.strategy.root_device), 1),
         "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
         "validation_history": history,

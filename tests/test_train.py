@@ -107,3 +107,25 @@ def test_cli_fast_dev_run(tmp_path, stsb_dir):
     assert "test/spearman" in done.stdout  # the summary table
     resolved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert Path(resolved["paths"]["output_dir"]) == run_dir  # ${hydra:runtime.output_dir} is hydra.run.dir
+
+
+def test_cli_two_process_ddp_and_bad_data_folder(tmp_path, stsb_dir):
+    """trainer=ddp_sim (2 CPU processes) trains and reports; a missing data folder ends in one clear line."""
+    run_dir = tmp_path / "ddp"
+    base = [sys.executable, "-m", "train", "+experiment=sts", "model=tiny", "~logger", "data.hub_id=null",
+            "++trainer.enable_progress_bar=false"]
+    command = base + ["trainer=ddp_sim", "trainer.max_epochs=1", "data.limit_train_pairs=64", "data.limit_eval_pairs=64",
+                      f"data.data_dir='{stsb_dir}'", f"hydra.run.dir='{run_dir}'"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs"] == 1 and len(results["validation_history"]) == 1
+    # 64 pairs split over 2 processes, 2 steps of 16 each: every process saw 32 pairs.
+    assert results["steps"] == 2
+
+    missing = tmp_path / "no_such_folder"
+    command = base + ["++trainer.fast_dev_run=true", f"data.data_dir='{missing}'", f"hydra.run.dir='{tmp_path / 'bad'}'"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2
+    assert f"error: No STS-B data folder at {missing}" in done.stderr
+    assert "Traceback" not in done.stderr
