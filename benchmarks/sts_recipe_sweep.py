@@ -8,17 +8,23 @@ torch, transformers and pytorch-lightning are installed (a GPU machine included)
     python benchmarks/sts_recipe_sweep.py --model DIR --data DIR --grid grid.json --out sweep.json
 
 ``grid.json`` is a list of objects: ``name``, ``epochs``, ``batch_size``,
-``precision`` and any ``MaxSimModule`` argument.
+``precision`` and any ``MaxSimModule`` argument. The two grids in this folder ran
+before training switched dropout on, so they now say ``config_overrides`` with
+both dropout probabilities at 0 to reproduce those runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without pip install -e .
 
 from lightning_modules.data import STSBDataModule
 from lightning_modules.module import MaxSimModule
@@ -45,7 +51,7 @@ def run_one(spec: dict, model: str, data: str, accelerator: str, seed: int) -> d
     pl.seed_everything(seed, workers=True)
     module = MaxSimModule(model, **spec).float()
     datamodule = STSBDataModule(
-        data, model, batch_size=batch_size, limit_train_pairs=limit_train_pairs, limit_eval_pairs=limit_eval_pairs
+        data, model, hub_id=None, batch_size=batch_size, limit_train_pairs=limit_train_pairs, limit_eval_pairs=limit_eval_pairs
     )
     recorder = _EpochRecorder()
     trainer = pl.Trainer(

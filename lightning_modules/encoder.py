@@ -64,8 +64,8 @@ class TokenEncoder(nn.Module):
             ColBERT), or ``None`` to keep the encoder's hidden size without one.
             A projection to the hidden size starts as the identity; a smaller one
             starts as a random orthogonal projection.
-        skip_special_tokens: leave ``[CLS]``/``[SEP]`` (and other special tokens) out
-            of matching. They are still encoded and attended to.
+        skip_special_tokens: leave the sentence markers ``[CLS]``/``[SEP]`` (``<s>``/``</s>``)
+            out of matching. They are still encoded and attended to.
         skip_punctuation: leave tokens made only of punctuation out of matching.
         random_init: build the encoder from its config with random weights (tests,
             smoke runs) instead of loading pretrained weights.
@@ -141,7 +141,9 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
             # MaxSim never uses BERT's pooler: leave it out where the architecture allows
             # (fewer parameters, and none that DDP would find unused).
             return build(add_pooling_layer=False)
-        except TypeError:
+        except TypeError as error:
+            if "add_pooling_layer" not in str(error):
+                raise
             return build()
     except (OSError, ValueError) as error:
         raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
@@ -166,9 +168,10 @@ def _is_punctuation(token: str) -> bool:
 def _excluded_token_ids(tokenizer, skip_special_tokens: bool, skip_punctuation: bool) -> set[int]:
     excluded: set[int] = set()
     if skip_special_tokens:
-        excluded.update(tokenizer.all_special_ids)
+        # The sentence markers only ([CLS]/[SEP], <s>/</s>): [UNK] stands for a real word.
+        markers = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        excluded.update(i for i in markers if i is not None)
     if skip_punctuation:
         excluded.update(i for token, i in tokenizer.get_vocab().items() if _is_punctuation(token))
-    # The padding id is masked by the attention mask already; keep it out of the set
-    # only so that the set says what the user asked for.
+    # Padding needs no entry: the attention mask already removes it.
     return excluded

@@ -76,6 +76,10 @@ def test_sts_experiment_applies_its_recipe(compose_cfg, tmp_path):
     assert cfg.model.projection_dim == raw["model"]["projection_dim"]
     assert cfg.model.lr == raw["model"]["lr"]
     assert cfg.trainer.max_epochs == raw["trainer"]["max_epochs"]
+    assert cfg.data.batch_size == raw["data"]["batch_size"]
+    # The recipe trains without dropout, as its sweeps did.
+    assert dict(cfg.model.config_overrides) == raw["model"]["config_overrides"]
+    assert cfg.model.config_overrides.hidden_dropout_prob == 0.0
 
 
 def test_command_line_group_beats_the_experiment_default(compose_cfg, tmp_path):

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 import yaml
+from scipy.stats import spearmanr
 
+from lightning_modules.data import STSBDataModule
+from lightning_modules.module import MaxSimModule
 from train.pipeline import run
 
 RESULT_KEYS = ("zero_shot", "test/spearman", "test/pearson", "train_pairs_per_second", "versions")
 
 
 def _overrides(stsb_dir, *extra):
-    # `++trainer.fast_dev_run` (not `trainer.fast_dev_run`): conf/trainer has no fast_dev_run key to override.
     return [
         "+experiment=sts", "model=tiny", f"data.data_dir='{stsb_dir}'", "data.hub_id=null",
         "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", *extra,
@@ -29,13 +31,10 @@ def _check_common_results(results: dict, output_dir: Path) -> dict:
     path = output_dir / "results.json"
     assert path.is_file()
     written = json.loads(path.read_text())
-    assert written == json.loads(json.dumps(results))  # what run() returned is what it wrote
     for key in RESULT_KEYS:
         assert key in written, f"results.json lacks {key!r}: {sorted(written)}"
     for key in ("val/spearman", "val/pearson", "test/spearman", "test/pearson"):
         assert key in written["zero_shot"]
-    for key in ("test/spearman", "test/pearson"):
-        assert -100.0 <= written[key] <= 100.0
     assert written["train_pairs_per_second"] > 0
     assert written["versions"]["torch"] == torch.__version__
     assert (output_dir / "config_resolved.yaml").is_file()
@@ -58,10 +57,10 @@ def test_fast_dev_run_without_logger_writes_results(compose_cfg, tmp_path, stsb_
     assert not (tmp_path / "csv").exists()
 
 
-def test_one_epoch_saves_checkpoint_history_and_csv_metrics(compose_cfg, tmp_path, stsb_dir):
+def test_two_epochs_test_the_best_checkpoint_and_log_csv_metrics(compose_cfg, tmp_path, stsb_dir):
     cfg = compose_cfg(
         _overrides(
-            stsb_dir, "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
+            stsb_dir, "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
             "data.limit_train_pairs=64", "data.limit_eval_pairs=64",
         ),
         tmp_path,
@@ -69,24 +68,34 @@ def test_one_epoch_saves_checkpoint_history_and_csv_metrics(compose_cfg, tmp_pat
     results = run(cfg)
     written = _check_common_results(results, tmp_path)
 
-    best = tmp_path / "checkpoints" / "best.ckpt"
-    assert best.is_file()
-    assert Path(written["best_checkpoint"]) == best
-    assert torch.load(best, weights_only=True)["epoch"] == 0
-
-    assert "val/spearman" in written and -100.0 <= written["val/spearman"] <= 100.0
     history = written["validation_history"]
-    assert len(history) == 1
-    assert history[0]["epoch"] == 0
-    assert history[0]["step"] == written["steps"] == 4  # 64 pairs / batch 16
-    assert round(history[0]["val/spearman"], 2) == written["val/spearman"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert [h["step"] for h in history] == [4, 8]  # 64 pairs / batch 16, per epoch
+    best_entry = max(history, key=lambda h: h["val/spearman"])
+    assert written["best_epoch"] == best_entry["epoch"]
+    assert written["val/spearman"] == round(best_entry["val/spearman"], 2)
+
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert Path(written["best_checkpoint"]) == best
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["epoch"] == best_entry["epoch"]
+
+    # The reported test figure is the best checkpoint's: recompute it outside Lightning and torchmetrics.
+    module = MaxSimModule.load_from_checkpoint(best, weights_only=True).eval()
+    datamodule = STSBDataModule(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    datamodule.setup("test")
+    predicted, gold = [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            predicted.append(module(batch["input_ids"], batch["attention_mask"]))
+            gold.append(batch["scores"])
+    expected = 100 * spearmanr(torch.cat(predicted).numpy(), torch.cat(gold).numpy()).statistic
+    assert abs(written["test/spearman"] - expected) < 0.01
 
     metrics = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
-    assert metrics
-    columns = set(metrics[0])
-    assert {"train/loss", "val/spearman"} <= columns, columns
+    assert {"train/loss", "train/lr", "val/spearman"} <= set(metrics[0])
     losses = [float(row["train/loss"]) for row in metrics if row["train/loss"]]
-    assert len(losses) == 4 and all(loss >= 0 for loss in losses)
+    assert len(losses) == 8 and all(loss >= 0 for loss in losses)
 
 
 def test_cli_fast_dev_run(tmp_path, stsb_dir):
@@ -129,3 +138,23 @@ def test_cli_two_process_ddp_and_bad_data_folder(tmp_path, stsb_dir):
     assert done.returncode == 2
     assert f"error: No STS-B data folder at {missing}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ema_callback_checkpoints_averaged_weights(compose_cfg, tmp_path, stsb_dir):
+    """callbacks=ema: the saved best weights are the moving average, not the last trained weights."""
+    states = {}
+    for callbacks in ("default", "ema"):
+        out = tmp_path / callbacks
+        cfg = compose_cfg(
+            _overrides(stsb_dir, f"callbacks={callbacks}", "~logger", "trainer.max_epochs=1",
+                       "data.limit_train_pairs=64", "data.limit_eval_pairs=32", "model.lr=1e-2"),
+            out,
+        )
+        results = run(cfg)
+        assert results["test/spearman"] is not None
+        states[callbacks] = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    name = "model.encoder.backbone.encoder.layer.0.attention.self.query.weight"
+    trained, averaged = states["default"][name], states["ema"][name]
+    # Same seed and data: the EMA run trained the same weights, but saved their average,
+    # which after 4 steps at decay 0.998 is still close to the initial weights.
+    assert not torch.allclose(trained, averaged)

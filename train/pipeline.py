@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_modules.results import build_results, format_summary, write_results
 
@@ -21,7 +22,8 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # DDP re-runs this script once per process
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)

@@ -80,10 +80,19 @@ class STSBDataModule(pl.LightningDataModule):
             # Shuffled, then sorted by length inside mega-batches of 50 batches, so
             # batches stay random in content but cheap in padding.
             lengths = [max(len(item["a"]), len(item["b"])) for item in data]
-            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths)
+            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths, generator=self._shared_generator())
         else:
-            sampler = torch.utils.data.RandomSampler(data)
+            sampler = torch.utils.data.RandomSampler(data, generator=self._shared_generator())
         return self._loader(data, self.hparams.batch_size, sampler=sampler)
+
+    def _shared_generator(self) -> torch.Generator | None:
+        """Under several processes, every rank must draw the same order before Lightning
+        shards it; the global RNG can drift between ranks (dropout draws as many numbers
+        as a batch has elements), so use a generator seeded alike on every rank by
+        ``seed_everything``. One process keeps the global RNG."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return None
+        return torch.Generator().manual_seed(torch.initial_seed())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -111,7 +120,9 @@ class STSBDataModule(pl.LightningDataModule):
         max_length = self.hparams.max_length
         encode = lambda texts: self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # noqa: E731
         ids_a, ids_b = encode(pairs.text_a), encode(pairs.text_b)
-        truncated = sum(len(ids) >= max_length for ids in ids_a + ids_b)
+        # A text cut to max_length tokens was longer; one of exactly max_length was not.
+        at_limit = [text for text, ids in zip(pairs.text_a + pairs.text_b, ids_a + ids_b) if len(ids) == max_length]
+        truncated = sum(len(ids) > max_length for ids in self.tokenizer(at_limit)["input_ids"]) if at_limit else 0
         if truncated:
             log.warning("%s: %d of %d texts reached max_length=%d tokens and were truncated",
                         split, truncated, 2 * len(pairs), max_length)
