@@ -41,7 +41,7 @@ Run it (``make bench`` installs the ``bench`` extra and runs it; ``make bench AR
     python benchmarks/sts_vs_sentence_transformers.py --epochs 1 --limit-train-pairs 64 --limit-eval-pairs 64
 
 ``--limit-train-pairs`` / ``--limit-eval-pairs`` keep the same seeded subsets on both
-sides (``data.limit_*_pairs`` for ours; the same ``torch.randperm`` selection for theirs).
+sides (``data.limit_*_pairs`` for ours; the same ``seeded_subset`` for theirs).
 Extra Hydra overrides for ours go in ``--override KEY=VALUE`` (repeatable).
 """
 
@@ -86,13 +86,6 @@ def compose_ours(overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[f"+experiment={EXPERIMENT}", *overrides])
-
-
-def seeded_subset_indices(n: int, limit: int | None) -> list[int]:
-    """The rows ``STSBDataModule`` keeps for ``limit_*_pairs=limit`` (all of them when ``limit`` is None)."""
-    if limit is None or limit >= n:
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].tolist()
 
 
 def model_dir() -> Path:
@@ -192,9 +185,9 @@ def _st_imports():
 def load_pairs(data_dir: Path, split: str, limit: int | None, score_min: float, score_max: float):
     """The split as ours reads it (same parser, scores scaled to [0, 1]), cut to the same seeded subset."""
     from lightning_modules.data.reading import read_scored_pairs_csv
+    from lightning_modules.data.stsb import seeded_subset
 
-    pairs = read_scored_pairs_csv(data_dir / f"{split}.csv", score_min, score_max)
-    return pairs.subset(seeded_subset_indices(len(pairs), limit))
+    return seeded_subset(read_scored_pairs_csv(data_dir / f"{split}.csv", score_min, score_max), limit)
 
 
 def _spearman(metrics: dict) -> float:

@@ -72,7 +72,7 @@ class STSBDataModule(pl.LightningDataModule):
         splits = load_stsb_splits(hp.data_dir, hp.hub_id, hp.score_min, hp.score_max)
         for name, pairs in splits.items():
             limit = hp.limit_train_pairs if name == "train" else hp.limit_eval_pairs
-            self.datasets[name] = self._tokenize(_seeded_subset(pairs, limit), name)
+            self.datasets[name] = self._tokenize(seeded_subset(pairs, limit), name)
 
     def train_dataloader(self) -> DataLoader:
         data = self.datasets["train"]
@@ -175,7 +175,8 @@ def _missing_folder_message(folder: Path, reason: str) -> str:
     )
 
 
-def _seeded_subset(pairs: ScoredPairs, limit: int | None) -> ScoredPairs:
+def seeded_subset(pairs: ScoredPairs, limit: int | None) -> ScoredPairs:
+    """The same ``limit`` pairs every time (a fixed-seed permutation); all of them when ``limit`` is None."""
     if limit is None or limit >= len(pairs):
         return pairs
     generator = torch.Generator().manual_seed(0)
