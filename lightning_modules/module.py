@@ -6,11 +6,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics import PearsonCorrCoef, SpearmanCorrCoef
+import torch.distributed as dist
+from torchmetrics import CatMetric, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.functional.classification import binary_auroc
 from transformers import get_linear_schedule_with_warmup
 
+from lightning_modules.data.mining import score_all
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
+from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 from lightning_modules.model import LateInteractionModel
 
 
@@ -25,19 +29,31 @@ class MaxSimModule(pl.LightningModule):
 
     MaxSim (see ``lightning_modules.maxsim``): ``direction``, ``reduction``, ``temperature``.
 
-    Loss = ``cosent_weight * CoSENT + regression_weight * MSE + infonce_weight * InfoNCE``;
-    a weight of 0 switches a term off. InfoNCE uses the pairs of the batch whose gold
-    score is at least ``infonce_min_score`` as positives and the other texts of the
-    batch as negatives.
+    What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
+
+    * scored pairs (``scores``): loss = ``cosent_weight * CoSENT + regression_weight * MSE
+      + infonce_weight * InfoNCE``; a weight of 0 switches a term off. InfoNCE uses
+      the pairs whose gold score is at least ``infonce_min_score`` as positives and
+      the other texts of the batch as negatives;
+    * positive pairs with hard negatives (``false_negatives``): InfoNCE of each ``a``
+      text against every ``b`` text and hard negative of the batch, known positives
+      masked out; ``infonce_symmetric`` also picks each ``b`` text's ``a`` (for
+      symmetric tasks, not for queries and documents).
 
     Optimisation: AdamW (no weight decay on biases and norms), ``lr`` for the encoder,
     ``lr * projection_lr_multiplier`` for a fresh projection, linear warmup over
     ``warmup_ratio`` of the steps then linear decay to 0.
 
-    Metrics: ``train/loss``; ``val/spearman``, ``val/pearson``, ``test/spearman``,
-    ``test/pearson`` (x100; torchmetrics gathers the predictions of every process.
-    Under DDP, Lightning's sampler repeats up to ``world_size - 1`` pairs to even
-    out the shards, which can move the figures by a hair).
+    Metrics (x100; every process's predictions are gathered. Under DDP, Lightning's
+    sampler repeats up to ``world_size - 1`` items to even out the shards, which can
+    move the figures by a hair), by what the evaluation batches hold:
+
+    * ``scores``: ``{val,test}/spearman``, ``/pearson``;
+    * ``labels``: ``/auc`` (ROC-AUC), ``/f1`` and ``/accuracy``. On validation, each at
+      its best threshold, logged as ``val/f1_threshold`` and ``val/accuracy_threshold``
+      and kept in the checkpoint; on test, at the thresholds of the validation;
+    * ``text_keys``: ``/mrr@10``, ``/recall@1``, ``/recall@10`` of each query against
+      the whole corpus of the split.
     """
 
     def __init__(
@@ -57,6 +73,7 @@ class MaxSimModule(pl.LightningModule):
         infonce_weight: float = 0.0,
         infonce_temperature: float = 0.05,
         infonce_min_score: float = 0.8,
+        infonce_symmetric: bool = True,
         lr: float = 2e-5,
         projection_lr_multiplier: float = 1.0,
         weight_decay: float = 0.01,
@@ -80,15 +97,30 @@ class MaxSimModule(pl.LightningModule):
         self.cosent = CoSENTLoss(scale=cosent_scale)
         self.regression = ScoreRegressionLoss()
         self.infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=True)
+        self.pair_infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=infonce_symmetric)
         self.val_spearman, self.val_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
         self.test_spearman, self.test_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
+        # Pair classification: every score and label of the split, then threshold search.
+        self.eval_scores, self.eval_labels = CatMetric(), CatMetric()
+        # Chosen on validation (F1, accuracy), used on test; in the checkpoint. NaN: not yet chosen.
+        self.register_buffer("decision_thresholds", torch.full((2,), float("nan")))
+        self._retrieval_texts: list[tuple[bool, int, torch.Tensor, list[int]]] = []
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Score a batch of pairs: ``input_ids (2B, L)`` holds the ``a`` texts then the ``b`` texts. Returns ``(B,)``."""
         a, b = self.model.encode(input_ids, attention_mask).split(input_ids.shape[0] // 2)
         return self.model.score_pairs(a, b)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "false_negatives" in batch:
+            loss, pairs = self._contrastive_loss(batch), batch["false_negatives"].shape[0]
+        else:
+            loss, pairs = self._scored_loss(batch), batch["scores"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=pairs)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=pairs)
+        return loss
+
+    def _scored_loss(self, batch: dict) -> torch.Tensor:
         gold = batch["scores"]
         a, b = self.model.encode(batch["input_ids"], batch["attention_mask"]).split(gold.shape[0])
         predicted = self.model.score_pairs(a, b)
@@ -103,21 +135,27 @@ class MaxSimModule(pl.LightningModule):
             if positives.sum() >= 2:  # one positive alone has no in-batch negative
                 scores = self.model.score_matrix(a.select(positives), b.select(positives))
                 loss = loss + hp.infonce_weight * self.infonce(scores)
-        self.log("train/loss", loss, prog_bar=True, batch_size=gold.shape[0])
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=gold.shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._update_correlations(batch, self.val_spearman, self.val_pearson)
+    def _contrastive_loss(self, batch: dict) -> torch.Tensor:
+        """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
+        pairs = batch["false_negatives"].shape[0]
+        encoded = self.model.encode(batch["input_ids"], batch["attention_mask"])
+        a, candidates = encoded.split(pairs)
+        scores = self.model.score_matrix(a, candidates)
+        return self.pair_infonce(scores, mask=batch["false_negatives"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_correlations("val", self.val_spearman, self.val_pearson)
+        self._log_evaluation("val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._update_correlations(batch, self.test_spearman, self.test_pearson)
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_correlations("test", self.test_spearman, self.test_pearson)
+        self._log_evaluation("test")
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -128,18 +166,70 @@ class MaxSimModule(pl.LightningModule):
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _update_correlations(self, batch, spearman, pearson) -> None:
+    def _evaluation_step(self, batch: dict, split: str) -> None:
+        if "text_keys" in batch:
+            encoded = self.model.encode(batch["input_ids"], batch["attention_mask"])
+            for row, (is_query, key, relevant) in enumerate(zip(batch["is_query"], batch["text_keys"], batch["relevant"])):
+                vectors = encoded.vectors[row][encoded.mask[row]].float().cpu()
+                self._retrieval_texts.append((bool(is_query), int(key), vectors, relevant))
+            return
         predicted = self(batch["input_ids"], batch["attention_mask"])
-        spearman.update(predicted, batch["scores"])
-        pearson.update(predicted, batch["scores"])
+        if "labels" in batch:
+            self.eval_scores.update(predicted.float())
+            self.eval_labels.update(batch["labels"])
+        else:
+            spearman, pearson = (self.val_spearman, self.val_pearson) if split == "val" else (
+                self.test_spearman, self.test_pearson)
+            spearman.update(predicted, batch["scores"])
+            pearson.update(predicted, batch["scores"])
 
-    def _log_correlations(self, split: str, spearman, pearson) -> None:
-        # x100, the convention of STS papers and MTEB tables.
-        self.log(f"{split}/spearman", 100 * spearman.compute(), prog_bar=True)
-        self.log(f"{split}/pearson", 100 * pearson.compute())
-        spearman.reset()
-        pearson.reset()
+    def _log_evaluation(self, split: str) -> None:
+        if self._retrieval_texts:
+            metrics = self._retrieval_metrics()
+        elif self.eval_labels.update_called:
+            metrics = self._classification_metrics(split)
+        else:
+            spearman, pearson = (self.val_spearman, self.val_pearson) if split == "val" else (
+                self.test_spearman, self.test_pearson)
+            metrics = {"spearman": spearman.compute(), "pearson": pearson.compute()}
+            spearman.reset()
+            pearson.reset()
+        for name, value in metrics.items():
+            # x100, the convention of STS papers and MTEB tables; thresholds are similarities, kept as they are.
+            scale = 1.0 if name.endswith("threshold") else 100.0
+            self.log(f"{split}/{name}", scale * torch.as_tensor(value, dtype=torch.float32),
+                     prog_bar=name in ("spearman", "auc", "mrr@10"))
 
+    def _classification_metrics(self, split: str) -> dict:
+        scores, labels = self.eval_scores.compute().flatten(), self.eval_labels.compute().flatten()
+        self.eval_scores.reset()
+        self.eval_labels.reset()
+        metrics = {"auc": binary_auroc(scores, labels.long())}
+        if split == "val" or torch.isnan(self.decision_thresholds).any():
+            best = best_threshold_metrics(scores, labels)
+            if split == "val" and not self.trainer.sanity_checking:
+                self.decision_thresholds.copy_(torch.tensor([best["f1_threshold"], best["accuracy_threshold"]]))
+            return {**metrics, **best}
+        f1_threshold, accuracy_threshold = self.decision_thresholds.tolist()
+        return {
+            **metrics,
+            "f1": metrics_at_threshold(scores, labels, f1_threshold)["f1"],
+            "accuracy": metrics_at_threshold(scores, labels, accuracy_threshold)["accuracy"],
+        }
+
+    def _retrieval_metrics(self) -> dict:
+        texts, self._retrieval_texts = self._retrieval_texts, []
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, texts)  # every process needs the whole corpus
+            texts = [text for shard in gathered for text in shard]
+        queries = {key: (vectors, relevant) for is_query, key, vectors, relevant in texts if is_query}
+        corpus = {key: vectors for is_query, key, vectors, _ in texts if not is_query}
+        query_keys, corpus_keys = sorted(queries), sorted(corpus)
+        column = {key: i for i, key in enumerate(corpus_keys)}
+        scores = score_all(self.model, [queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],
+                           desc="retrieval evaluation")
+        return retrieval_metrics(scores, [[column[c] for c in queries[k][1]] for k in query_keys])
 
 def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, projection_lr_multiplier: float):
     """AdamW groups: no decay for biases and norm weights; the projection may get its own rate."""

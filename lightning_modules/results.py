@@ -12,22 +12,30 @@ import pytorch_lightning as pl
 from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
 
 PACKAGES = ("maxsim-lightning", "torch", "pytorch-lightning", "transformers", "torchmetrics", "hydra-core")
-METRICS = ("val/spearman", "val/pearson", "test/spearman", "test/pearson")
 
 
-def build_results(trainer: pl.Trainer, zero_shot: dict, final_test: dict, wall_time: float) -> dict:
+def build_results(
+    trainer: pl.Trainer,
+    zero_shot: dict,
+    final_test: dict,
+    wall_time: float,
+    monitor: str = "val/spearman",
+    data_report: dict | None = None,
+) -> dict:
     """Gather the metrics and costs of a run into one plain dict.
 
-    ``val/*`` are those of the best validation (the checkpoint that was tested);
-    ``zero_shot`` holds the same metrics for the model before training.
+    ``val/*`` are those of the best validation by ``monitor`` (the checkpoint that
+    was tested); ``zero_shot`` holds the same metrics for the model before training;
+    ``data`` what was read, kept and dropped (when the DataModule reports it).
     """
     stats = next((c for c in trainer.callbacks if isinstance(c, TrainingStats)), None)
     history = stats.history if stats else []
-    best_val = max(history, key=lambda h: h.get("val/spearman", float("-inf")), default={})
+    best_val = max(history, key=lambda h: h.get(monitor, float("-inf")), default={})
     results = {
-        "zero_shot": {k: round(float(v), 2) for k, v in zero_shot.items()},
-        **{k: round(float(best_val[k]), 2) for k in ("val/spearman", "val/pearson") if k in best_val},
-        **{k: round(float(v), 2) for k, v in final_test.items()},
+        "zero_shot": {k: _round(k, v) for k, v in zero_shot.items()},
+        "monitor": monitor,
+        **{k: _round(k, v) for k, v in best_val.items() if k.startswith("val/")},
+        **{k: _round(k, v) for k, v in final_test.items()},
         "best_epoch": best_val.get("epoch"),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
@@ -40,7 +48,14 @@ def build_results(trainer: pl.Trainer, zero_shot: dict, final_test: dict, wall_t
         "validation_history": history,
         "versions": {"python": platform.python_version(), **_versions()},
     }
+    if data_report is not None:
+        results["data"] = data_report
     return results
+
+
+def _round(name: str, value) -> float:
+    # Metrics are x100: two decimals. A decision threshold is a raw similarity: keep more.
+    return round(float(value), 4 if name.endswith("threshold") else 2)
 
 
 def write_results(results: dict, path: Path) -> None:
@@ -49,12 +64,14 @@ def write_results(results: dict, path: Path) -> None:
 
 def format_summary(results: dict) -> str:
     """A short table: each metric before and after training."""
-    lines = ["", f"{'metric':<16}{'zero-shot':>12}{'trained':>12}", "-" * 40]
-    for metric in METRICS:
+    lines = ["", f"{'metric':<24}{'zero-shot':>12}{'trained':>12}", "-" * 48]
+    metrics = [k for k in results if k.startswith(("val/", "test/"))]
+    metrics += [k for k in results["zero_shot"] if k not in metrics]
+    for metric in sorted(metrics, key=lambda k: (not k.startswith("val/"), k)):
         before = results["zero_shot"].get(metric)
         after = results.get(metric)
-        lines.append(f"{metric:<16}{_fmt(before):>12}{_fmt(after):>12}")
-    lines.append("-" * 40)
+        lines.append(f"{metric:<24}{_fmt(metric, before):>12}{_fmt(metric, after):>12}")
+    lines.append("-" * 48)
     lines.append(
         f"epochs {results['epochs']}, wall time {results['wall_time_s']} s, "
         f"{results['train_pairs_per_second']} training pairs/s, peak memory {results['peak_memory_mb']} MB"
@@ -62,8 +79,10 @@ def format_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _fmt(metric: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric.endswith("threshold") else f"{value:.2f}"
 
 
 def _versions() -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_modules.results import build_results, format_summary, write_results
@@ -26,26 +26,40 @@ def run(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    # Read and check the data before loading the model: bad input fails in seconds, and
+    # the data decides what "best" means (Spearman, ROC-AUC or MRR@10).
+    datamodule.setup("fit")
+    if cfg.optimized_metric == "auto":
+        with open_dict(cfg):
+            cfg.optimized_metric = datamodule.monitor_metric
+        log.info("Best checkpoint by %s", cfg.optimized_metric)
     module = hydra.utils.instantiate(cfg.model)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    run_test = bool(cfg.get("test"))
+    if run_test and not getattr(datamodule, "has_test", True):
+        log.info("No test data (data.test is not set): skipping the test passes")
+        run_test = False
     try:
         zero_shot = {}
         if cfg.get("zero_shot"):
             log.info("Zero-shot evaluation of the untrained model")
             zero_shot.update(trainer.validate(module, datamodule=datamodule)[0])
-            if cfg.get("test"):
+            if run_test:
                 zero_shot.update(trainer.test(module, datamodule=datamodule)[0])
         trainer.fit(module, datamodule=datamodule)
         final = {}
-        if cfg.get("test"):
+        if run_test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if not best:
                 log.warning("No best checkpoint was saved (fast_dev_run or no validation); testing the last weights")
             final = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
-        results = build_results(trainer, zero_shot, final, wall_time=time.perf_counter() - start)
+        results = build_results(
+            trainer, zero_shot, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
+            data_report=datamodule.report_dict() if hasattr(datamodule, "report_dict") else None,
+        )
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb  # lazily: W&B is opt-in

@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from lightning_modules.data.collate import PairCollator
 from lightning_modules.data.errors import DataError
 from lightning_modules.data.reading import ScoredPairs, read_scored_pairs_csv
+from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ class STSBDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, list[dict]] = {}
+
+    @property
+    def monitor_metric(self) -> str:
+        """The validation metric that picks the best checkpoint."""
+        return "val/spearman"
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -118,16 +124,12 @@ class STSBDataModule(pl.LightningDataModule):
 
     def _tokenize(self, pairs: ScoredPairs, split: str) -> list[dict]:
         max_length = self.hparams.max_length
-        encode = lambda texts: self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # noqa: E731
-        ids_a, ids_b = encode(pairs.text_a), encode(pairs.text_b)
-        # A text cut to max_length tokens was longer; one of exactly max_length was not.
-        at_limit = [text for text, ids in zip(pairs.text_a + pairs.text_b, ids_a + ids_b) if len(ids) == max_length]
-        truncated = sum(len(ids) > max_length for ids in self.tokenizer(at_limit)["input_ids"]) if at_limit else 0
-        if truncated:
-            log.warning("%s: %d of %d texts reached max_length=%d tokens and were truncated",
-                        split, truncated, 2 * len(pairs), max_length)
+        ids_a, truncated_a = tokenize_texts(self.tokenizer, pairs.text_a, max_length)
+        ids_b, truncated_b = tokenize_texts(self.tokenizer, pairs.text_b, max_length)
+        if truncated_a + truncated_b:
+            log.warning("%s: %d of %d texts were longer than max_length=%d tokens and were truncated",
+                        split, truncated_a + truncated_b, 2 * len(pairs), max_length)
         return [{"a": a, "b": b, "score": s} for a, b, s in zip(ids_a, ids_b, pairs.scores)]
-
 
 def load_stsb_splits(
     data_dir: str | Path, hub_id: str | None, score_min: float = 0.0, score_max: float = 5.0

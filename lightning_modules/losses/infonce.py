@@ -14,6 +14,10 @@ class InfoNCELoss(nn.Module):
             positives in the batch, and any hard negatives appended after column
             ``Ba``).
 
+    ``mask``: optional ``(Ba, Bb)`` bool, True where a column must not count as a
+    negative of the row (another known positive of the row's text: a false
+    negative). The diagonal must stay False.
+
     ``symmetric=True`` also picks each ``b`` text's partner among the ``a`` texts
     (columns of the square part), which suits symmetric tasks.
 
@@ -35,11 +39,15 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.symmetric = symmetric
 
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if scores.dim() != 2 or scores.shape[1] < scores.shape[0]:
             raise ValueError(f"scores must be (Ba, Bb) with Bb >= Ba, got {tuple(scores.shape)}")
         n = scores.shape[0]
         logits = scores.float() / self.temperature
+        if mask is not None:
+            if mask.shape != scores.shape or mask.diagonal().any():
+                raise ValueError("mask must have the shape of scores and a False diagonal (the positives)")
+            logits = logits.masked_fill(mask, float("-inf"))
         targets = torch.arange(n, device=scores.device)
         loss = F.cross_entropy(logits, targets)
         if self.symmetric:

@@ -1,0 +1,399 @@
+"""The user's own text pairs as a LightningDataModule.
+
+``python -m train +experiment=pairs data.train=pairs.csv``: read a file (CSV, TSV,
+JSON Lines, Parquet) or a hub dataset, find the columns, check every row, hold
+out a validation split when none is given, and serve batches for the supervision
+the data carries (see ``lightning_modules.data.pairs``):
+
+========== ================================================= ====================================
+supervision training                                          evaluation
+========== ================================================= ====================================
+graded     CoSENT (and regression) on scores scaled to [0, 1] Spearman, Pearson
+binary     InfoNCE on the positives, label-0 pairs as hard    ROC-AUC, best F1, accuracy at the
+           negatives (``binary_objective=contrastive``), or   best threshold
+           CoSENT on the labels (``ranking``)
+contrastive InfoNCE, in-batch and hard negatives               MRR@10, Recall@1, Recall@10 of each
+                                                              text_a against all text_b
+========== ================================================= ====================================
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
+from lightning_modules.data.columns import resolve_columns
+from lightning_modules.data.errors import DataError
+from lightning_modules.data.formats import TableSpec, read_table
+from lightning_modules.data.mining import mine_hard_negatives
+from lightning_modules.data.pairs import (
+    PairExamples,
+    ReadReport,
+    build_examples,
+    choose_supervision,
+    normalise_scores,
+)
+from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split
+from lightning_modules.data.tokenize import tokenize_texts
+from lightning_modules.encoder import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+MONITOR = {"graded": "val/spearman", "binary": "val/auc", "contrastive": "val/mrr@10"}
+ROLES = ("symmetric", "asymmetric")
+BINARY_OBJECTIVES = ("contrastive", "ranking")
+
+
+class PairsDataModule(pl.LightningDataModule):
+    """Text pairs from the user's files, checked and batched.
+
+    Args:
+        train: the training data: a file path, a hub dataset id, or ``{path, name, split}``.
+        tokenizer_name_or_path: the model's tokenizer.
+        validation, test: the same, optional. Without ``validation`` a seeded
+            ``validation_fraction`` of the training pairs (at most
+            ``validation_max_pairs``) is held out, whole ``text_a`` groups at a time.
+        columns: ``{text_a, text_b, score, label, negatives}`` column names; ``None``
+            entries are detected from common names.
+        supervision: ``auto`` (from the columns), ``graded``, ``binary`` or ``contrastive``.
+        score_range: ``[low, high]`` of graded scores (values outside are errors);
+            ``None`` takes the range observed in the training file.
+        roles: ``symmetric`` (both texts encoded alike) or ``asymmetric`` (``text_a``
+            is a query: ``query_marker`` and ``query_max_length`` apply to it,
+            ``document_marker`` and ``max_length`` to the other texts).
+        query_marker, document_marker: a token of the vocabulary put after the first
+            token (for BERT vocabularies ``[unused0]`` and ``[unused1]``), or ``None``.
+        binary_objective: how binary pairs train (``contrastive`` or ``ranking``).
+        max_negatives_per_pair: hard negatives a pair brings into a batch (drawn anew each time).
+        mine_negatives: mine this many hard negatives per ``text_a`` with the model
+            before training (0: off); candidates scoring above the lowest positive
+            minus ``mine_margin`` are skipped as likely false negatives.
+        batch_size, eval_batch_size, max_length, group_by_length, num_workers: as for STS-B.
+        limit_train_pairs: keep a seeded random subset of the training pairs.
+        seed: seeds the hold-out split and the subset.
+    """
+
+    def __init__(
+        self,
+        train: str | dict,
+        tokenizer_name_or_path: str,
+        validation: str | dict | None = None,
+        test: str | dict | None = None,
+        columns: dict | None = None,
+        supervision: str = "auto",
+        score_range: list[float] | None = None,
+        roles: str = "symmetric",
+        query_marker: str | None = None,
+        document_marker: str | None = None,
+        query_max_length: int = 32,
+        binary_objective: str = "contrastive",
+        max_negatives_per_pair: int = 4,
+        mine_negatives: int = 0,
+        mine_margin: float = 0.05,
+        validation_fraction: float = 0.05,
+        validation_max_pairs: int | None = 1000,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_length: int = 128,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        limit_train_pairs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not train:
+            raise DataError("no training data: python -m train +experiment=pairs data.train=FILE (or a hub dataset id)")
+        if roles not in ROLES:
+            raise DataError(f"data.roles must be one of {list(ROLES)}, got {roles!r}")
+        if binary_objective not in BINARY_OBJECTIVES:
+            raise DataError(f"data.binary_objective must be one of {list(BINARY_OBJECTIVES)}, got {binary_objective!r}")
+        if score_range is not None and not (len(score_range) == 2 and score_range[0] < score_range[1]):
+            raise DataError(f"data.score_range must be [low, high] with low < high, got {score_range}")
+        self.tokenizer = None
+        self.supervision: str | None = None
+        self.reports: dict[str, ReadReport] = {}
+        self.examples: dict[str, PairExamples] = {}
+        self.datasets: dict[str, list[dict]] = {}
+        self._positives: dict[int, set[int]] = {}
+        self._mined = False
+
+    @property
+    def symmetric(self) -> bool:
+        return self.hparams.roles == "symmetric"
+
+    @property
+    def has_test(self) -> bool:
+        return self.hparams.test is not None
+
+    @property
+    def monitor_metric(self) -> str:
+        """The validation metric that picks the best checkpoint for this supervision."""
+        return MONITOR[self.supervision]
+
+    # ---- reading and checking ------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
+        self._markers = (self._marker_id(hp.query_marker), self._marker_id(hp.document_marker))
+        train = self._read("train", hp.train)
+        if hp.validation is not None:
+            self._read("validation", hp.validation)
+        else:
+            self._hold_out(train)
+        if hp.test is not None:
+            self._read("test", hp.test)
+        for held in ("validation", "test"):
+            if held in self.examples:
+                self.examples["train"] = drop_leaked_pairs(
+                    self.examples["train"], self.reports["train"], self.examples[held], held, self.symmetric
+                )
+        if self.supervision == "graded":
+            self._normalise_scores()
+        if hp.limit_train_pairs is not None and hp.limit_train_pairs < len(self.examples["train"]):
+            keep = torch.randperm(len(self.examples["train"]), generator=torch.Generator().manual_seed(hp.seed))
+            self.examples["train"] = self.examples["train"].subset(sorted(keep[: hp.limit_train_pairs].tolist()))
+            self.reports["train"].notes.append(f"limit_train_pairs: trained on a seeded subset of {hp.limit_train_pairs}")
+        self._build_datasets()
+        for report in self.reports.values():
+            log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
+
+    def _read(self, split: str, spec) -> PairExamples:
+        table = read_table(TableSpec.parse(spec, default_split=split))
+        mapping = resolve_columns(table.source, table.columns, self.hparams.columns)
+        requested = self.supervision or self.hparams.supervision  # later splits follow the training file
+        supervision = choose_supervision(mapping, requested, table.source)
+        self.supervision = supervision
+        log.info("%s: columns %s; supervision: %s", table.source, mapping.describe(), supervision)
+        declared = tuple(self.hparams.score_range) if self.hparams.score_range is not None else None
+        examples, report = build_examples(table, mapping, supervision, split, self.symmetric, declared)
+        self.examples[split], self.reports[split] = examples, report
+        return examples
+
+    def _hold_out(self, train: PairExamples) -> None:
+        hp = self.hparams
+        try:
+            train_idx, val_idx = holdout_split(train, hp.validation_fraction, hp.validation_max_pairs, hp.seed,
+                                               self.symmetric)
+        except ValueError as error:
+            raise DataError(f"{self.reports['train'].source}: {error}; give data.validation=FILE") from error
+        self.examples["train"], self.examples["validation"] = train.subset(train_idx), train.subset(val_idx)
+        self.reports["train"].held_out = len(val_idx)
+        self.reports["validation"] = ReadReport(
+            "validation", f"a seeded hold-out of {self.reports['train'].source}", rows_read=len(val_idx)
+        )
+
+    def _normalise_scores(self) -> None:
+        if self.hparams.score_range is not None:
+            low, high = self.hparams.score_range
+        else:
+            low, high = min(self.examples["train"].targets), max(self.examples["train"].targets)
+            if low == high:
+                raise DataError(f"{self.reports['train'].source}: every score is {low}: nothing to learn from")
+            self.reports["train"].notes.append(f"scores scaled from the observed range [{low}, {high}] to [0, 1]")
+        for examples in self.examples.values():
+            normalise_scores(examples, low, high)
+
+    def _marker_id(self, marker: str | None) -> int | None:
+        if marker is None or self.symmetric:
+            return None
+        token_id = self.tokenizer.convert_tokens_to_ids(marker)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise DataError(
+                f"marker {marker!r} is not a token of the vocabulary of {self.hparams.tokenizer_name_or_path}; "
+                "use one that is (BERT vocabularies have [unused0], [unused1], ...)"
+            )
+        return token_id
+
+    # ---- tokenising into items -----------------------------------------------------------
+
+    def _build_datasets(self) -> None:
+        train = self.examples["train"]
+        if self.supervision == "graded" or (self.supervision == "binary" and self.hparams.binary_objective == "ranking"):
+            self.datasets["train"] = self._pair_items("train", train)
+        else:
+            self.datasets["train"] = self._contrastive_items(train)
+        for split in ("validation", "test"):
+            if split not in self.examples:
+                continue
+            if self.supervision == "contrastive":
+                self.datasets[split] = self._retrieval_items(split, self.examples[split])
+            else:
+                self.datasets[split] = self._pair_items(split, self.examples[split])
+
+    def _tokenize(self, split: str, texts: list[str], side: str) -> list[list[int]]:
+        """Token ids of ``texts`` on the ``query`` or ``document`` side (the same unless asymmetric)."""
+        hp = self.hparams
+        query = side == "query" and not self.symmetric
+        max_length = hp.query_max_length if query else hp.max_length
+        ids, truncated = tokenize_texts(self.tokenizer, texts, max_length, self._markers[0 if query else 1])
+        if truncated:
+            note = f"{truncated} of {len(texts)} {side} texts longer than {max_length} tokens were truncated"
+            log.warning("%s: %s", split, note)
+            self.reports[split].notes.append(note)
+        return ids
+
+    def _pair_items(self, split: str, examples: PairExamples) -> list[dict]:
+        ids_a = self._tokenize(split, examples.text_a, "query")
+        ids_b = self._tokenize(split, examples.text_b, "document")
+        return [{"a": a, "b": b, "score": t} for a, b, t in zip(ids_a, ids_b, examples.targets)]
+
+    def _contrastive_items(self, examples: PairExamples) -> list[dict]:
+        """Positive pairs with their hard negatives; in binary data, the label-0 pairs give the negatives."""
+        report = self.reports["train"]
+        negatives_of: dict[str, list[str]] = {}
+        positive_rows = []
+        for i, (a, b, target) in enumerate(zip(examples.text_a, examples.text_b, examples.targets)):
+            negatives_of.setdefault(a.strip(), []).extend(examples.negatives[i])
+            if target == 1.0:
+                positive_rows.append(i)
+            else:
+                negatives_of[a.strip()].append(b)
+        if self.supervision == "binary":
+            anchors = {examples.text_a[i].strip() for i in positive_rows}
+            unused = sum(1 for i, t in enumerate(examples.targets) if t == 0.0 and examples.text_a[i].strip() not in anchors)
+            used = len(examples) - len(positive_rows) - unused
+            report.notes.append(
+                f"binary_objective=contrastive: {len(positive_rows)} positive pairs train, {used} label-0 pairs serve "
+                f"as their hard negatives, {unused} label-0 pairs have no positive with the same text_a and are unused"
+            )
+            if not positive_rows:
+                raise DataError(f"{report.source}: no pair is labelled 1; contrastive training needs positives")
+        queries = sorted({examples.text_a[i].strip(): examples.text_a[i] for i in positive_rows}.items())
+        query_key = {stripped: key for key, (stripped, _) in enumerate(queries)}
+        documents = {}
+        for i in positive_rows:
+            documents.setdefault(examples.text_b[i].strip(), examples.text_b[i])
+        for a, _ in queries:
+            for text in negatives_of.get(a, []):
+                documents.setdefault(text.strip(), text)
+        document_key = {stripped: key for key, stripped in enumerate(documents)}
+        query_ids = self._tokenize("train", [text for _, text in queries], "query")
+        document_ids = self._tokenize("train", list(documents.values()), "document")
+        self._positives = {}
+        for i in positive_rows:
+            self._positives.setdefault(query_key[examples.text_a[i].strip()], set()).add(
+                document_key[examples.text_b[i].strip()]
+            )
+        self._train_texts = (query_ids, document_ids)
+        items = []
+        for i in positive_rows:
+            a_key, b_key = query_key[examples.text_a[i].strip()], document_key[examples.text_b[i].strip()]
+            negative_keys = [document_key[t.strip()] for t in dict.fromkeys(negatives_of.get(examples.text_a[i].strip(), []))]
+            negative_keys = [k for k in negative_keys if k not in self._positives[a_key]]
+            items.append({
+                "a": query_ids[a_key], "b": document_ids[b_key], "a_key": a_key, "b_key": b_key,
+                "negatives": [(k, document_ids[k]) for k in negative_keys],
+            })
+        return items
+
+    def _retrieval_items(self, split: str, examples: PairExamples) -> list[dict]:
+        """Each distinct text_a as a query, each distinct text_b and negative as the corpus."""
+        queries: dict[str, str] = {}
+        corpus: dict[str, str] = {}
+        for a, b, negatives in zip(examples.text_a, examples.text_b, examples.negatives):
+            queries.setdefault(a.strip(), a)
+            for text in [b, *negatives]:
+                corpus.setdefault(text.strip(), text)
+        corpus_key = {stripped: key for key, stripped in enumerate(corpus)}
+        relevant: dict[str, set[int]] = {}
+        for a, b in zip(examples.text_a, examples.text_b):
+            relevant.setdefault(a.strip(), set()).add(corpus_key[b.strip()])
+        query_ids = self._tokenize(split, list(queries.values()), "query")
+        corpus_ids = self._tokenize(split, list(corpus.values()), "document")
+        items = [
+            {"ids": ids, "key": key, "is_query": True, "relevant": sorted(relevant[stripped])}
+            for key, (stripped, ids) in enumerate(zip(queries, query_ids))
+        ]
+        items += [{"ids": ids, "key": key, "is_query": False, "relevant": []} for key, ids in enumerate(corpus_ids)]
+        return items
+
+    # ---- loaders ---------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.datasets["train"]
+        if self.hparams.mine_negatives and not self._mined:
+            self._mine(data)
+        hp = self.hparams
+        if hp.group_by_length:
+            lengths = [max(len(item["a"]), len(item["b"])) for item in data]
+            sampler = LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=self._shared_generator())
+        else:
+            sampler = torch.utils.data.RandomSampler(data, generator=self._shared_generator())
+        if "a_key" in data[0]:
+            collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
+        else:
+            collate = PairCollator(self.tokenizer.pad_token_id)
+        return self._loader(data, hp.batch_size, collate, sampler=sampler)
+
+    def _shared_generator(self) -> torch.Generator | None:
+        """Every DDP rank must draw the same order before Lightning shards it (see STSBDataModule)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return None
+        return torch.Generator().manual_seed(torch.initial_seed())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise DataError("no test data: give data.test=FILE, or run with test=false")
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        data = self.datasets[split]
+        pad = self.tokenizer.pad_token_id
+        if self.supervision == "contrastive":
+            data = sorted(data, key=lambda item: len(item["ids"]))
+            collate = RetrievalCollator(pad)
+        else:
+            data = sorted(data, key=lambda item: max(len(item["a"]), len(item["b"])))
+            collate = PairCollator(pad, "labels" if self.supervision == "binary" else "scores")
+        return self._loader(data, self.hparams.eval_batch_size, collate)
+
+    def _loader(self, data, batch_size, collate, sampler=None) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    # ---- mining ------------------------------------------------------------------------------
+
+    def _mine(self, items: list[dict]) -> None:
+        if "a_key" not in items[0]:
+            raise DataError("data.mine_negatives needs contrastive training (binary or contrastive supervision, "
+                            "binary_objective=contrastive)")
+        module = self.trainer.lightning_module
+        query_ids, document_ids = self._train_texts
+        positives = [self._positives.get(key, set()) for key in range(len(query_ids))]
+        log.info("Mining %d hard negatives for each of %d texts among %d candidates",
+                 self.hparams.mine_negatives, len(query_ids), len(document_ids))
+        mined = mine_hard_negatives(
+            module.model, query_ids, document_ids, positives, self.hparams.mine_negatives, self.hparams.mine_margin,
+            self.tokenizer.pad_token_id, batch_size=self.hparams.eval_batch_size, device=module.device,
+        )
+        added = 0
+        for item in items:
+            present = {key for key, _ in item["negatives"]}
+            new = [k for k in mined[item["a_key"]] if k not in present]
+            item["negatives"] = item["negatives"] + [(k, document_ids[k]) for k in new]
+            added += len(new)
+        self.reports["train"].notes.append(f"mining added {added} hard negatives over {len(items)} pairs")
+        log.info("Mining added %d hard negatives over %d pairs", added, len(items))
+        self._mined = True
+
+    def report_dict(self) -> dict:
+        """What was read, kept and dropped in each split, for results.json."""
+        return {"supervision": self.supervision, **{split: r.as_dict() for split, r in self.reports.items()}}

@@ -1,0 +1,66 @@
+"""Hold out a validation split, and keep pairs from leaking across splits."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lightning_modules.data.pairs import PairExamples, ReadReport, pair_key
+
+
+def holdout_split(
+    examples: PairExamples, fraction: float, max_pairs: int | None, seed: int, symmetric: bool = True
+) -> tuple[list[int], list[int]]:
+    """Seeded train/validation indices that share no ``text_a`` and no pair.
+
+    Whole groups of pairs with the same ``text_a`` go to one side, so no text_a
+    (hence no identical pair) is on both. The validation side gets
+    ``fraction`` of the pairs, at most ``max_pairs``, at least one group.
+    With ``symmetric``, a validation pair whose reverse ``(b, a)`` is in training
+    moves to training too.
+
+    Returns ``(train_indices, validation_indices)``, each sorted.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    groups: dict[str, list[int]] = {}
+    for index, text in enumerate(examples.text_a):
+        groups.setdefault(text.strip(), []).append(index)
+    if len(groups) < 2:
+        raise ValueError("cannot hold out validation pairs: every pair has the same text_a")
+    target = max(1, math.floor(fraction * len(examples)))
+    if max_pairs is not None:
+        target = min(target, max_pairs)
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    keys = list(groups)
+    validation: list[int] = []
+    for position in order:
+        if len(validation) >= target:
+            break
+        group = groups[keys[position]]
+        if validation and len(validation) + len(group) > target:
+            continue  # a big group would overshoot: try smaller ones
+        validation.extend(group)
+    taken = set(validation)
+    train = [i for i in range(len(examples)) if i not in taken]
+    if symmetric:
+        train_pairs = {pair_key(examples.text_a[i], examples.text_b[i], True) for i in train}
+        moved = [i for i in validation if pair_key(examples.text_a[i], examples.text_b[i], True) in train_pairs]
+        validation = [i for i in validation if i not in set(moved)]
+        train = sorted(train + moved)
+    return train, sorted(validation)
+
+
+def drop_leaked_pairs(
+    train: PairExamples, report: ReadReport, held: PairExamples, held_name: str, symmetric: bool
+) -> PairExamples:
+    """Remove from ``train`` the pairs that also appear in ``held`` (validation or test), counting them."""
+    held_keys = {pair_key(a, b, symmetric) for a, b in zip(held.text_a, held.text_b)}
+    keep = []
+    for index, (a, b) in enumerate(zip(train.text_a, train.text_b)):
+        if pair_key(a, b, symmetric) in held_keys:
+            report.drop(f"pair also in {held_name}", train.where[index])
+        else:
+            keep.append(index)
+    return train.subset(keep) if len(keep) < len(train) else train

@@ -1,0 +1,92 @@
+"""Evaluation metrics beyond correlations: pair classification and retrieval.
+
+Plain functions over tensors, so that they can be checked against brute force.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def best_threshold_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Best F1 and best accuracy over all decision thresholds, and those thresholds.
+
+    A pair is predicted positive when its score is ``>= threshold``. Candidate
+    thresholds sit halfway between consecutive distinct scores (and below the
+    lowest), so a threshold chosen on one split transfers to another.
+
+    Args:
+        scores: ``(N,)`` similarities.
+        labels: ``(N,)`` 0/1.
+
+    Returns ``f1``, ``f1_threshold``, ``accuracy``, ``accuracy_threshold`` (F1 and
+    accuracy in [0, 1]).
+    """
+    scores, labels = scores.double().flatten(), labels.double().flatten()
+    order = torch.argsort(scores, descending=True)
+    scores, labels = scores[order], labels[order]
+    # Predicting the top k as positive, k = 0..N: true and false positives.
+    true_positives = torch.cat([labels.new_zeros(1), labels.cumsum(0)])
+    false_positives = torch.cat([labels.new_zeros(1), (1 - labels).cumsum(0)])
+    positives, n = labels.sum(), len(labels)
+    # Only cuts between distinct scores are reachable with a threshold.
+    cut = torch.ones(n + 1, dtype=torch.bool)
+    cut[1:n] = scores[1:] != scores[:-1]
+    f1 = 2 * true_positives / (true_positives + false_positives + positives).clamp(min=1)
+    accuracy = (true_positives + (n - positives - false_positives)) / n
+    f1[~cut], accuracy[~cut] = -1.0, -1.0
+    return {
+        "f1": float(f1.max()),
+        "f1_threshold": _threshold_at(scores, int(f1.argmax())),
+        "accuracy": float(accuracy.max()),
+        "accuracy_threshold": _threshold_at(scores, int(accuracy.argmax())),
+    }
+
+
+def _threshold_at(sorted_scores: torch.Tensor, k: int) -> float:
+    """The threshold that predicts exactly the top ``k`` (of descending ``sorted_scores``) as positive."""
+    if k == 0:
+        return float(sorted_scores[0]) + 1.0  # above every score: nothing positive
+    if k == len(sorted_scores):
+        return float(sorted_scores[-1]) - 1e-6
+    return float((sorted_scores[k - 1] + sorted_scores[k]) / 2)
+
+
+def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
+    """F1 and accuracy when pairs with ``score >= threshold`` are predicted positive."""
+    predicted = scores.double() >= threshold
+    labels = labels.bool()
+    true_positives = (predicted & labels).sum().item()
+    f1_denominator = predicted.sum().item() + labels.sum().item()
+    return {
+        "f1": 2 * true_positives / f1_denominator if f1_denominator else 0.0,
+        "accuracy": (predicted == labels).double().mean().item(),
+    }
+
+
+def retrieval_metrics(scores: torch.Tensor, relevant: list[list[int]], ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """MRR@10 and Recall@k of queries ranked against a corpus.
+
+    Args:
+        scores: ``(Q, C)`` similarity of each query to each corpus text.
+        relevant: for each query, the corpus indices relevant to it (non-empty).
+
+    Returns ``mrr@10`` (mean reciprocal rank of the first relevant text in the top
+    10, 0 when none is) and ``recall@k`` (the share of a query's relevant texts in
+    its top k, averaged over queries), in [0, 1]. Ties rank the lower index first.
+    """
+    depth = min(max(10, *ks), scores.shape[1])
+    # A stable descending sort: equal scores keep corpus order, the same in every run.
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :depth]
+    is_relevant = torch.zeros_like(top, dtype=torch.bool)
+    for row, wanted in enumerate(relevant):
+        if not wanted:
+            raise ValueError(f"query {row} has no relevant corpus text")
+        is_relevant[row] = torch.isin(top[row], torch.tensor(wanted))
+    ranks = torch.arange(1, depth + 1, dtype=torch.float64)
+    first_hit = torch.where(is_relevant[:, :10], 1.0 / ranks[: min(10, depth)], 0.0).max(dim=1).values
+    results = {"mrr@10": float(first_hit.mean())}
+    totals = torch.tensor([len(set(w)) for w in relevant], dtype=torch.float64)
+    for k in ks:
+        results[f"recall@{k}"] = float((is_relevant[:, :k].sum(1) / totals).mean())
+    return results
