@@ -137,15 +137,22 @@ def _xent(logits_row, target):
     return lse - logits_row[target]
 
 
-def reference_infonce(scores, temperature, symmetric):
-    """scores: list of Ba rows of Bb floats. Row i's positive is column i."""
+def reference_infonce(scores, temperature, symmetric, mask=None):
+    """scores: list of Ba rows of Bb floats. Row i's positive is column i.
+    mask[i][j] True: column j is no candidate of row i (nor row i of column j)."""
     n = len(scores)
+    mask = mask or [[False] * len(row) for row in scores]
     logits = [[s / temperature for s in row] for row in scores]
-    rows = math.fsum(_xent(logits[i], i) for i in range(n)) / n
+    # Drop masked candidates from the list; the positive keeps its place among the rest.
+    def kept(values, flags, target):
+        return [v for v, f in zip(values, flags) if not f], sum(not f for f in flags[:target])
+    rows = math.fsum(_xent(*kept(logits[i], mask[i], i)) for i in range(n)) / n
     if not symmetric:
         return rows
     # Column j (j < n) picks its partner a_j among the Ba a-texts only.
-    cols = math.fsum(_xent([logits[i][j] for i in range(n)], j) for j in range(n)) / n
+    cols = math.fsum(
+        _xent(*kept([logits[i][j] for i in range(n)], [mask[i][j] for i in range(n)], j)) for j in range(n)
+    ) / n
     return 0.5 * (rows + cols)
 
 
@@ -173,6 +180,32 @@ def test_infonce_matches_reference(shape, seed, temperature, symmetric):
     assert loss.dim() == 0
     # logits up to 1/0.05 = 20: float32 rounding ~ 20 * 6e-8 per term
     _close(loss, reference_infonce(scores.tolist(), temperature, symmetric), rtol=1e-5, atol=2e-5)
+
+
+@FAST
+@given(
+    shape=st.tuples(st.integers(2, 5), st.integers(0, 3)),
+    seed=st.integers(0, 2**31 - 1),
+    symmetric=st.booleans(),
+)
+def test_infonce_mask_removes_false_negatives_from_the_candidates(shape, seed, symmetric):
+    ba, extra = shape
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(ba, ba + extra, generator=g, dtype=torch.float64) * 2 - 1
+    mask = torch.rand(ba, ba + extra, generator=g) < 0.3
+    mask.fill_diagonal_(False)
+    loss = InfoNCELoss(temperature=0.1, symmetric=symmetric)(scores, mask=mask)
+    _close(loss, reference_infonce(scores.tolist(), 0.1, symmetric, mask.tolist()), rtol=1e-5, atol=2e-5)
+    # A masked column's score cannot move the loss.
+    if mask.any():
+        moved = scores.clone()
+        moved[mask] = 5.0
+        assert InfoNCELoss(temperature=0.1, symmetric=symmetric)(moved, mask=mask) == loss
+
+
+def test_infonce_mask_on_a_positive_is_refused():
+    with pytest.raises(ValueError, match="False diagonal"):
+        InfoNCELoss()(torch.zeros(2, 3), mask=torch.eye(2, 3, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

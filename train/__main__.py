@@ -3,6 +3,7 @@
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from lightning_modules.data.errors import DataError
@@ -14,9 +15,13 @@ from train.pipeline import run
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
-    except (DataError, ModelLoadError) as error:
+    except (DataError, ModelLoadError, InstantiationException) as error:
+        # A constructor's error reaches us wrapped by Hydra's instantiate.
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
+        if not isinstance(cause, (DataError, ModelLoadError)):
+            raise
         # Bad input is the user's to fix: one clear paragraph, not a library traceback.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     # Returned so that Hydra sweepers (-m model.lr=1e-5,3e-5) can optimise it.
     return results.get(cfg.get("optimized_metric"))

@@ -145,6 +145,8 @@ class PairsDataModule(pl.LightningDataModule):
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
         self._markers = (self._marker_id(hp.query_marker), self._marker_id(hp.document_marker))
         train = self._read("train", hp.train)
+        if self.supervision == "graded":  # the observed range is that of the whole training file
+            self._observed_range = (min(train.targets), max(train.targets))
         if hp.validation is not None:
             self._read("validation", hp.validation)
         else:
@@ -195,7 +197,7 @@ class PairsDataModule(pl.LightningDataModule):
         if self.hparams.score_range is not None:
             low, high = self.hparams.score_range
         else:
-            low, high = min(self.examples["train"].targets), max(self.examples["train"].targets)
+            low, high = self._observed_range
             if low == high:
                 raise DataError(f"{self.reports['train'].source}: every score is {low}: nothing to learn from")
             self.reports["train"].notes.append(f"scores scaled from the observed range [{low}, {high}] to [0, 1]")

@@ -1,0 +1,181 @@
+"""The pairs DataModule: batches for each supervision, roles, truncation, mining, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.data import PairsDataModule
+from lightning_modules.data.collate import ContrastiveCollator
+from lightning_modules.data.errors import DataError
+from lightning_modules.data.mining import mine_hard_negatives
+from lightning_modules.encoder import TokenEncoder
+from lightning_modules.maxsim import maxsim_pairwise
+from lightning_modules.model import LateInteractionModel
+from tests.test_pairs_reading import write_rows
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _datamodule(minilm_path, train, **options) -> PairsDataModule:
+    datamodule = PairsDataModule(train=train and str(train), tokenizer_name_or_path=minilm_path, **options)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _triplets(n=60):
+    return [{"query": f"question number {i % 20}", "positive": f"answer {i}", "negative": f"wrong answer {i}"}
+            for i in range(n)]
+
+
+def test_graded_scores_are_scaled_by_the_observed_or_declared_range(tmp_path, minilm_path):
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": 10 + i} for i in range(40)]
+    path = write_rows(tmp_path / "g.csv", rows)
+    datamodule = _datamodule(minilm_path, path, validation_fraction=0.25)
+    assert datamodule.supervision == "graded" and datamodule.monitor_metric == "val/spearman"
+    scores = [item["score"] for split in ("train", "validation") for item in datamodule.datasets[split]]
+    assert min(scores) == 0.0 and max(scores) == 1.0
+    assert len(datamodule.datasets["validation"]) == 10
+    declared = _datamodule(minilm_path, path, validation_fraction=0.25, score_range=[0, 100])
+    assert sorted(item["score"] for item in declared.datasets["train"])[0] >= 0.10
+    batch = next(iter(declared.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "scores"}
+
+
+def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minilm_path):
+    rows = [{"text1": f"q{i}", "text2": f"good {i}", "label": 1} for i in range(30)]
+    rows += [{"text1": f"q{i}", "text2": f"bad {i}", "label": 0} for i in range(30)]
+    rows += [{"text1": "lonely", "text2": "nothing", "label": 0}]
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), validation_fraction=0.2, seed=1)
+    assert datamodule.supervision == "binary" and datamodule.monitor_metric == "val/auc"
+    train = datamodule.datasets["train"]
+    assert all(item["negatives"] for item in train)  # every positive got its label-0 partner
+    decode = datamodule.tokenizer.decode
+    for item in train:
+        query = decode(item["a"], skip_special_tokens=True)
+        assert [decode(ids, skip_special_tokens=True) for _, ids in item["negatives"]] == [
+            query.replace("q", "bad ")]
+    note = next(n for n in datamodule.reports["train"].notes if n.startswith("binary_objective=contrastive"))
+    assert f"{len(train)} positive pairs train, {len(train)} label-0 pairs serve as their hard negatives" in note
+    unused = 0 if "lonely" in datamodule.examples["validation"].text_a else 1
+    assert f"{unused} label-0 pairs have no positive with the same text_a" in note
+    val = next(iter(datamodule.val_dataloader()))
+    assert set(val) == {"input_ids", "attention_mask", "labels"}
+    assert set(val["labels"].tolist()) <= {0.0, 1.0}
+    batch = next(iter(datamodule.train_dataloader()))
+    pairs = batch["false_negatives"].shape[0]
+    assert batch["input_ids"].shape[0] == 2 * pairs + (batch["false_negatives"].shape[1] - pairs)
+
+
+def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path):
+    rows = [{"text1": f"q{i}", "text2": f"t{i}", "label": i % 2} for i in range(40)]
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective="ranking")
+    assert len(datamodule.datasets["train"]) + len(datamodule.datasets["validation"]) == 40
+    assert set(next(iter(datamodule.train_dataloader()))) == {"input_ids", "attention_mask", "scores"}
+
+
+def test_contrastive_validation_is_retrieval_over_unique_texts(tmp_path, minilm_path):
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "t.jsonl", _triplets()), validation_fraction=0.2)
+    assert datamodule.supervision == "contrastive" and datamodule.monitor_metric == "val/mrr@10"
+    validation = datamodule.examples["validation"]
+    items = datamodule.datasets["validation"]
+    queries = [item for item in items if item["is_query"]]
+    corpus = [item for item in items if not item["is_query"]]
+    assert len(queries) == len(set(validation.text_a))
+    # The corpus: each distinct positive and hard negative of the validation pairs.
+    assert len(corpus) == len(set(validation.text_b) | {n for ns in validation.negatives for n in ns})
+    assert sum(len(item["relevant"]) for item in queries) == len(validation)
+    batch = next(iter(datamodule.val_dataloader()))
+    assert {"text_keys", "is_query", "relevant"} <= set(batch)
+
+
+def test_contrastive_collator_masks_known_positives_only():
+    # Two rows share text_a (key 0): each one's positive is a false negative of the other.
+    items = [
+        {"a": [1, 2], "b": [3], "a_key": 0, "b_key": 10, "negatives": [(12, [5])]},
+        {"a": [1, 2], "b": [4], "a_key": 0, "b_key": 11, "negatives": []},
+        {"a": [6], "b": [7, 8, 9], "a_key": 1, "b_key": 13, "negatives": []},
+    ]
+    batch = ContrastiveCollator(0, {0: {10, 11}, 1: {13}}, max_negatives=4)(items)
+    assert batch["input_ids"].shape == (7, 3)
+    assert batch["input_ids"][6].tolist() == [5, 0, 0]
+    assert batch["false_negatives"].tolist() == [
+        [False, True, False, False],
+        [True, False, False, False],
+        [False, False, False, False],
+    ]
+    capped = ContrastiveCollator(0, {}, max_negatives=1)([{**items[0], "negatives": [(12, [5]), (14, [6])]}])
+    assert capped["input_ids"].shape[0] == 3
+
+
+def test_asymmetric_roles_mark_and_cut_queries(tmp_path, minilm_path):
+    rows = [{"query": "what is " + "very " * 40 + f"long {i}", "positive": f"doc {i} " * 3} for i in range(30)]
+    datamodule = _datamodule(
+        minilm_path, write_rows(tmp_path / "q.jsonl", rows), roles="asymmetric", query_marker="[unused0]",
+        document_marker="[unused1]", query_max_length=8,
+    )
+    tokenizer = datamodule.tokenizer
+    q_marker, d_marker = tokenizer.convert_tokens_to_ids(["[unused0]", "[unused1]"])
+    for item in datamodule.datasets["train"]:
+        assert len(item["a"]) == 8 and item["a"][1] == q_marker and item["a"][-1] == tokenizer.sep_token_id
+        assert item["b"][1] == d_marker
+    notes = " ".join(datamodule.reports["train"].notes)
+    assert "query texts longer than 8 tokens were truncated" in notes
+    with pytest.raises(DataError, match="marker 'not-a-token' is not a token of the vocabulary"):
+        _datamodule(minilm_path, write_rows(tmp_path / "q.jsonl", rows), roles="asymmetric",
+                    query_marker="not-a-token")
+
+
+def test_a_validation_file_drops_leaked_pairs_from_training(tmp_path, minilm_path):
+    train = write_rows(tmp_path / "train.csv", [{"text1": f"a{i}", "text2": f"b{i}", "label": i % 2} for i in range(20)])
+    val = write_rows(tmp_path / "val.csv", [{"text1": "b3", "text2": "a3", "label": 1},
+                                            {"text1": "x", "text2": "y", "label": 0}])
+    datamodule = _datamodule(minilm_path, train, validation=str(val), binary_objective="ranking")
+    assert len(datamodule.datasets["train"]) == 19 and len(datamodule.datasets["validation"]) == 2
+    assert datamodule.reports["train"].dropped == {"pair also in validation": 1}
+    assert datamodule.report_dict()["train"]["kept"] == 19
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"train": None}, "no training data"),
+        ({"roles": "both"}, "data.roles must be one of"),
+        ({"score_range": [5, 1]}, "score_range must be"),
+        ({"supervision": "regression"}, "data.supervision must be one of"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path, minilm_path, options, message):
+    path = write_rows(tmp_path / "g.csv", [{"sentence1": f"a{i}", "sentence2": "b", "score": i} for i in range(9)])
+    with pytest.raises(DataError, match=message):
+        _datamodule(minilm_path, options.pop("train", path), **options)
+
+
+def test_test_loader_without_test_data_says_what_to_do(tmp_path, minilm_path):
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "t.jsonl", _triplets()))
+    assert not datamodule.has_test
+    with pytest.raises(DataError, match="no test data"):
+        datamodule.test_dataloader()
+
+
+def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm_path):
+    torch.manual_seed(0)
+    encoder = TokenEncoder(minilm_path, projection_dim=8, random_init=True, config_overrides=TINY)
+    model = LateInteractionModel(encoder).train()
+    generator = torch.Generator().manual_seed(0)
+    queries = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [5, 7, 3, 9]]
+    corpus = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [4, 6, 8, 3, 5, 7, 2, 9]]
+    positives = [{0}, {1, 2}, {3}, {4}]
+    mined = mine_hard_negatives(model, queries, corpus, positives, k=3, margin=0.01, pad_token_id=0, batch_size=3)
+    assert model.training  # restored
+    model.eval()
+    with torch.no_grad():
+        def score(q, c):  # one pair at a time, no padding: the reference
+            a = model.encode(torch.tensor([queries[q]]), torch.ones(1, len(queries[q]), dtype=torch.long))
+            b = model.encode(torch.tensor([corpus[c]]), torch.ones(1, len(corpus[c]), dtype=torch.long))
+            return float(maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask))
+        for q, known in enumerate(positives):
+            ceiling = min(score(q, c) for c in known) - 0.01
+            expected = sorted((c for c in range(len(corpus)) if c not in known and score(q, c) <= ceiling),
+                              key=lambda c: -score(q, c))[:3]
+            assert mined[q] == expected

@@ -1,0 +1,140 @@
+"""``+experiment=pairs`` end to end with the tiny model: each supervision, its metrics, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lightning_modules.data import PairsDataModule
+from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
+from lightning_modules.module import MaxSimModule
+from tests.test_pairs_reading import write_rows
+from train.pipeline import run
+
+
+def _stsb_rows(stsb_dir, split, n):
+    with (stsb_dir / f"{split}.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))[:n]
+
+
+def _binary_rows(rows):
+    return [{"text1": r["sentence1"], "text2": r["sentence2"], "label": int(float(r["score"]) >= 4)} for r in rows]
+
+
+def _overrides(train, *extra):
+    return ["+experiment=pairs", "model=tiny", f"data.train='{train}'", "~logger", "trainer.max_epochs=2",
+            "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", *extra]
+
+
+def _reload(results, cfg):
+    module = MaxSimModule.load_from_checkpoint(results["best_checkpoint"], weights_only=True).eval()
+    datamodule = PairsDataModule(**{k: v for k, v in cfg.data.items() if not k.startswith("_")})
+    datamodule.setup("fit")
+    return module, datamodule
+
+
+def _scores_and_targets(module, loader, key):
+    scores, targets = [], []
+    with torch.no_grad():
+        for batch in loader:
+            scores.append(module(batch["input_ids"], batch["attention_mask"]))
+            targets.append(batch[key])
+    return torch.cat(scores), torch.cat(targets)
+
+
+def test_binary_pairs_report_auc_and_apply_validation_thresholds_on_test(compose_cfg, tmp_path, stsb_dir):
+    train = write_rows(tmp_path / "train.csv", _binary_rows(_stsb_rows(stsb_dir, "train", 200)))
+    test = write_rows(tmp_path / "test.csv", _binary_rows(_stsb_rows(stsb_dir, "test", 80)))
+    cfg = compose_cfg(_overrides(train, f"data.test='{test}'", "data.validation_fraction=0.3"), tmp_path / "run")
+    results = run(cfg)
+    assert results["monitor"] == "val/auc"
+    for key in ("val/auc", "val/f1", "val/accuracy", "val/f1_threshold", "test/auc", "test/f1", "test/accuracy"):
+        assert key in results and key in results["zero_shot"] or key.endswith("threshold"), key
+    assert results["data"]["supervision"] == "binary"
+    assert results["data"]["train"]["rows_read"] == 200 and results["data"]["train"]["held_out"] > 0
+
+    # Recompute from the best checkpoint, outside Lightning: thresholds come from validation...
+    module, datamodule = _reload(results, cfg)
+    val_scores, val_labels = _scores_and_targets(module, datamodule.val_dataloader(), "labels")
+    best = best_threshold_metrics(val_scores, val_labels)
+    assert module.decision_thresholds.tolist() == pytest.approx([best["f1_threshold"], best["accuracy_threshold"]],
+                                                                abs=1e-5)
+    assert results["val/f1_threshold"] == pytest.approx(best["f1_threshold"], abs=1e-4)
+    # ... and the test figures are at those thresholds, AUC as scikit-learn computes it.
+    test_scores, test_labels = _scores_and_targets(module, datamodule.test_dataloader(), "labels")
+    assert results["test/auc"] == pytest.approx(100 * roc_auc_score(test_labels.numpy(), test_scores.numpy()), abs=0.01)
+    at = metrics_at_threshold(test_scores, test_labels, best["f1_threshold"])
+    assert results["test/f1"] == pytest.approx(100 * at["f1"], abs=0.01)
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_triplets_train_contrastively_and_report_retrieval(compose_cfg, tmp_path, stsb_dir):
+    rows = [r for r in _stsb_rows(stsb_dir, "train", 600) if float(r["score"]) >= 3.5]
+    triplets = [{"anchor": r["sentence1"], "positive": r["sentence2"], "negative": rows[(i + 5) % len(rows)]["sentence2"]}
+                for i, r in enumerate(rows)]
+    train = write_rows(tmp_path / "train.jsonl", triplets)
+    cfg = compose_cfg(_overrides(train, "data.validation_fraction=0.1", "data.mine_negatives=2"), tmp_path / "run")
+    results = run(cfg)
+    assert results["monitor"] == "val/mrr@10"
+    assert {"val/mrr@10", "val/recall@1", "val/recall@10"} <= set(results) & set(results["zero_shot"])
+    assert "test/mrr@10" not in results  # no test data: no test pass
+    notes = " ".join(results["data"]["train"]["notes"])
+    assert "mining added" in notes
+
+    # MRR@10 of the best checkpoint, scored one pair at a time: no padding, no chunking.
+    module, datamodule = _reload(results, cfg)
+    validation = datamodule.examples["validation"]
+    queries = list(dict.fromkeys(validation.text_a))
+    corpus = list(dict.fromkeys(validation.text_b + [n for ns in validation.negatives for n in ns]))
+    tokenizer = datamodule.tokenizer
+    scores = torch.zeros(len(queries), len(corpus))
+    with torch.no_grad():
+        for q, query in enumerate(queries):
+            for c, text in enumerate(corpus):
+                encoded = tokenizer([query, text], padding=True, truncation=True, max_length=128, return_tensors="pt")
+                scores[q, c] = module(encoded["input_ids"], encoded["attention_mask"])
+    relevant = [[corpus.index(b) for a, b in zip(validation.text_a, validation.text_b) if a == query] for query in queries]
+    expected = retrieval_metrics(scores, relevant)
+    assert results["val/mrr@10"] == pytest.approx(100 * expected["mrr@10"], abs=0.01)
+
+
+def test_graded_pairs_in_tsv_with_a_declared_range(compose_cfg, tmp_path, stsb_dir):
+    rows = [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": 20 * float(r["score"])}
+            for r in _stsb_rows(stsb_dir, "train", 150)]
+    train = write_rows(tmp_path / "train.tsv", rows)
+    cfg = compose_cfg(_overrides(train, "data.score_range=[0,100]", "trainer.max_epochs=1"), tmp_path / "run")
+    results = run(cfg)
+    assert results["monitor"] == "val/spearman" and "val/spearman" in results["zero_shot"]
+
+
+def test_cli_bad_pairs_file_ends_in_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text1,text2,label\na,b,1\nc,d,maybe\n", encoding="utf-8")
+    command = [sys.executable, "-m", "train", *_overrides(bad), f"hydra.run.dir='{tmp_path / 'run'}'"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: {bad}, line 3, column 'label': label 'maybe' is not 0 or 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = [sys.executable, "-m", "train", "+experiment=pairs", "model=tiny", f"hydra.run.dir='{tmp_path / 'r2'}'"]
+    done = subprocess.run(missing, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2 and "error: no training data: python -m train +experiment=pairs data.train=FILE" in (
+        done.stderr)
+
+
+def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path):
+    rows = [{"query": f"q{i % 30}", "positive": f"p{i}"} for i in range(90)]
+    rows += [{"query": "q1", "positive": "p1"}, {"query": " ", "positive": "p"}]
+    train = write_rows(tmp_path / "t.jsonl", rows)
+    cfg = compose_cfg(_overrides(train, "++trainer.fast_dev_run=true"), tmp_path / "run")
+    run(cfg)
+    data = json.loads((tmp_path / "run" / "results.json").read_text())["data"]
+    assert data["train"]["rows_read"] == 92
+    assert data["train"]["dropped"] == {"empty or whitespace-only text": 1, "duplicate pair": 1}
+    assert data["train"]["kept"] + data["train"]["held_out"] == 90
+    assert data["validation"]["rows_read"] == data["train"]["held_out"]
