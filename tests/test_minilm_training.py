@@ -94,3 +94,30 @@ def test_minilm_fine_tuning_on_a_stsb_subset(stsb_dir, minilm_path):
     assert predicted.shape == gold.shape == (300,)
     assert trained["val/spearman"] == pytest.approx(100 * spearmanr(predicted, gold).statistic, abs=1e-3)
     assert trained["val/pearson"] == pytest.approx(100 * pearsonr(predicted, gold).statistic, abs=1e-3)
+
+
+def test_minilm_on_user_style_binary_pairs_beats_zero_shot(tmp_path, stsb_dir, minilm_path, compose_cfg):
+    """The README's user example, smaller: STS-B pairs labelled 1 when score >= 4, as a user's CSV."""
+    import csv
+
+    from train.pipeline import run
+
+    def write(split, n):
+        with (stsb_dir / f"{split}.csv").open(encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))[:n]
+        path = tmp_path / f"{split}_pairs.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text1", "text2", "label"])
+            writer.writerows([r["sentence1"], r["sentence2"], int(float(r["score"]) >= 4)] for r in rows)
+        return path
+
+    # Validation: a hold-out of the user's file, as in the README example.
+    cfg = compose_cfg(["+experiment=pairs", f"data.train='{write('train', 1500)}'", "data.validation_fraction=0.2",
+                       "trainer.max_epochs=1", "~logger", "++trainer.enable_progress_bar=false"], tmp_path / "run")
+    results = run(cfg)
+    print({k: results[k] for k in ("val/auc", "val/f1", "val/accuracy")}, results["zero_shot"])
+    assert results["data"]["train"]["notes"][-1].startswith("binary_objective=auto chose ranking")
+    # Seeded, so reproducible here; measured 92.49 -> 93.30 AUC, 71.32 -> 73.08 F1.
+    assert results["val/auc"] > results["zero_shot"]["val/auc"]
+    assert results["val/f1"] > results["zero_shot"]["val/f1"]

@@ -48,6 +48,7 @@ def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minil
     rows += [{"text1": "lonely", "text2": "nothing", "label": 0}]
     datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), validation_fraction=0.2, seed=1)
     assert datamodule.supervision == "binary" and datamodule.monitor_metric == "val/auc"
+    assert any(n.startswith("binary_objective=auto chose contrastive") for n in datamodule.reports["train"].notes)
     train = datamodule.datasets["train"]
     assert all(item["negatives"] for item in train)  # every positive got its label-0 partner
     decode = datamodule.tokenizer.decode
@@ -67,11 +68,16 @@ def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minil
     assert batch["input_ids"].shape[0] == 2 * pairs + (batch["false_negatives"].shape[1] - pairs)
 
 
-def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path):
+@pytest.mark.parametrize("objective", ["ranking", "auto"])
+def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path, objective):
+    # Every pair has its own text_a: no label-0 pair can be a hard negative, so auto ranks.
     rows = [{"text1": f"q{i}", "text2": f"t{i}", "label": i % 2} for i in range(40)]
-    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective="ranking")
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective=objective)
     assert len(datamodule.datasets["train"]) + len(datamodule.datasets["validation"]) == 40
     assert set(next(iter(datamodule.train_dataloader()))) == {"input_ids", "attention_mask", "scores"}
+    if objective == "auto":
+        assert "binary_objective=auto chose ranking: 0% of the label-0 pairs" in " ".join(
+            datamodule.reports["train"].notes)
 
 
 def test_contrastive_validation_is_retrieval_over_unique_texts(tmp_path, minilm_path):

@@ -138,3 +138,20 @@ def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path):
     assert data["train"]["dropped"] == {"empty or whitespace-only text": 1, "duplicate pair": 1}
     assert data["train"]["kept"] + data["train"]["held_out"] == 90
     assert data["validation"]["rows_read"] == data["train"]["held_out"]
+
+
+def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path, stsb_dir):
+    """Each process embeds its shard of the validation texts; the metric must be that of the whole set."""
+    rows = [{"anchor": r["sentence1"], "positive": r["sentence2"]} for r in _stsb_rows(stsb_dir, "train", 300)]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    results = {}
+    for name, trainer in (("one", "default"), ("two", "ddp_sim")):
+        run_dir = tmp_path / name
+        command = [sys.executable, "-m", "train", *_overrides(train, f"trainer={trainer}", "trainer.max_epochs=1",
+                                                              "data.validation_fraction=0.2"),
+                   f"hydra.run.dir='{run_dir}'"]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        results[name] = json.loads((run_dir / "results.json").read_text())
+    # The same untrained model (seed 42) on the same 60 validation pairs: the same figures.
+    assert results["two"]["zero_shot"] == results["one"]["zero_shot"]

@@ -11,7 +11,8 @@ supervision training                                          evaluation
 graded     CoSENT (and regression) on scores scaled to [0, 1] Spearman, Pearson
 binary     InfoNCE on the positives, label-0 pairs as hard    ROC-AUC, best F1, accuracy at the
            negatives (``binary_objective=contrastive``), or   best threshold
-           CoSENT on the labels (``ranking``)
+           CoSENT on the labels (``ranking``); ``auto``
+           picks by how many label-0 pairs can serve
 contrastive InfoNCE, in-batch and hard negatives               MRR@10, Recall@1, Recall@10 of each
                                                               text_a against all text_b
 ========== ================================================= ====================================
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 MONITOR = {"graded": "val/spearman", "binary": "val/auc", "contrastive": "val/mrr@10"}
 ROLES = ("symmetric", "asymmetric")
-BINARY_OBJECTIVES = ("contrastive", "ranking")
+BINARY_OBJECTIVES = ("auto", "contrastive", "ranking")
 
 
 class PairsDataModule(pl.LightningDataModule):
@@ -68,7 +69,12 @@ class PairsDataModule(pl.LightningDataModule):
             ``document_marker`` and ``max_length`` to the other texts).
         query_marker, document_marker: a token of the vocabulary put after the first
             token (for BERT vocabularies ``[unused0]`` and ``[unused1]``), or ``None``.
-        binary_objective: how binary pairs train (``contrastive`` or ``ranking``).
+        binary_objective: how binary pairs train: ``contrastive`` (InfoNCE; a label-0
+            pair is a hard negative of the positives with the same ``text_a``),
+            ``ranking`` (CoSENT on the labels: every pair counts), or ``auto``:
+            contrastive when at least half of the label-0 pairs share their ``text_a``
+            with a positive (retrieval-style data), else ranking (pair-classification
+            data, where contrastive training would leave the label-0 pairs unused).
         max_negatives_per_pair: hard negatives a pair brings into a batch (drawn anew each time).
         mine_negatives: mine this many hard negatives per ``text_a`` with the model
             before training (0: off); candidates scoring above the lowest positive
@@ -91,7 +97,7 @@ class PairsDataModule(pl.LightningDataModule):
         query_marker: str | None = None,
         document_marker: str | None = None,
         query_max_length: int = 32,
-        binary_objective: str = "contrastive",
+        binary_objective: str = "auto",
         max_negatives_per_pair: int = 4,
         mine_negatives: int = 0,
         mine_margin: float = 0.05,
@@ -219,7 +225,7 @@ class PairsDataModule(pl.LightningDataModule):
 
     def _build_datasets(self) -> None:
         train = self.examples["train"]
-        if self.supervision == "graded" or (self.supervision == "binary" and self.hparams.binary_objective == "ranking"):
+        if self.supervision == "graded" or (self.supervision == "binary" and self._binary_objective(train) == "ranking"):
             self.datasets["train"] = self._pair_items("train", train)
         else:
             self.datasets["train"] = self._contrastive_items(train)
@@ -230,6 +236,19 @@ class PairsDataModule(pl.LightningDataModule):
                 self.datasets[split] = self._retrieval_items(split, self.examples[split])
             else:
                 self.datasets[split] = self._pair_items(split, self.examples[split])
+
+    def _binary_objective(self, train: PairExamples) -> str:
+        chosen = self.hparams.binary_objective
+        if chosen == "auto":
+            anchors = {a.strip() for a, t in zip(train.text_a, train.targets) if t == 1.0}
+            negatives = [a.strip() in anchors for a, t in zip(train.text_a, train.targets) if t == 0.0]
+            usable = sum(negatives) / len(negatives) if negatives else 1.0
+            chosen = "contrastive" if usable >= 0.5 else "ranking"
+            self.reports["train"].notes.append(
+                f"binary_objective=auto chose {chosen}: {usable:.0%} of the label-0 pairs share their text_a with a "
+                "positive and could serve as its hard negative"
+            )
+        return chosen
 
     def _tokenize(self, split: str, texts: list[str], side: str) -> list[list[int]]:
         """Token ids of ``texts`` on the ``query`` or ``document`` side (the same unless asymmetric)."""
