@@ -178,10 +178,8 @@ class MaxSimModule(pl.LightningModule):
             self.eval_scores.update(predicted.float())
             self.eval_labels.update(batch["labels"])
         else:
-            spearman, pearson = (self.val_spearman, self.val_pearson) if split == "val" else (
-                self.test_spearman, self.test_pearson)
-            spearman.update(predicted, batch["scores"])
-            pearson.update(predicted, batch["scores"])
+            for metric in self._correlations(split):
+                metric.update(predicted, batch["scores"])
 
     def _log_evaluation(self, split: str) -> None:
         if self._retrieval_texts:
@@ -189,8 +187,7 @@ class MaxSimModule(pl.LightningModule):
         elif self.eval_labels.update_called:
             metrics = self._classification_metrics(split)
         else:
-            spearman, pearson = (self.val_spearman, self.val_pearson) if split == "val" else (
-                self.test_spearman, self.test_pearson)
+            spearman, pearson = self._correlations(split)
             metrics = {"spearman": spearman.compute(), "pearson": pearson.compute()}
             spearman.reset()
             pearson.reset()
@@ -199,6 +196,9 @@ class MaxSimModule(pl.LightningModule):
             scale = 1.0 if name.endswith("threshold") else 100.0
             self.log(f"{split}/{name}", scale * torch.as_tensor(value, dtype=torch.float32),
                      prog_bar=name in ("spearman", "auc", "mrr@10"))
+
+    def _correlations(self, split: str) -> tuple:
+        return (self.val_spearman, self.val_pearson) if split == "val" else (self.test_spearman, self.test_pearson)
 
     def _classification_metrics(self, split: str) -> dict:
         scores, labels = self.eval_scores.compute().flatten(), self.eval_labels.compute().flatten()
@@ -218,6 +218,7 @@ class MaxSimModule(pl.LightningModule):
         }
 
     def _retrieval_metrics(self) -> dict:
+        """Every query of the split against the whole corpus, from the token vectors kept on the CPU."""
         texts, self._retrieval_texts = self._retrieval_texts, []
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered = [None] * dist.get_world_size()
@@ -230,6 +231,7 @@ class MaxSimModule(pl.LightningModule):
         scores = score_all(self.model, [queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],
                            desc="retrieval evaluation")
         return retrieval_metrics(scores, [[column[c] for c in queries[k][1]] for k in query_keys])
+
 
 def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, projection_lr_multiplier: float):
     """AdamW groups: no decay for biases and norm weights; the projection may get its own rate."""

@@ -165,3 +165,13 @@ def test_appended_unknown_model_key_fails_at_instantiation(compose_cfg, tmp_path
     cfg = compose_cfg(["model=tiny", "+model.not_a_key=1"], tmp_path)
     with pytest.raises(InstantiationException, match="not_a_key"):
         hydra.utils.instantiate(cfg.model)
+
+
+def test_pairs_experiment_takes_a_hub_dataset_with_config_and_split(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+experiment=pairs", "data.train={path:owner/pairs,name:triplet,split:dev}",
+                       "data.columns.negatives=[neg_a,neg_b]"], tmp_path)
+    assert cfg.optimized_metric == "auto"  # decided by the data at run time
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert datamodule.hparams.train == {"path": "owner/pairs", "name": "triplet", "split": "dev"}
+    assert datamodule.hparams.columns["negatives"] == ["neg_a", "neg_b"]
+    assert _is_plain(dict(datamodule.hparams)), datamodule.hparams

@@ -185,3 +185,10 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
             expected = sorted((c for c in range(len(corpus)) if c not in known and score(q, c) <= ceiling),
                               key=lambda c: -score(q, c))[:3]
             assert mined[q] == expected
+
+
+def test_binary_validation_with_one_label_is_an_error(tmp_path, minilm_path):
+    train = write_rows(tmp_path / "train.csv", [{"text1": f"a{i}", "text2": f"b{i}", "label": i % 2} for i in range(20)])
+    val = write_rows(tmp_path / "val.csv", [{"text1": "x", "text2": "y", "label": 1}, {"text1": "z", "text2": "w", "label": 1}])
+    with pytest.raises(DataError, match=r"val\.csv: every validation pair is labelled 1; ROC-AUC"):
+        _datamodule(minilm_path, train, validation=str(val))

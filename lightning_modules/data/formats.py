@@ -96,7 +96,8 @@ def read_table(spec: TableSpec) -> RawTable:
     return table
 
 
-def _read_text(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")  # -sig: a BOM is not part of the first column name
@@ -109,7 +110,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_delimited(path: Path, delimiter: str) -> RawTable:
-    text = _read_text(path)
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -144,7 +145,7 @@ def _check_header(path: Path, columns: list[str]) -> None:
 
 def _read_json(path: Path) -> RawTable:
     """JSON Lines (one object per line), or a single JSON array of objects."""
-    text = _read_text(path)
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
     if text.lstrip().startswith("["):

@@ -25,12 +25,12 @@ import logging
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.columns import resolve_columns
 from lightning_modules.data.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
+from lightning_modules.data.loading import make_loader, training_sampler
 from lightning_modules.data.mining import mine_hard_negatives
 from lightning_modules.data.pairs import (
     PairExamples,
@@ -166,6 +166,8 @@ class PairsDataModule(pl.LightningDataModule):
                 )
         if self.supervision == "graded":
             self._normalise_scores()
+        if self.supervision == "binary":
+            self._check_both_labels()
         if hp.limit_train_pairs is not None and hp.limit_train_pairs < len(self.examples["train"]):
             keep = torch.randperm(len(self.examples["train"]), generator=torch.Generator().manual_seed(hp.seed))
             self.examples["train"] = self.examples["train"].subset(sorted(keep[: hp.limit_train_pairs].tolist()))
@@ -198,6 +200,18 @@ class PairsDataModule(pl.LightningDataModule):
         self.reports["validation"] = ReadReport(
             "validation", f"a seeded hold-out of {self.reports['train'].source}", rows_read=len(val_idx)
         )
+
+    def _check_both_labels(self) -> None:
+        """ROC-AUC and a decision threshold need pairs of both labels in each evaluated split."""
+        for split in ("validation", "test"):
+            if split in self.examples and len(set(self.examples[split].targets)) < 2:
+                only = int(self.examples[split].targets[0])
+                hint = "raise data.validation_fraction or give data.validation=FILE" if (
+                    split == "validation" and self.hparams.validation is None) else "add pairs of the other label"
+                raise DataError(
+                    f"{self.reports[split].source}: every {split} pair is labelled {only}; ROC-AUC and a decision "
+                    f"threshold need both labels ({hint})"
+                )
 
     def _normalise_scores(self) -> None:
         if self.hparams.score_range is not None:
@@ -344,22 +358,13 @@ class PairsDataModule(pl.LightningDataModule):
         if self.hparams.mine_negatives and not self._mined:
             self._mine(data)
         hp = self.hparams
-        if hp.group_by_length:
-            lengths = [max(len(item["a"]), len(item["b"])) for item in data]
-            sampler = LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=self._shared_generator())
-        else:
-            sampler = torch.utils.data.RandomSampler(data, generator=self._shared_generator())
+        lengths = [max(len(item["a"]), len(item["b"])) for item in data]
+        sampler = training_sampler(lengths, hp.batch_size, hp.group_by_length, self.trainer)
         if "a_key" in data[0]:
             collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
         else:
             collate = PairCollator(self.tokenizer.pad_token_id)
         return self._loader(data, hp.batch_size, collate, sampler=sampler)
-
-    def _shared_generator(self) -> torch.Generator | None:
-        """Every DDP rank must draw the same order before Lightning shards it (see STSBDataModule)."""
-        if self.trainer is None or self.trainer.world_size == 1:
-            return None
-        return torch.Generator().manual_seed(torch.initial_seed())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -381,14 +386,7 @@ class PairsDataModule(pl.LightningDataModule):
         return self._loader(data, self.hparams.eval_batch_size, collate)
 
     def _loader(self, data, batch_size, collate, sampler=None) -> DataLoader:
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return make_loader(data, batch_size, collate, self.hparams.num_workers, sampler)
 
     # ---- mining ------------------------------------------------------------------------------
 

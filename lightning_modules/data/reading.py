@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.data.errors import DataError
+from lightning_modules.data.formats import read_utf8
 
 COLUMNS = ("sentence1", "sentence2", "score")
 
@@ -48,7 +49,7 @@ def read_scored_pairs_csv(path: str | Path, score_min: float = 0.0, score_max: f
     if not score_max > score_min:
         raise DataError(f"score range must have score_max > score_min, got [{score_min}, {score_max}]")
     pairs = ScoredPairs([], [], [])
-    text = _read_utf8(path)
+    text = read_utf8(path)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -70,15 +71,6 @@ def read_scored_pairs_csv(path: str | Path, score_min: float = 0.0, score_max: f
     if not len(pairs):
         raise DataError(f"{path}: no rows (an empty split cannot be trained or evaluated on)")
     return pairs
-
-
-def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")  # -sig: a BOM is not part of the first column name
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 ({error.reason} at byte {error.start})") from error
 
 
 def _parse_score(raw: str | None, where: str, score_min: float, score_max: float) -> float:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lightning_modules.data.collate import PairCollator
 from lightning_modules.data.errors import DataError
+from lightning_modules.data.loading import make_loader, training_sampler
 from lightning_modules.data.reading import ScoredPairs, read_scored_pairs_csv
 from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import load_tokenizer
@@ -82,23 +82,9 @@ class STSBDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self.datasets["train"]
-        if self.hparams.group_by_length:
-            # Shuffled, then sorted by length inside mega-batches of 50 batches, so
-            # batches stay random in content but cheap in padding.
-            lengths = [max(len(item["a"]), len(item["b"])) for item in data]
-            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths, generator=self._shared_generator())
-        else:
-            sampler = torch.utils.data.RandomSampler(data, generator=self._shared_generator())
+        lengths = [max(len(item["a"]), len(item["b"])) for item in data]
+        sampler = training_sampler(lengths, self.hparams.batch_size, self.hparams.group_by_length, self.trainer)
         return self._loader(data, self.hparams.batch_size, sampler=sampler)
-
-    def _shared_generator(self) -> torch.Generator | None:
-        """Under several processes, every rank must draw the same order before Lightning
-        shards it; the global RNG can drift between ranks (dropout draws as many numbers
-        as a batch has elements), so use a generator seeded alike on every rank by
-        ``seed_everything``. One process keeps the global RNG."""
-        if self.trainer is None or self.trainer.world_size == 1:
-            return None
-        return torch.Generator().manual_seed(torch.initial_seed())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -113,14 +99,8 @@ class STSBDataModule(pl.LightningDataModule):
         return self._loader(data, self.hparams.eval_batch_size)
 
     def _loader(self, data, batch_size, sampler=None) -> DataLoader:
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        collate = PairCollator(self.tokenizer.pad_token_id)
+        return make_loader(data, batch_size, collate, self.hparams.num_workers, sampler)
 
     def _tokenize(self, pairs: ScoredPairs, split: str) -> list[dict]:
         max_length = self.hparams.max_length
