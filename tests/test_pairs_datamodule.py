@@ -72,7 +72,8 @@ def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minil
 def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path, objective):
     # Every pair has its own text_a: no label-0 pair can be a hard negative, so auto ranks.
     rows = [{"text1": f"q{i}", "text2": f"t{i}", "label": i % 2} for i in range(40)]
-    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective=objective)
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective=objective,
+                             validation_fraction=0.25)
     assert len(datamodule.datasets["train"]) + len(datamodule.datasets["validation"]) == 40
     assert set(next(iter(datamodule.train_dataloader()))) == {"input_ids", "attention_mask", "scores"}
     if objective == "auto":
