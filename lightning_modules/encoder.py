@@ -45,6 +45,14 @@ class TokenEmbeddings:
         """Keep the texts at ``rows`` (an index or boolean tensor over the batch)."""
         return TokenEmbeddings(self.vectors[rows], self.mask[rows])
 
+    @classmethod
+    def stack(cls, vectors: list[torch.Tensor]) -> TokenEmbeddings:
+        """A list of ``(L_i, D)`` tensors -> padded ``(N, max L_i, D)`` vectors and their mask."""
+        padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
+        lengths = torch.tensor([len(v) for v in vectors], device=padded.device)
+        mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+        return cls(padded, mask)
+
 
 def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local folder or a hub id, with an error that says what to do."""
@@ -92,6 +100,7 @@ class TokenEncoder(nn.Module):
         hidden = self.backbone.config.hidden_size
         self.projection = None if projection_dim is None else _make_projection(hidden, projection_dim)
         self.dim = hidden if projection_dim is None else projection_dim
+        self.skip_special_tokens, self.skip_punctuation = skip_special_tokens, skip_punctuation
         excluded = _excluded_token_ids(self.tokenizer, skip_special_tokens, skip_punctuation)
         self.register_buffer("excluded_ids", torch.tensor(sorted(excluded), dtype=torch.long), persistent=False)
 

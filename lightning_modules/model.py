@@ -1,12 +1,43 @@
-"""The late-interaction model: a token encoder plus a MaxSim head. A plain ``nn.Module``."""
+"""The late-interaction model: a token encoder plus a MaxSim head. A plain ``nn.Module``.
+
+Two levels of use: ``embed`` / ``score_pairs`` / ``score_matrix`` on token tensors
+(training), and ``encode`` / ``score`` / ``similarity_matrix`` / ``rank`` on texts
+(inference, after ``LateInteractionModel.from_pretrained``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from lightning_modules.data.collate import pad_token_ids
+from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
 from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
+
+# Inputs longer than this many texts show a progress bar (unless told otherwise).
+PROGRESS_THRESHOLD = 1024
+
+
+@dataclass
+class TextSettings:
+    """How texts become tokens, as in training: lengths and optional ColBERT-style markers.
+
+    ``query_*`` apply to the ``a`` side (queries) when ``roles="asymmetric"``; with
+    symmetric roles every text is tokenised like a document.
+    """
+
+    max_length: int = 128
+    query_max_length: int = 32
+    roles: str = "symmetric"
+    query_marker: str | None = None
+    document_marker: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 class LateInteractionModel(nn.Module):
@@ -17,6 +48,7 @@ class LateInteractionModel(nn.Module):
         direction: ``"both"`` (symmetric, for STS), ``"a2b"`` (ColBERT) or ``"b2a"``.
         reduction: ``"mean"`` (bounded in [-1, 1]) or ``"sum"`` (ColBERT).
         temperature: ``None`` for the hard max, or the smooth-max temperature.
+        text_settings: tokenisation of raw texts for ``encode``/``score``/...
     """
 
     def __init__(
@@ -25,14 +57,30 @@ class LateInteractionModel(nn.Module):
         direction: str = "both",
         reduction: str = "mean",
         temperature: float | None = None,
+        text_settings: TextSettings | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.direction = direction
         self.reduction = reduction
         self.temperature = temperature
+        self.text_settings = text_settings or TextSettings()
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenEmbeddings:
+    @classmethod
+    def from_pretrained(cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+        """Load an exported directory (``python -m train.export``) or a training checkpoint (``.ckpt``).
+
+        The model comes back in eval mode on ``device``, in ``dtype`` if given
+        (``torch.bfloat16`` halves memory; MaxSim still sums in float32).
+        """
+        from lightning_modules.export import load_pretrained  # lazily: export imports this module
+
+        model = load_pretrained(path).eval().to(device)
+        return model.to(dtype) if dtype is not None else model
+
+    # ---- token tensors (training) -------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenEmbeddings:
         """``input_ids (B, L)``, ``attention_mask (B, L)`` -> token vectors ``(B, L, D)`` and mask."""
         return self.encoder(input_ids, attention_mask)
 
@@ -46,3 +94,71 @@ class LateInteractionModel(nn.Module):
 
     def _options(self) -> dict:
         return {"direction": self.direction, "reduction": self.reduction, "temperature": self.temperature}
+
+    # ---- texts (inference) ----------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str], is_query: bool = False) -> list[list[int]]:
+        """Token ids of each text, exactly as training tokenised that side."""
+        _check_texts(texts)
+        settings, tokenizer = self.text_settings, self.encoder.tokenizer
+        query = is_query and settings.roles == "asymmetric"
+        marker = settings.query_marker if query else settings.document_marker
+        marker_id = tokenizer.convert_tokens_to_ids(marker) if marker and settings.roles == "asymmetric" else None
+        max_length = settings.query_max_length if query else settings.max_length
+        return tokenize_texts(tokenizer, list(texts), max_length, marker_id)[0]
+
+    @torch.no_grad()
+    def encode(
+        self, texts: list[str], is_query: bool = False, batch_size: int = 64, show_progress_bar: bool | None = None
+    ) -> list[torch.Tensor]:
+        """Token vectors of each text: a list of ``(L_i, D)`` tensors, one row per token that takes
+        part in matching (padding, and any skipped tokens, removed)."""
+        ids = self.tokenize(texts, is_query)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
+        show = len(ids) > PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
+        device = next(self.parameters()).device
+        out: list = [None] * len(ids)
+        for start in tqdm(range(0, len(ids), batch_size), desc="encoding", unit="batch", disable=not show):
+            chunk = order[start : start + batch_size]
+            input_ids, attention_mask = pad_token_ids([ids[i] for i in chunk], self.encoder.tokenizer.pad_token_id)
+            embedded = self.embed(input_ids.to(device), attention_mask.to(device))
+            for row, index in enumerate(chunk):
+                out[index] = embedded.vectors[row][embedded.mask[row]]
+        return out
+
+    @torch.no_grad()
+    def score(self, a: list[str], b: list[str], batch_size: int = 64, show_progress_bar: bool | None = None) -> torch.Tensor:
+        """MaxSim of aligned pairs ``(a[i], b[i])``: ``(N,)`` float32."""
+        if len(a) != len(b):
+            raise ValueError(f"score needs aligned lists; got {len(a)} and {len(b)} texts")
+        va = self.encode(a, is_query=True, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        vb = self.encode(b, is_query=False, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        scores = [self.score_pairs(TokenEmbeddings.stack(va[i : i + batch_size]), TokenEmbeddings.stack(vb[i : i + batch_size]))
+                  for i in range(0, len(a), batch_size)]
+        return torch.cat(scores).float().cpu()
+
+    @torch.no_grad()
+    def similarity_matrix(self, a: list[str], b: list[str], batch_size: int = 64, chunk: int = 256) -> torch.Tensor:
+        """MaxSim of every text of ``a`` against every text of ``b``: ``(len(a), len(b))`` float32."""
+        va, vb = self.encode(a, is_query=True, batch_size=batch_size), self.encode(b, batch_size=batch_size)
+        scores = torch.empty(len(a), len(b))
+        for i in range(0, len(a), chunk):  # chunks: memory grows with chunk^2 * La * Lb, not len(a) * len(b)
+            left = TokenEmbeddings.stack(va[i : i + chunk])
+            for j in range(0, len(b), chunk):
+                scores[i : i + chunk, j : j + chunk] = self.score_matrix(left, TokenEmbeddings.stack(vb[j : j + chunk])).float()
+        return scores
+
+    @torch.no_grad()
+    def rank(self, query: str, documents: list[str], top_k: int | None = None) -> list[dict]:
+        """The documents by MaxSim against ``query``, best first: ``[{"index", "score", "text"}, ...]``."""
+        scores = self.similarity_matrix([query], documents)[0]
+        order = torch.argsort(scores, descending=True, stable=True)[: top_k or len(documents)]
+        return [{"index": int(i), "score": float(scores[i]), "text": documents[i]} for i in order]
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str):
+        raise TypeError("expected a list of texts, got one string; wrap it in a list")
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"text {empty[0]} (of {len(texts)}) is empty or not a string; every text needs content")

@@ -108,7 +108,7 @@ class MaxSimModule(pl.LightningModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Score a batch of pairs: ``input_ids (2B, L)`` holds the ``a`` texts then the ``b`` texts. Returns ``(B,)``."""
-        a, b = self.model.encode(input_ids, attention_mask).split(input_ids.shape[0] // 2)
+        a, b = self.model.embed(input_ids, attention_mask).split(input_ids.shape[0] // 2)
         return self.model.score_pairs(a, b)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -122,7 +122,7 @@ class MaxSimModule(pl.LightningModule):
 
     def _scored_loss(self, batch: dict) -> torch.Tensor:
         gold = batch["scores"]
-        a, b = self.model.encode(batch["input_ids"], batch["attention_mask"]).split(gold.shape[0])
+        a, b = self.model.embed(batch["input_ids"], batch["attention_mask"]).split(gold.shape[0])
         predicted = self.model.score_pairs(a, b)
         hp = self.hparams
         loss = predicted.new_zeros(())
@@ -140,7 +140,7 @@ class MaxSimModule(pl.LightningModule):
     def _contrastive_loss(self, batch: dict) -> torch.Tensor:
         """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
         pairs = batch["false_negatives"].shape[0]
-        encoded = self.model.encode(batch["input_ids"], batch["attention_mask"])
+        encoded = self.model.embed(batch["input_ids"], batch["attention_mask"])
         a, candidates = encoded.split(pairs)
         scores = self.model.score_matrix(a, candidates)
         return self.pair_infonce(scores, mask=batch["false_negatives"])
@@ -168,7 +168,7 @@ class MaxSimModule(pl.LightningModule):
 
     def _evaluation_step(self, batch: dict, split: str) -> None:
         if "text_keys" in batch:
-            encoded = self.model.encode(batch["input_ids"], batch["attention_mask"])
+            encoded = self.model.embed(batch["input_ids"], batch["attention_mask"])
             for row, (is_query, key, relevant) in enumerate(zip(batch["is_query"], batch["text_keys"], batch["relevant"])):
                 vectors = encoded.vectors[row][encoded.mask[row]].float().cpu()
                 self._retrieval_texts.append((bool(is_query), int(key), vectors, relevant))

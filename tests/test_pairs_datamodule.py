@@ -178,8 +178,8 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
     model.eval()
     with torch.no_grad():
         def score(q, c):  # one pair at a time, no padding: the reference
-            a = model.encode(torch.tensor([queries[q]]), torch.ones(1, len(queries[q]), dtype=torch.long))
-            b = model.encode(torch.tensor([corpus[c]]), torch.ones(1, len(corpus[c]), dtype=torch.long))
+            a = model.embed(torch.tensor([queries[q]]), torch.ones(1, len(queries[q]), dtype=torch.long))
+            b = model.embed(torch.tensor([corpus[c]]), torch.ones(1, len(corpus[c]), dtype=torch.long))
             return float(maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask))
         for q, known in enumerate(positives):
             ceiling = min(score(q, c) for c in known) - 0.01

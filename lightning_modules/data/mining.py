@@ -17,18 +17,10 @@ def encode_texts(model, rows: list[list[int]], pad_token_id: int, batch_size: in
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_token_ids([rows[i] for i in chunk], pad_token_id)
-        encoded = model.encode(input_ids.to(device), attention_mask.to(device))
+        encoded = model.embed(input_ids.to(device), attention_mask.to(device))
         for row, index in enumerate(chunk):
             vectors[index] = encoded.vectors[row][encoded.mask[row]].float().cpu()
     return vectors
-
-
-def stack_embeddings(vectors: list[torch.Tensor]) -> TokenEmbeddings:
-    """A list of ``(L_i, D)`` tensors -> padded ``TokenEmbeddings`` of shape ``(N, max L_i, D)``."""
-    padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
-    lengths = torch.tensor([len(v) for v in vectors])
-    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
-    return TokenEmbeddings(padded, mask)
 
 
 @torch.no_grad()
@@ -36,9 +28,9 @@ def score_all(model, queries: list, corpus: list, chunk: int = 256, desc: str = 
     """MaxSim of every query against every corpus text, ``(Q, C)``, in chunks (bounded memory)."""
     scores = torch.empty(len(queries), len(corpus))
     for q in tqdm(range(0, len(queries), chunk), desc=desc, unit="chunk", leave=False):
-        q_emb = stack_embeddings(queries[q : q + chunk])
+        q_emb = TokenEmbeddings.stack(queries[q : q + chunk])
         for c in range(0, len(corpus), chunk):
-            scores[q : q + chunk, c : c + chunk] = model.score_matrix(q_emb, stack_embeddings(corpus[c : c + chunk]))
+            scores[q : q + chunk, c : c + chunk] = model.score_matrix(q_emb, TokenEmbeddings.stack(corpus[c : c + chunk]))
     return scores
 
 
@@ -57,7 +49,7 @@ def mine_hard_negatives(
     """For each query, the ``k`` best-scoring corpus texts that are not its positives.
 
     Args:
-        model: a ``LateInteractionModel`` (``encode``, ``score_matrix``); put in eval
+        model: a ``LateInteractionModel`` (``embed``, ``score_matrix``); put in eval
             mode for the duration and restored after.
         queries, corpus: token ids of each text.
         positives: for each query, the corpus indices of its positives.

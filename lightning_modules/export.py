@@ -1,0 +1,250 @@
+"""Export a trained model to the directory format the late-interaction ecosystem loads, and load it back.
+
+The layout is PyLate's (which sentence-transformers >= 6 ``MultiVectorEncoder`` also reads)::
+
+    DIR/config.json, model.safetensors      the backbone (Hugging Face)
+    DIR/tokenizer.json, ...                  its tokenizer
+    DIR/sentence_bert_config.json            max_seq_length
+    DIR/modules.json                         [Transformer, Dense]
+    DIR/1_Dense/config.json, model.safetensors   the projection (identity when there is none)
+    DIR/config_sentence_transformers.json    similarity_fn_name "MaxSim" and PyLate's keys
+    DIR/maxsim_lightning.json                our settings: MaxSim direction, reduction, token skipping
+    DIR/README.md                            the model card
+
+Weights are written as safetensors only. The directory is written under a temporary
+name beside ``DIR`` and renamed at the end, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lightning_modules.encoder import ModelLoadError, TokenEncoder
+from lightning_modules.model import LateInteractionModel, TextSettings
+
+OUR_CONFIG = "maxsim_lightning.json"
+FORMAT_VERSION = 1
+DENSE_DIR = "1_Dense"
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written (the output exists, the source is not ours, ...)."""
+
+
+def export_model(
+    model: LateInteractionModel, out_dir: str | Path, card: dict | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``model`` to ``out_dir`` (see the module docstring). Returns the directory.
+
+    ``card``: what the model card reports: ``base_model``, ``data``, ``metrics``
+    (a dict), ``config`` (YAML text); every key optional.
+
+    Raises:
+        ExportError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; choose another folder or pass overwrite=true")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        _write(model, staging, card or {})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write(model: LateInteractionModel, folder: Path, card: dict) -> None:
+    encoder, settings = model.encoder, model.text_settings
+    encoder.backbone.save_pretrained(folder, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(folder)
+    hidden = encoder.backbone.config.hidden_size
+    weight = encoder.projection.weight if encoder.projection is not None else torch.eye(hidden)
+    (folder / DENSE_DIR).mkdir()
+    save_file({"linear.weight": weight.detach().float().cpu().contiguous()}, folder / DENSE_DIR / "model.safetensors")
+    _write_json(folder / DENSE_DIR / "config.json", {
+        "in_features": hidden, "out_features": int(weight.shape[0]), "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity", "use_residual": False,
+    })
+    _write_json(folder / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": DENSE_DIR, "type": "pylate.models.Dense.Dense"},
+    ])
+    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": settings.max_length, "do_lower_case": False})
+    asymmetric = settings.roles == "asymmetric"
+    _write_json(folder / "config_sentence_transformers.json", {
+        "model_type": "ColBERT",
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "MaxSim",
+        # PyLate inserts a prefix token after [CLS]; "" means none (our symmetric default).
+        "query_prefix": (settings.query_marker or "") if asymmetric else "",
+        "document_prefix": (settings.document_marker or "") if asymmetric else "",
+        "query_length": settings.query_max_length if asymmetric else settings.max_length,
+        "document_length": settings.max_length,
+        "attend_to_expansion_tokens": False,
+        # PyLate masks these in documents only; ours, when on, on both sides.
+        "skiplist_words": list(string.punctuation) if encoder.skip_punctuation else [],
+        "do_query_expansion": False,
+    })
+    _write_json(folder / OUR_CONFIG, {
+        "format_version": FORMAT_VERSION,
+        "direction": model.direction,
+        "reduction": model.reduction,
+        "temperature": model.temperature,
+        "projection": encoder.projection is not None,
+        "skip_special_tokens": encoder.skip_special_tokens,
+        "skip_punctuation": encoder.skip_punctuation,
+        "text": settings.as_dict(),
+    })
+    (folder / "README.md").write_text(model_card(model, card), encoding="utf-8")
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def load_pretrained(path: str | Path) -> LateInteractionModel:
+    """A ``LateInteractionModel`` from an exported directory or a ``.ckpt`` of a training run.
+
+    Raises:
+        ModelLoadError: the path does not exist, is neither of ours, or its weights are
+            corrupt or truncated; the message says what was expected.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"{path.resolve()} does not exist; expected a folder written by python -m train.export "
+                             "or a .ckpt file of a training run")
+    if path.is_file():
+        return _load_checkpoint(path)
+    if not (path / OUR_CONFIG).is_file():
+        raise ModelLoadError(
+            f"{path.resolve()} is not a maxsim-lightning export: it has no {OUR_CONFIG}. Expected a folder written by "
+            "python -m train.export (a plain Hugging Face encoder can be evaluated zero-shot with train.evaluate)"
+        )
+    config = json.loads((path / OUR_CONFIG).read_text(encoding="utf-8"))
+    encoder = TokenEncoder(
+        str(path), projection_dim=None, skip_special_tokens=config["skip_special_tokens"],
+        skip_punctuation=config["skip_punctuation"],
+    )
+    if config["projection"]:
+        try:
+            weight = load_file(path / DENSE_DIR / "model.safetensors")["linear.weight"]
+        except (OSError, SafetensorError, KeyError) as error:
+            raise ModelLoadError(f"{path / DENSE_DIR / 'model.safetensors'}: unreadable projection weights "
+                                 f"({error.__class__.__name__}: {error}); re-export the model") from error
+        encoder.projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        encoder.projection.weight.data.copy_(weight)
+        encoder.dim = weight.shape[0]
+    return LateInteractionModel(
+        encoder, config["direction"], config["reduction"], config["temperature"], TextSettings(**config["text"])
+    )
+
+
+def _load_checkpoint(path: Path) -> LateInteractionModel:
+    from lightning_modules.module import MaxSimModule  # lazily: the Lightning system is not needed for exports
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and EOF errors all mean the same here
+        raise ModelLoadError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if checkpoint.get("hyper_parameters", {}).get("model_name_or_path") is None:
+        raise ModelLoadError(f"{path}: not a maxsim-lightning checkpoint (no MaxSimModule hyperparameters)")
+    module = MaxSimModule(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    model = module.model
+    model.text_settings = text_settings_from(checkpoint.get("datamodule_hyper_parameters", {}))
+    return model
+
+
+def text_settings_from(data_hparams: dict) -> TextSettings:
+    """Tokenisation settings from a DataModule's hyperparameters (STS-B or pairs)."""
+    known = TextSettings.__dataclass_fields__
+    return TextSettings(**{k: v for k, v in data_hparams.items() if k in known})
+
+
+def model_card(model: LateInteractionModel, card: dict) -> str:
+    """The README.md of an exported directory."""
+    encoder, settings = model.encoder, model.text_settings
+    metrics = card.get("metrics") or {}
+    lines = [
+        "---",
+        "library_name: pylate",
+        "tags: [ColBERT, PyLate, sentence-transformers, multi-vector, late-interaction, maxsim-lightning]",
+        "pipeline_tag: sentence-similarity",
+        *([f"base_model: {card['base_model']}"] if card.get("base_model") else []),
+        "---",
+        "",
+        "# Late-interaction model trained with maxsim-lightning",
+        "",
+        f"- Base model: `{card.get('base_model', 'unknown')}`",
+        f"- Training data: {card.get('data', 'not recorded')}",
+        f"- Token vectors: {encoder.dim} dimensions"
+        + (" (a learned projection)" if encoder.projection is not None else " (the encoder's own; `1_Dense` is the identity)"),
+        f"- MaxSim: direction `{model.direction}`, reduction `{model.reduction}`"
+        + (f", smooth max at temperature {model.temperature}" if model.temperature else ", hard max"),
+        f"- Texts: at most {settings.max_length} tokens; roles `{settings.roles}`"
+        + (f", queries at most {settings.query_max_length} tokens" if settings.roles == "asymmetric" else ""),
+        f"- Tokens left out of matching: {_skipped(encoder)}",
+        "",
+        "## Metrics measured in the training run",
+        "",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in sorted(metrics.items())], ""]
+    else:
+        lines += ["None recorded.", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from lightning_modules.model import LateInteractionModel  # maxsim-lightning",
+        "model = LateInteractionModel.from_pretrained(\"PATH\")",
+        "model.score([\"A man is playing a guitar.\"], [\"Someone plays the guitar.\"])",
+        "```",
+        "",
+        "```python",
+        "from pylate import models  # PyLate 1.6",
+        "model = models.ColBERT(model_name_or_path=\"PATH\")",
+        "from sentence_transformers import MultiVectorEncoder  # sentence-transformers >= 6",
+        "model = MultiVectorEncoder(\"PATH\")",
+        "```",
+        "",
+        "## Scoring differs between libraries",
+        "",
+        "PyLate and sentence-transformers load the same weights and give the same token vectors, but they "
+        "score a query against a document ColBERT's way: for each query token the best document token, "
+        "**summed** over query tokens (direction `a2b`, reduction `sum`). "
+        f"This model was trained and evaluated with direction `{model.direction}` and reduction "
+        f"`{model.reduction}`"
+        + (" (symmetric: both directions averaged, tokens averaged, a score in [-1, 1]), so their scores rank "
+           "pairs differently from ours; use maxsim-lightning's `score` for similarity figures like the ones "
+           "above." if (model.direction, model.reduction) != ("a2b", "sum") else ", which is theirs too.")
+        + (" [CLS]/[SEP] are left out of matching here; PyLate keeps them." if encoder.skip_special_tokens else "")
+        + (" Punctuation is left out on both sides here; PyLate skips it in documents only."
+           if encoder.skip_punctuation else ""),
+        "",
+    ]
+    if card.get("config"):
+        lines += ["## Training configuration", "", "```yaml", card["config"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _skipped(encoder: TokenEncoder) -> str:
+    parts = [name for name, on in (("[CLS]/[SEP]", encoder.skip_special_tokens), ("punctuation", encoder.skip_punctuation))
+             if on]
+    return ", ".join(parts) or "none"
