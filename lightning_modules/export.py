@@ -41,12 +41,17 @@ class ExportError(RuntimeError):
 
 
 def export_model(
-    model: LateInteractionModel, out_dir: str | Path, card: dict | None = None, overwrite: bool = False
+    model: LateInteractionModel,
+    out_dir: str | Path,
+    card: dict | None = None,
+    overwrite: bool = False,
+    onnx: bool = False,
 ) -> Path:
     """Write ``model`` to ``out_dir`` (see the module docstring). Returns the directory.
 
     ``card``: what the model card reports: ``base_model``, ``data``, ``metrics``
     (a dict), ``config`` (YAML text); every key optional.
+    ``onnx``: also write ``onnx/model.onnx`` (see ``lightning_modules.onnx_export``).
 
     Raises:
         ExportError: ``out_dir`` exists and ``overwrite`` is False.
@@ -58,6 +63,10 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         _write(model, staging, card or {})
+        if onnx:
+            from lightning_modules.onnx_export import export_onnx  # lazily: needs onnx and onnxruntime
+
+            export_onnx(model, staging / "onnx" / "model.onnx")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

@@ -145,14 +145,14 @@ class MaxSimModule(pl.LightningModule):
         scores = self.model.score_matrix(a, candidates)
         return self.pair_infonce(scores, mask=batch["false_negatives"])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
+        return self._evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+    def test_step(self, batch: dict, batch_idx: int) -> dict | None:
+        return self._evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
@@ -166,7 +166,9 @@ class MaxSimModule(pl.LightningModule):
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _evaluation_step(self, batch: dict, split: str) -> None:
+    def _evaluation_step(self, batch: dict, split: str) -> dict | None:
+        """Update the split's metrics. Pair batches return ``{"predicted": (B,), "gold": (B,)}``
+        (scores or labels) for callbacks such as ``EvaluationPlots``; retrieval batches None."""
         if "text_keys" in batch:
             encoded = self.model.embed(batch["input_ids"], batch["attention_mask"])
             for row, (is_query, key, relevant) in enumerate(zip(batch["is_query"], batch["text_keys"], batch["relevant"])):
@@ -177,9 +179,10 @@ class MaxSimModule(pl.LightningModule):
         if "labels" in batch:
             self.eval_scores.update(predicted.float())
             self.eval_labels.update(batch["labels"])
-        else:
-            for metric in self._correlations(split):
-                metric.update(predicted, batch["scores"])
+            return {"predicted": predicted.detach(), "gold": batch["labels"]}
+        for metric in self._correlations(split):
+            metric.update(predicted, batch["scores"])
+        return {"predicted": predicted.detach(), "gold": batch["scores"]}
 
     def _log_evaluation(self, split: str) -> None:
         if self._retrieval_texts:

@@ -14,11 +14,7 @@ def main(cfg: DictConfig) -> None:
     try:
         model = load_pretrained(cfg.ckpt)
         out = export_model(model, cfg.out, card={"base_model": model.encoder.backbone.config._name_or_path},
-                           overwrite=cfg.overwrite)
-        if cfg.onnx:
-            from lightning_modules.onnx_export import export_onnx  # lazily: needs the onnx extra
-
-            export_onnx(model, out / "onnx" / "model.onnx")
+                           overwrite=cfg.overwrite, onnx=cfg.onnx)
     except (ModelLoadError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
