@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 ARGS ?=
+# PyLate 1.6 pins sentence-transformers 5.3 and transformers <= 5.3, which cannot share
+# our environment: a second one, only for the check that PyLate loads our exports.
+PYLATE_VENV ?= .venv-pylate
+PYLATE_PY := $(PYLATE_VENV)/bin/python
 
-.PHONY: install train test bench clean
+.PHONY: install interop-env train test bench clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## PyLate 1.6 without its dependency pins (fast-plaid's is tied to an old torch), plus what it imports
+interop-env: $(PYLATE_VENV)/.installed
+
+$(PYLATE_VENV)/.installed: Makefile
+	test -x $(PYLATE_PY) || $(PYTHON) -m venv $(PYLATE_VENV)
+	$(PYLATE_PY) -m pip install --quiet $(TORCH)
+	$(PYLATE_PY) -m pip install --quiet --no-deps pylate==1.6.0 sentence-transformers==5.3.0 transformers==5.3.0
+	$(PYLATE_PY) -m pip install --quiet "huggingface-hub>=1.3,<2" "tokenizers>=0.22,<=0.23.0" ujson==5.12.0 \
+		datasets httpx safetensors numpy tqdm scipy scikit-learn pyyaml regex packaging
+	$(PYLATE_PY) -c "import pylate.models"
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
@@ -24,8 +40,8 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 train: install
 	$(PY) -m train +experiment=sts $(ARGS)
 
-## The test suite (offline, a few minutes on 2 CPU cores)
-test: install
+## The test suite (offline, a few minutes on 2 CPU cores); also builds the PyLate check's environment
+test: install interop-env
 	$(PY) -m pytest $(ARGS)
 
 ## Benchmarks against the peers, side by side
@@ -33,4 +49,4 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache
+	rm -rf $(VENV) $(PYLATE_VENV) logs .pytest_cache

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.export import export_model, load_pretrained, text_settings_from
 from lightning_modules.results import build_results, format_summary, write_results
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,28 @@ def run(cfg: DictConfig) -> dict:
             wandb.finish()  # always close the run, or sweep jobs share one
 
     if trainer.is_global_zero:
+        if cfg.get("export"):
+            export_run_model(cfg, trainer, module, datamodule, results, output_dir / "model")
         write_results(results, output_dir / "results.json")
         print(format_summary(results))
         log.info("Results written to %s", output_dir / "results.json")
     return results
+
+
+def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict, out_dir: Path) -> None:
+    """Export the best checkpoint (or, without one, the final weights) with a model card; record where."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        model = load_pretrained(best)
+    else:
+        model = module.model
+        model.text_settings = text_settings_from(dict(datamodule.hparams))
+    data = cfg.data.get("train") or cfg.data.get("data_dir") or cfg.data.get("hub_id")
+    card = {
+        "base_model": cfg.model.model_name_or_path,
+        "data": f"{cfg.data._target_.rsplit('.', 1)[-1]} from {data}",
+        "metrics": {k: v for k, v in results.items() if k.startswith(("val/", "test/"))},
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+    }
+    results["exported_model"] = str(export_model(model.eval(), out_dir, card=card, overwrite=True))
+    log.info("Model exported to %s (loads in PyLate and sentence-transformers)", out_dir)

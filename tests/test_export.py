@@ -1,0 +1,203 @@
+"""Export: the directory format, loading it back, PyLate and sentence-transformers interop, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lightning_modules.encoder import ModelLoadError, TokenEncoder
+from lightning_modules.export import ExportError, export_model, load_pretrained
+from lightning_modules.maxsim import maxsim_pairwise
+from lightning_modules.model import LateInteractionModel, TextSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYLATE_PYTHON = REPO_ROOT / ".venv-pylate" / "bin" / "python"
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TEXTS = ["A man is playing a guitar, loudly!", "Hi", "Two dogs run across the snowy field near a red barn."]
+
+
+def _tiny_model(minilm_path, projection_dim=16, **options) -> LateInteractionModel:
+    torch.manual_seed(0)
+    settings = options.pop("text_settings", None)
+    encoder = TokenEncoder(minilm_path, projection_dim=projection_dim, random_init=True, config_overrides=TINY, **options)
+    return LateInteractionModel(encoder, text_settings=settings).eval()
+
+
+@pytest.fixture
+def exported(tmp_path, minilm_path):
+    model = _tiny_model(minilm_path)
+    return model, export_model(model, tmp_path / "model", card={"base_model": "tiny", "metrics": {"test/spearman": 1.0}})
+
+
+def _max_difference(first: list, second: list) -> float:
+    assert [tuple(x.shape) for x in first] == [tuple(torch.as_tensor(y).shape) for y in second]
+    return max(float((torch.as_tensor(x) - torch.as_tensor(y)).abs().max()) for x, y in zip(first, second))
+
+
+def test_the_directory_has_pylate_layout_and_safetensors_only(exported):
+    _, folder = exported
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "modules.json", "sentence_bert_config.json",
+            "config_sentence_transformers.json", "maxsim_lightning.json", "README.md",
+            "1_Dense/config.json", "1_Dense/model.safetensors"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert config["similarity_fn_name"] == "MaxSim"
+    for key in ("query_prefix", "document_prefix", "query_length", "document_length", "attend_to_expansion_tokens",
+                "skiplist_words", "do_query_expansion"):
+        assert key in config, key
+    ours = json.loads((folder / "maxsim_lightning.json").read_text())
+    assert (ours["direction"], ours["reduction"], ours["skip_special_tokens"]) == ("both", "mean", False)
+    card = (folder / "README.md").read_text()
+    assert "| test/spearman | 1.0 |" in card and "**summed** over query tokens" in card
+    assert not list(folder.parent.glob(".model.partial-*"))  # the staging folder is gone
+
+
+@pytest.mark.parametrize("projection_dim", [16, None])
+def test_export_loads_back_with_equal_vectors_and_scores(tmp_path, minilm_path, projection_dim):
+    model = _tiny_model(minilm_path, projection_dim, skip_special_tokens=True,
+                        text_settings=TextSettings(max_length=12))
+    folder = export_model(model, tmp_path / "m")
+    loaded = LateInteractionModel.from_pretrained(str(folder))
+    assert _max_difference(model.encode(TEXTS), loaded.encode(TEXTS)) == 0.0
+    assert loaded.text_settings == model.text_settings and loaded.encoder.skip_special_tokens
+    assert max(len(ids) for ids in loaded.tokenize(TEXTS)) == 12  # the length limit travelled too
+    assert torch.equal(model.score(TEXTS, TEXTS[::-1]), loaded.score(TEXTS, TEXTS[::-1]))
+
+
+def test_text_api_agrees_with_the_tensor_path(exported):
+    model, _ = exported
+    # score(a, b) against MaxSim of each pair embedded alone (no padding, no batching).
+    expected = []
+    for a, b in zip(TEXTS, TEXTS[::-1]):
+        (ids_a,), (ids_b,) = model.tokenize([a], is_query=True), model.tokenize([b])
+        ea = model.embed(torch.tensor([ids_a]), torch.ones(1, len(ids_a), dtype=torch.long))
+        eb = model.embed(torch.tensor([ids_b]), torch.ones(1, len(ids_b), dtype=torch.long))
+        expected.append(float(maxsim_pairwise(ea.vectors, ea.mask, eb.vectors, eb.mask)))
+    assert model.score(TEXTS, TEXTS[::-1], batch_size=2).tolist() == pytest.approx(expected, abs=1e-6)
+    matrix = model.similarity_matrix(TEXTS, TEXTS[::-1], chunk=2)
+    assert matrix.diagonal().tolist() == pytest.approx(expected, abs=1e-6)
+    ranked = model.rank(TEXTS[0], TEXTS, top_k=2)
+    order = torch.argsort(model.similarity_matrix(TEXTS[:1], TEXTS)[0], descending=True).tolist()
+    assert [r["index"] for r in ranked] == order[:2] and ranked[0]["text"] == TEXTS[order[0]]
+    with pytest.raises(ValueError, match="text 1 .* is empty"):
+        model.encode(["fine", "   "])
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        model.encode("one string")
+
+
+def test_a_checkpoint_loads_with_its_data_settings(compose_cfg, tmp_path, stsb_dir):
+    from train.pipeline import run
+
+    cfg = compose_cfg(["+experiment=sts", "model=tiny", f"data.data_dir='{stsb_dir}'", "data.hub_id=null", "~logger",
+                       "trainer.max_epochs=1", "data.limit_train_pairs=32", "data.limit_eval_pairs=32",
+                       "data.max_length=20", "++trainer.enable_progress_bar=false"], tmp_path)
+    results = run(cfg)
+    model = load_pretrained(results["best_checkpoint"]).eval()
+    assert model.text_settings.max_length == 20
+    # The run exported its best checkpoint too: the same vectors either way.
+    exported = LateInteractionModel.from_pretrained(str(tmp_path / "model"))
+    assert _max_difference(model.encode(TEXTS), exported.encode(TEXTS)) == 0.0
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"| test/spearman | {results['test/spearman']} |" in card
+
+
+def test_sentence_transformers_multivector_encoder_gives_our_vectors(exported):
+    st = pytest.importorskip("sentence_transformers", minversion="6.0")
+    model, folder = exported
+    encoder = st.MultiVectorEncoder(str(folder), device="cpu")
+    assert _max_difference(model.encode(TEXTS), encoder.encode_document(TEXTS)) <= 1e-5
+    assert _max_difference(model.encode(TEXTS, is_query=True), encoder.encode_query(TEXTS)) <= 1e-5
+
+
+def _pylate_encode(folder: Path, texts: list[str], is_query: bool) -> dict:
+    if not PYLATE_PYTHON.is_file():
+        pytest.skip(f"PyLate's environment {PYLATE_PYTHON.parent.parent} is absent (make interop-env builds it)")
+    request = json.dumps({"model": str(folder), "texts": texts, "is_query": is_query})
+    done = subprocess.run([str(PYLATE_PYTHON), str(REPO_ROOT / "tests" / "interop" / "pylate_encode.py")],
+                          input=request, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_pylate_colbert_gives_our_vectors(tmp_path, minilm_path, asymmetric):
+    settings = TextSettings(max_length=24, query_max_length=10, roles="asymmetric", query_marker="[unused0]",
+                            document_marker="[unused1]") if asymmetric else TextSettings(max_length=24)
+    model = _tiny_model(minilm_path, text_settings=settings)
+    folder = export_model(model, tmp_path / "m")
+    for is_query in (False, True):
+        result = _pylate_encode(folder, TEXTS, is_query)
+        assert result["pylate"] == "1.6.0"
+        assert _max_difference(model.encode(TEXTS, is_query=is_query), result["embeddings"]) <= 1e-5
+
+
+def test_bad_paths_and_corrupt_weights_are_clear_errors(exported, tmp_path):
+    model, folder = exported
+    with pytest.raises(ModelLoadError, match="does not exist; expected a folder written by python -m train.export"):
+        load_pretrained(tmp_path / "nope")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="is not a maxsim-lightning export: it has no maxsim_lightning.json"):
+        load_pretrained(plain)
+    dense = folder / "1_Dense" / "model.safetensors"
+    dense.write_bytes(dense.read_bytes()[:40])  # truncated
+    with pytest.raises(ModelLoadError, match="unreadable projection weights"):
+        load_pretrained(folder)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+        load_pretrained(broken)
+
+
+def test_an_existing_output_is_refused_unless_overwrite_and_failures_leave_nothing(exported, monkeypatch):
+    model, folder = exported
+    with pytest.raises(ExportError, match="already exists; choose another folder or pass overwrite=true"):
+        export_model(model, folder)
+    before = (folder / "README.md").read_text()
+    import lightning_modules.export as export
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "model_card", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(model, folder, overwrite=True)
+    assert (folder / "README.md").read_text() == before  # the old export is untouched
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]  # no partial folder left
+    monkeypatch.undo()
+    export_model(model, folder, overwrite=True, card={"base_model": "other"})
+    assert "other" in (folder / "README.md").read_text()
+
+
+def test_export_cli(tmp_path, compose_cfg):
+    from lightning_modules.module import MaxSimModule
+
+    cfg = compose_cfg(["model=tiny"], tmp_path)
+    hparams = OmegaConf.to_container(cfg.model, resolve=True)
+    module = MaxSimModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    saved = tmp_path / "saved.ckpt"
+    # What a Lightning checkpoint holds for loading: plain hyperparameters and the weights.
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, saved)
+    out = tmp_path / "cli-export"
+    command = [sys.executable, "-m", "train.export", f"ckpt={saved}", f"out={out}"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "maxsim_lightning.json").is_file() and f"Exported to {out}" in done.stdout
+    exported = LateInteractionModel.from_pretrained(str(out))
+    assert _max_difference(module.model.eval().encode(TEXTS), exported.encode(TEXTS)) == 0.0
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    missing = subprocess.run([sys.executable, "-m", "train.export", f"ckpt={tmp_path / 'no.ckpt'}", f"out={out}2"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / f"{out.name}2").exists()
