@@ -9,7 +9,7 @@ from lightning_modules.encoder import ModelLoadError
 from lightning_modules.export import ExportError, export_model, load_pretrained
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="../conf/tools", config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
         model = load_pretrained(cfg.ckpt)

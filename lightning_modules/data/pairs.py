@@ -128,11 +128,13 @@ def build_examples(
     split: str,
     symmetric: bool = True,
     score_range: tuple[float, float] | None = None,
+    keep_duplicates: bool = False,
 ) -> tuple[PairExamples, ReadReport]:
     """Check every row of ``table`` and keep the usable pairs.
 
     ``symmetric``: ``(a, b)`` and ``(b, a)`` are the same pair (for duplicate checks).
     ``score_range``: the declared range of graded scores; a score outside it is an error.
+    ``keep_duplicates``: keep repeated pairs (a benchmark is defined with them).
 
     Raises:
         DataError: a score or label that is missing or invalid, a text cell that is
@@ -157,7 +159,7 @@ def build_examples(
         else:
             target = 1.0
         key = pair_key(texts[0], texts[1], symmetric)
-        if key in seen:
+        if key in seen and not keep_duplicates:
             conflicting += seen[key] != target
             report.drop("duplicate pair", table.where(index))
             continue

@@ -1,0 +1,57 @@
+"""``python -m train.score model=DIR a=... b=...`` or ``input=FILE``: MaxSim scores from the shell."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.data.columns import resolve_columns
+from lightning_modules.data.errors import DataError
+from lightning_modules.data.formats import TableSpec, read_table
+from lightning_modules.data.writing import write_table
+from lightning_modules.encoder import ModelLoadError
+from lightning_modules.evaluation import load_any_model
+
+
+def score_file(model, cfg: DictConfig) -> Path:
+    """Score every row of ``cfg.input``; write the same rows with ``cfg.column`` added."""
+    source = Path(cfg.input)
+    output = Path(cfg.output) if cfg.output else source.with_name(f"{source.stem}.scored{source.suffix}")
+    if output.exists() and not cfg.overwrite:
+        raise DataError(f"{output} already exists; choose output=... or pass overwrite=true")
+    table = read_table(TableSpec(str(source)))
+    if cfg.column in table.columns:
+        raise DataError(f"{source} already has a column {cfg.column!r}; choose another name with column=...")
+    mapping = resolve_columns(table.source, table.columns, OmegaConf.to_container(cfg.columns))
+    a = [row.get(mapping.text_a) for row in table.rows]
+    b = [row.get(mapping.text_b) for row in table.rows]
+    for index, pair in enumerate(zip(a, b)):
+        for column, text in zip((mapping.text_a, mapping.text_b), pair):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{table.where(index, column)}: empty text; every row needs two texts to score")
+    print(f"Scoring {len(a)} pairs of {mapping.text_a!r} and {mapping.text_b!r} from {source}", file=sys.stderr)
+    scores = model.score(a, b, batch_size=cfg.batch_size).tolist()
+    rows = [{**row, cfg.column: round(score, 6)} for row, score in zip(table.rows, scores)]
+    write_table(output, [*table.columns, cfg.column], rows)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf/tools", config_name="score")
+def main(cfg: DictConfig) -> None:
+    if (cfg.input is None) == (cfg.a is None or cfg.b is None):
+        print("error: give two texts (a=... b=...) or a file (input=...)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        model = load_any_model(cfg.model)
+        if cfg.input is not None:
+            print(f"Written to {score_file(model, cfg)}")
+        else:
+            print(f"{float(model.score([str(cfg.a)], [str(cfg.b)])[0]):.4f}")
+    except (DataError, ModelLoadError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
