@@ -18,6 +18,7 @@ name beside ``DIR`` and renamed at the end, so a failure leaves nothing half-wri
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 import tempfile
@@ -67,6 +68,7 @@ def export_model(
             from lightning_modules.onnx_export import export_onnx  # lazily: needs onnx and onnxruntime
 
             export_onnx(model, staging / "onnx" / "model.onnx")
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an export is meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -74,6 +76,12 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _write(model: LateInteractionModel, folder: Path, card: dict) -> None:

@@ -65,9 +65,10 @@ def write_results(results: dict, path: Path) -> None:
 def format_summary(results: dict) -> str:
     """A short table: each metric before and after training."""
     lines = ["", f"{'metric':<24}{'zero-shot':>12}{'trained':>12}", "-" * 48]
-    metrics = [k for k in results if k.startswith(("val/", "test/"))]
-    metrics += [k for k in results["zero_shot"] if k not in metrics]
-    for metric in sorted(metrics, key=lambda k: (not k.startswith("val/"), k)):
+    # Validation then test, each in the order logged (spearman before pearson, auc first).
+    names = list(results) + [k for k in results["zero_shot"] if k not in results]
+    metrics = [k for k in names if k.startswith("val/")] + [k for k in names if k.startswith("test/")]
+    for metric in metrics:
         before = results["zero_shot"].get(metric)
         after = results.get(metric)
         lines.append(f"{metric:<24}{_fmt(metric, before):>12}{_fmt(metric, after):>12}")
