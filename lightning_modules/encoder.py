@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -130,6 +131,9 @@ def _check_local_path(model_name_or_path: str) -> None:
 
 
 def _load_failure_message(model_name_or_path: str, what: str, error: Exception) -> str:
+    if isinstance(error, SafetensorError):
+        return (f"Could not load the {what} from {model_name_or_path!r}: SafetensorError: {error}. The weights file "
+                "is corrupt or truncated (an interrupted copy or download?); export or download it again.")
     return (
         f"Could not load the {what} from {model_name_or_path!r}: {error.__class__.__name__}: "
         f"{str(error).splitlines()[0] if str(error) else ''}. If this is a hub id, the hub may be unreachable "
@@ -154,7 +158,7 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
             if "add_pooling_layer" not in str(error):
                 raise
             return build()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
 
 

@@ -149,6 +149,12 @@ def test_bad_paths_and_corrupt_weights_are_clear_errors(exported, tmp_path):
     (plain / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="is not a maxsim-lightning export: it has no maxsim_lightning.json"):
         load_pretrained(plain)
+    backbone = folder / "model.safetensors"
+    intact = backbone.read_bytes()
+    backbone.write_bytes(intact[: len(intact) // 2])  # a download cut off halfway
+    with pytest.raises(ModelLoadError, match="SafetensorError.*corrupt or truncated"):
+        load_pretrained(folder)
+    backbone.write_bytes(intact)
     dense = folder / "1_Dense" / "model.safetensors"
     dense.write_bytes(dense.read_bytes()[:40])  # truncated
     with pytest.raises(ModelLoadError, match="unreadable projection weights"):
