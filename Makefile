@@ -34,6 +34,8 @@ $(PYLATE_VENV)/.installed: Makefile
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	# PyLate's colbert_scores for benchmarks/maxsim.py: --no-deps, its pins do not fit our torch.
+	$(PY) -m pip install --quiet --no-deps pylate==1.6.0
 	touch $@
 
 ## Fine-tune all-MiniLM-L6-v2 on STS-B (extra Hydra overrides: make train ARGS="trainer.max_epochs=2")
@@ -46,6 +48,7 @@ test: install interop-env
 
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/maxsim.py
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 
 clean:

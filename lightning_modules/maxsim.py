@@ -29,6 +29,24 @@ token would win whenever every real cosine is negative) and never counts in a me
 Every text needs at least one unmasked token, else a ``ValueError`` says which.
 Maxima are taken in the input dtype (exact) and summed in float32 (float64 for
 float64 inputs), so bf16 autocast does not lose precision in the aggregation.
+
+Backends of ``maxsim_matrix`` (``backend=``):
+
+* ``"dense"``: the readable reference; autograd keeps the ``(Ba, Bb, La, Lb)``
+  similarity tensor for the backward pass.
+* ``"chunked"``: ``ChunkedMaxSim``, a custom autograd function. Its forward walks
+  the ``b`` texts in chunks sized from a memory budget and keeps only each token's
+  best similarity and the index of its best match; its backward rebuilds the
+  gradients from those indices with a gather (for the side whose tokens took the
+  max) and a scatter-add, ``index_add_`` (for the side whose tokens were picked):
+  the gradient of a max flows to the winning token only. Memory
+  ``O(Ba * Bb * (La + Lb))`` instead of ``O(Ba * Bb * La * Lb)``. Hard max only: with
+  a ``temperature`` (smooth max every token gets gradient) it falls back to dense.
+* ``"auto"`` (default): dense while the similarity tensor is small (it is the
+  fastest there), chunked above ``AUTO_DENSE_LIMIT_BYTES``. No fused GPU kernel is
+  implemented yet.
+
+``maxsim_pairwise`` builds only ``(B, La, Lb)`` and takes ``backend`` for symmetry.
 """
 
 from __future__ import annotations
@@ -37,6 +55,11 @@ import torch
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
+BACKENDS = ("auto", "dense", "chunked")
+# auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
+AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
+# chunked: the working memory of one chunk (similarities, or gathered vectors in backward).
+CHUNK_BUDGET_BYTES = 256 * 2**20
 
 
 def maxsim_pairwise(
@@ -47,6 +70,7 @@ def maxsim_pairwise(
     direction: str = "both",
     reduction: str = "mean",
     temperature: float | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """MaxSim of aligned pairs.
 
@@ -56,11 +80,14 @@ def maxsim_pairwise(
         b: token vectors ``(B, Lb, D)``.
         b_mask: ``(B, Lb)`` bool.
         direction, reduction, temperature: see the module docstring.
+        backend: accepted for symmetry with ``maxsim_matrix``; aligned pairs need only
+            ``(B, La, Lb)``, so every backend computes them the same way.
 
     Returns:
         ``(B,)`` scores (float32; float64 for float64 inputs), ``score[i] = MaxSim(a[i], b[i])``.
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=True)
+    _check_backend(backend)
     sims = torch.einsum("bld,bmd->blm", a, b)  # (B, La, Lb)
     return _combine_directions(sims, a_mask, b_mask, direction, reduction, temperature)
 
@@ -73,6 +100,7 @@ def maxsim_matrix(
     direction: str = "both",
     reduction: str = "mean",
     temperature: float | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """MaxSim of every text of ``a`` against every text of ``b``.
 
@@ -82,14 +110,18 @@ def maxsim_matrix(
         b: token vectors ``(Bb, Lb, D)``.
         b_mask: ``(Bb, Lb)`` bool.
         direction, reduction, temperature: see the module docstring.
+        backend: ``"auto"``, ``"dense"`` or ``"chunked"`` (see the module docstring).
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
-
-    This reference implementation materialises the ``(Ba, Bb, La, Lb)`` similarity
-    tensor; memory grows with the square of the batch.
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=False)
+    _check_backend(backend)
+    if backend == "auto":
+        size = a.shape[0] * b.shape[0] * a.shape[1] * b.shape[1] * a.element_size()
+        backend = "chunked" if size > AUTO_DENSE_LIMIT_BYTES else "dense"
+    if backend == "chunked" and temperature is None:
+        return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
     sims = torch.einsum("ild,jmd->ijlm", a, b)  # (Ba, Bb, La, Lb)
     return _combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
 
@@ -134,6 +166,92 @@ def _one_direction(sims, query_mask, doc_mask, reduction, temperature):
     if reduction == "sum":
         return total
     return total / query_mask.sum(dim=-1).to(total.dtype)
+
+
+class ChunkedMaxSim(torch.autograd.Function):
+    """``maxsim_matrix`` with a hard max, in memory ``O(Ba * Bb * (La + Lb))``.
+
+    ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), direction,
+    reduction, budget_bytes) -> (Ba, Bb)``. The ``b`` texts are walked in chunks whose
+    working memory stays under ``budget_bytes``. Saved for backward: the inputs and,
+    per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
+    ``(Ba, Bb, Lb)`` int32. Masks get no gradient. On CUDA, ``index_add_`` sums with
+    atomics, so the last bits of a gradient can differ between runs.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, a_mask, b_mask, direction, reduction, budget_bytes):
+        accumulate = torch.promote_types(a.dtype, torch.float32)
+        (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        a_weight = _token_weights(a_mask, reduction, direction, accumulate) if direction != "b2a" else None
+        b_weight = _token_weights(b_mask, reduction, direction, accumulate) if direction != "a2b" else None
+        scores = torch.zeros(ba, bb, dtype=accumulate, device=a.device)
+        a_best = torch.empty(ba, bb, la, dtype=torch.int32, device=a.device) if a_weight is not None else None
+        b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None else None
+        chunk = _chunk_size(ba, la, lb, dim, a.element_size(), budget_bytes)
+        for start in range(0, bb, chunk):
+            part = slice(start, start + chunk)
+            sims = torch.einsum("ild,jmd->ijlm", a, b[part])  # (Ba, chunk, La, Lb): the only big tensor
+            if a_weight is not None:  # each token of a: its best token of b
+                best, index = sims.masked_fill(~b_mask[None, part, None, :], float("-inf")).max(dim=-1)
+                scores[:, part] += (best.to(accumulate) * a_weight[:, None, :]).sum(-1)
+                a_best[:, part] = index
+            if b_weight is not None:  # each token of b: its best token of a
+                best, index = sims.masked_fill(~a_mask[:, None, :, None], float("-inf")).max(dim=-2)
+                scores[:, part] += (best.to(accumulate) * b_weight[None, part, :]).sum(-1)
+                b_best[:, part] = index
+            del sims
+        ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
+        ctx.budget_bytes = budget_bytes
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
+        (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        accumulate = grad.dtype
+        grad_a = torch.zeros(ba * la, dim, dtype=accumulate, device=a.device)
+        grad_b = torch.zeros(bb * lb, dim, dtype=accumulate, device=a.device)
+        a_flat, b_flat = a.reshape(ba * la, dim).to(accumulate), b.reshape(bb * lb, dim).to(accumulate)
+        chunk = _chunk_size(ba, la, lb, dim, grad.element_size(), ctx.budget_bytes)
+        for start in range(0, bb, chunk):
+            part = slice(start, start + chunk)
+            n = min(chunk, bb - start)
+            docs = torch.arange(start, start + n, device=a.device)
+            if a_weight is not None:
+                # score[i, j] += w[i, l] * <a[i, l], b[j, best]>: a[i, l] gets w * g * b[j, best] (a gather),
+                # and b[j, best] gets w * g * a[i, l] (a scatter-add: many a tokens may pick one b token).
+                weight = grad[:, part, None] * a_weight[:, None, :]  # (Ba, n, La)
+                rows = docs[None, :, None] * lb + a_best[:, part].long()  # (Ba, n, La) rows of b_flat
+                grad_a += torch.einsum("ijl,ijld->ild", weight, b_flat[rows]).reshape(ba * la, dim)
+                grad_b.index_add_(0, rows.flatten(), (weight[..., None] * a[:, None].to(accumulate)).reshape(-1, dim))
+            if b_weight is not None:
+                weight = grad[:, part, None] * b_weight[None, part, :]  # (Ba, n, Lb)
+                rows = torch.arange(ba, device=a.device)[:, None, None] * la + b_best[:, part].long()  # rows of a_flat
+                gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[rows])  # (n, Lb, D)
+                grad_b[start * lb : (start + n) * lb] += gathered.reshape(n * lb, dim)
+                grad_a.index_add_(0, rows.flatten(), (weight[..., None] * b[None, part].to(accumulate)).reshape(-1, dim))
+        return grad_a.view_as(a).to(a.dtype), grad_b.view_as(b).to(b.dtype), None, None, None, None, None
+
+
+def _token_weights(mask, reduction, direction, dtype):
+    """What each token's best match adds to the score: 1 (sum) or 1/count (mean), halved for "both"."""
+    weight = mask.to(dtype)
+    if reduction == "mean":
+        weight = weight / weight.sum(dim=-1, keepdim=True)
+    return 0.5 * weight if direction == "both" else weight
+
+
+def _chunk_size(ba, la, lb, dim, element_size, budget_bytes):
+    """``b`` texts per chunk: the largest per-text working set (similarities, or gathered
+    vectors in backward) times the chunk stays within the budget; at least one text."""
+    per_text = ba * max(la * lb, la * dim, lb * dim) * max(element_size, 4)
+    return max(1, budget_bytes // per_text)
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired):

@@ -48,6 +48,8 @@ class LateInteractionModel(nn.Module):
         direction: ``"both"`` (symmetric, for STS), ``"a2b"`` (ColBERT) or ``"b2a"``.
         reduction: ``"mean"`` (bounded in [-1, 1]) or ``"sum"`` (ColBERT).
         temperature: ``None`` for the hard max, or the smooth-max temperature.
+        backend: how ``score_matrix`` computes MaxSim: ``"auto"``, ``"dense"`` or
+            ``"chunked"`` (see ``lightning_modules.maxsim``).
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
     """
 
@@ -58,6 +60,7 @@ class LateInteractionModel(nn.Module):
         reduction: str = "mean",
         temperature: float | None = None,
         text_settings: TextSettings | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -65,6 +68,7 @@ class LateInteractionModel(nn.Module):
         self.reduction = reduction
         self.temperature = temperature
         self.text_settings = text_settings or TextSettings()
+        self.backend = backend
 
     @classmethod
     def from_pretrained(cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -90,7 +94,7 @@ class LateInteractionModel(nn.Module):
 
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """MaxSim of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
-        return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, **self._options())
+        return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend, **self._options())
 
     def _options(self) -> dict:
         return {"direction": self.direction, "reduction": self.reduction, "temperature": self.temperature}

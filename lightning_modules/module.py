@@ -27,7 +27,9 @@ class MaxSimModule(pl.LightningModule):
     Encoder (see ``TokenEncoder``): ``model_name_or_path``, ``projection_dim``,
     ``skip_special_tokens``, ``skip_punctuation``, ``random_init``, ``config_overrides``.
 
-    MaxSim (see ``lightning_modules.maxsim``): ``direction``, ``reduction``, ``temperature``.
+    MaxSim (see ``lightning_modules.maxsim``): ``direction``, ``reduction``, ``temperature``,
+    ``maxsim_backend`` (``auto``: dense for small in-batch matrices, the memory-lean
+    chunked backend for large ones).
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
 
@@ -67,6 +69,7 @@ class MaxSimModule(pl.LightningModule):
         direction: str = "both",
         reduction: str = "mean",
         temperature: float | None = None,
+        maxsim_backend: str = "auto",
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
         regression_weight: float = 0.0,
@@ -89,7 +92,7 @@ class MaxSimModule(pl.LightningModule):
             random_init=random_init,
             config_overrides=config_overrides,
         )
-        self.model = LateInteractionModel(encoder, direction, reduction, temperature)
+        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=maxsim_backend)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
         # the dropout probabilities, 0 included).

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
+from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
@@ -534,3 +534,136 @@ def test_bad_shapes_raise(fn):
         fn(a[0], am[0], b, bm)  # 2-D vectors
     with pytest.raises(ValueError, match="b_mask must be"):
         fn(a, am, b, bm[:, :-1])  # mask length != L
+
+
+# ----------------------------------------------------------------------------
+# The chunked backend: the same scores and gradients in O(B^2 (La + Lb)) memory
+# ----------------------------------------------------------------------------
+
+
+def _chunked(a, am, b, bm, direction, reduction, budget=1):
+    """ChunkedMaxSim with a tiny budget by default: one b text per chunk, so chunking is exercised."""
+    return ChunkedMaxSim.apply(a, b, am, bm, direction, reduction, budget)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@FAST
+@given(batch=ragged_batch(paired=False), budget=st.sampled_from([1, 600, 10**9]))
+def test_chunked_matches_reference_scores_and_dense_gradients(direction, reduction, dtype, batch, budget):
+    a, am, b, bm = _build(batch, dtype)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    got = _chunked(a, am, b, bm, direction, reduction, budget)
+    torch.testing.assert_close(got.double(), reference_matrix(a, am, b, bm, direction, reduction, None), **TOL[dtype])
+    # Gradients against the dense path (itself checked by gradcheck below), where no max is
+    # tied (with D = 1 ties are common): a tie's gradient may go to either token (see the ties test).
+    if _has_ties(a.detach(), am, b.detach(), bm):
+        return
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(batch[-1]), dtype=got.dtype)
+    want = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
+    for mine, theirs in zip(torch.autograd.grad(got, (a, b), weights), torch.autograd.grad(want, (a, b), weights)):
+        torch.testing.assert_close(mine, theirs, **TOL[dtype])
+
+
+def _has_ties(a, am, b, bm) -> bool:
+    """Whether any token's best match (either direction) is shared by two tokens."""
+    sims = torch.einsum("ild,jmd->ijlm", a, b).double()
+    for i in range(a.shape[0]):
+        for j in range(b.shape[0]):
+            for rows, row_mask, col_mask in ((sims[i, j], am[i], bm[j]), (sims[i, j].T, bm[j], am[i])):
+                values = rows[row_mask][:, col_mask]
+                if values.shape[1] >= 2 and bool((values == values.max(dim=1, keepdim=True).values).sum(1).gt(1).any()):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_chunked_gradcheck(direction, reduction):
+    a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: _chunked(x, am, y, bm, direction, reduction), (a, b),
+                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_chunked_ties_negative_cosines_single_tokens_and_batch_of_one(direction):
+    # b's tokens 0 and 2 are the same vector: a tie for every token of a. Every cosine is negative.
+    a = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.2], [0.8, 0.6]]], dtype=torch.float64), dim=-1)
+    tied = torch.nn.functional.normalize(torch.tensor([-1.0, -0.1], dtype=torch.float64), dim=0)
+    b = torch.stack([tied, -torch.nn.functional.normalize(torch.tensor([0.1, 1.0], dtype=torch.float64), dim=0),
+                     tied])[None]
+    am, bm = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    for x, xm, y, ym in ((a, am, b, bm), (a[:, :1], am[:, :1], b[:, :1], bm[:, :1])):  # and length-1 texts
+        x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        got = _chunked(x, xm, y, ym, direction, "mean")
+        want = maxsim_matrix(x, xm, y, ym, direction=direction, backend="dense")
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert float(got) < 0
+        (ga, gb), (wa, wb) = torch.autograd.grad(got.sum(), (x, y)), torch.autograd.grad(want.sum(), (x, y))
+        torch.testing.assert_close(ga, wa, rtol=0, atol=1e-12)  # the tied vectors are equal: same gradient for a
+        # A tie is a valid subgradient either way: the chunked max gives it to one token, the dense max splits
+        # it; what the tied tokens receive in total is the same.
+        if y.shape[1] == 3:
+            torch.testing.assert_close(gb[0, 0] + gb[0, 2], wb[0, 0] + wb[0, 2], rtol=0, atol=1e-12)
+            torch.testing.assert_close(gb[0, 1], wb[0, 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_chunked_bf16_inputs_stay_within_bf16_rounding_of_float32(reduction):
+    L, D = 6, 16
+    am = torch.tensor([[1, 1, 1, 1, 0, 1], [1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    bm = torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    a = random_vectors((3, L, D), am, 31, torch.float32, garbage=0.0)
+    b = random_vectors((3, L, D), bm, 32, torch.float32, garbage=0.0)
+    full = maxsim_matrix(a, am, b, bm, reduction=reduction, backend="dense")
+    low = _chunked(a.bfloat16(), am, b.bfloat16(), bm, "both", reduction)
+    assert low.dtype == torch.float32  # maxima summed in float32
+    # As in test_bf16_autocast: 1e-2 per cosine from bf16's 8-bit significand, times L for a sum.
+    torch.testing.assert_close(low, full, rtol=0, atol=1e-2 * (L if reduction == "sum" else 1))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``fn()``."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(saved)
+
+
+def test_chunked_keeps_a_fraction_of_the_dense_memory_for_backward():
+    # The issue's CPU case: B = 128 texts, 32 x 180 tokens, D = 128 (here B = 32 to stay fast:
+    # the ratio grows with Lb and does not depend on B).
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(32, 32, 128, generator=g), dim=-1).requires_grad_(True)
+    b = torch.nn.functional.normalize(torch.randn(32, 180, 128, generator=g), dim=-1).requires_grad_(True)
+    am, bm = torch.ones(32, 32, dtype=torch.bool), torch.ones(32, 180, dtype=torch.bool)
+    dense = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="dense"))
+    chunked = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="chunked"))
+    similarity_tensor = 32 * 32 * 32 * 180 * 4
+    assert dense >= similarity_tensor  # autograd keeps at least the (B, B, La, Lb) similarities
+    # Chunked keeps the inputs and int32 indices of the best matches: (B, B, La + Lb).
+    assert chunked <= a.numel() * 4 + b.numel() * 4 + 32 * 32 * (32 + 180) * 4 + 32 * (32 + 180) * 4
+    assert chunked * 10 <= dense, (chunked, dense)
+
+
+def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monkeypatch):
+    import lightning_modules.maxsim as maxsim
+
+    a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)
+    a.requires_grad_(True)
+    assert "Chunked" not in type(maxsim_matrix(a, am, b, bm).grad_fn).__name__
+    monkeypatch.setattr(maxsim, "AUTO_DENSE_LIMIT_BYTES", 0)
+    assert "Chunked" in type(maxsim_matrix(a, am, b, bm).grad_fn).__name__
+    # A smooth max needs every similarity: chunked falls back to dense.
+    assert "Chunked" not in type(maxsim_matrix(a, am, b, bm, temperature=0.1, backend="chunked").grad_fn).__name__
+    with pytest.raises(ValueError, match="backend must be one of"):
+        maxsim_matrix(a, am, b, bm, backend="triton")
