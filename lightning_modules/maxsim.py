@@ -59,7 +59,9 @@ BACKENDS = ("auto", "dense", "chunked")
 # auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 # chunked: the working memory of one chunk (similarities, or gathered vectors in backward).
-CHUNK_BUDGET_BYTES = 256 * 2**20
+# Small enough that a chunk's working set is a few times this (forward and backward),
+# large enough that each chunk is still a big matrix product.
+CHUNK_BUDGET_BYTES = 16 * 2**20
 
 
 def maxsim_pairwise(
@@ -192,12 +194,18 @@ class ChunkedMaxSim(torch.autograd.Function):
         for start in range(0, bb, chunk):
             part = slice(start, start + chunk)
             sims = torch.einsum("ild,jmd->ijlm", a, b[part])  # (Ba, chunk, La, Lb): the only big tensor
+            # Masked tokens are filled with -inf in place (no copy): they can never win a max.
+            sims.masked_fill_(~b_mask[None, part, None, :], float("-inf"))
             if a_weight is not None:  # each token of a: its best token of b
-                best, index = sims.masked_fill(~b_mask[None, part, None, :], float("-inf")).max(dim=-1)
+                best, index = sims.max(dim=-1)
+                # A masked token of a has weight 0; its max is finite (every text has a token).
                 scores[:, part] += (best.to(accumulate) * a_weight[:, None, :]).sum(-1)
                 a_best[:, part] = index
             if b_weight is not None:  # each token of b: its best token of a
-                best, index = sims.masked_fill(~a_mask[:, None, :, None], float("-inf")).max(dim=-2)
+                sims.masked_fill_(~a_mask[:, None, :, None], float("-inf"))
+                best, index = sims.max(dim=-2)
+                # A masked token of b saw only -inf: zero it before the weight 0 makes it NaN.
+                best = best.masked_fill(~b_mask[None, part, :], 0.0)
                 scores[:, part] += (best.to(accumulate) * b_weight[None, part, :]).sum(-1)
                 b_best[:, part] = index
             del sims
