@@ -121,7 +121,12 @@ def run_in_child(name: str, batch: int, lb: int, repeats: int, budget_gb: float)
     ) % (str(Path(__file__).parent), int(budget_gb * 2**30) if limited else 0, name, batch, lb, repeats)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {"status": f"crashed ({done.returncode}): {done.stderr[-200:]}"}
+    if lines:
+        result = json.loads(lines[-1])
+    elif done.returncode == -9:  # the kernel's out-of-memory killer: the machine ran out before any limit
+        result = {"status": "killed: out of memory"}
+    else:
+        result = {"status": f"crashed ({done.returncode}): {done.stderr[-200:]}"}
     return {"implementation": name, "B": batch, "La": LA, "Lb": lb, "D": DIM, "dense_similarity_gb": round(dense_gb, 2),
             "address_space_limit_gb": budget_gb if limited else None, **result}
 

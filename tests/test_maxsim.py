@@ -667,3 +667,27 @@ def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monk
     assert "Chunked" not in type(maxsim_matrix(a, am, b, bm, temperature=0.1, backend="chunked").grad_fn).__name__
     with pytest.raises(ValueError, match="backend must be one of"):
         maxsim_matrix(a, am, b, bm, backend="triton")
+
+
+def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path):
+    """The LightningModule's InfoNCE step through model.maxsim_backend: same loss and gradients."""
+    from lightning_modules.data.collate import ContrastiveCollator
+    from lightning_modules.module import MaxSimModule
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    items = [{"a": [101, 2000 + i, 102], "b": [101, 3000 + i, 3100 + i, 102], "a_key": i, "b_key": i,
+              "negatives": [(100 + i, [101, 4000 + i, 102])]} for i in range(6)]
+    batch = ContrastiveCollator(0, {i: {i} for i in range(6)}, max_negatives=1)(items)
+    results = []
+    for backend in ("dense", "chunked"):
+        torch.manual_seed(0)
+        module = MaxSimModule(minilm_path, projection_dim=8, random_init=True, config_overrides=tiny,
+                              maxsim_backend=backend)
+        module.eval()  # no dropout: both runs see the same network
+        loss = module._contrastive_loss(batch)
+        grads = torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
+        results.append((loss.detach(), grads))
+    (loss_d, grads_d), (loss_c, grads_c) = results
+    torch.testing.assert_close(loss_c, loss_d, rtol=1e-5, atol=1e-6)
+    for gc, gd in zip(grads_c, grads_d):
+        torch.testing.assert_close(gc, gd, rtol=1e-4, atol=1e-6)
