@@ -60,6 +60,9 @@ def export_model(
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another folder or pass overwrite=true")
+    if out_dir.exists() and not (out_dir / OUR_CONFIG).is_file():
+        # overwrite replaces an earlier export, never an arbitrary folder or file (a run folder, say).
+        raise ExportError(f"{out_dir} exists and is not an earlier export (no {OUR_CONFIG}); refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -182,7 +185,12 @@ def _load_checkpoint(path: Path) -> LateInteractionModel:
     if checkpoint.get("hyper_parameters", {}).get("model_name_or_path") is None:
         raise ModelLoadError(f"{path}: not a maxsim-lightning checkpoint (no MaxSimModule hyperparameters)")
     module = MaxSimModule(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)  # fills keys that older checkpoints lack
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ModelLoadError(f"{path}: its weights do not fit the model its hyperparameters describe "
+                             f"({str(error).splitlines()[0]})") from error
     model = module.model
     model.text_settings = text_settings_from(checkpoint.get("datamodule_hyper_parameters", {}))
     return model

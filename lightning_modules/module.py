@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,6 +17,8 @@ from lightning_modules.encoder import TokenEncoder
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
 from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 from lightning_modules.model import LateInteractionModel
+
+log = logging.getLogger(__name__)
 
 
 class MaxSimModule(pl.LightningModule):
@@ -104,10 +107,15 @@ class MaxSimModule(pl.LightningModule):
         self.val_spearman, self.val_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
         self.test_spearman, self.test_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
         # Pair classification: every score and label of the split, then threshold search.
-        self.eval_scores, self.eval_labels = CatMetric(), CatMetric()
+        # nan_strategy="disable": a NaN score stays in place, so scores and labels stay aligned.
+        self.eval_scores, self.eval_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         # Chosen on validation (F1, accuracy), used on test; in the checkpoint. NaN: not yet chosen.
         self.register_buffer("decision_thresholds", torch.full((2,), float("nan")))
         self._retrieval_texts: list[tuple[bool, int, torch.Tensor, list[int]]] = []
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints from before pair classification have no thresholds: not chosen yet.
+        checkpoint["state_dict"].setdefault("decision_thresholds", torch.full((2,), float("nan")))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Score a batch of pairs: ``input_ids (2B, L)`` holds the ``a`` texts then the ``b`` texts. Returns ``(B,)``."""
@@ -212,6 +220,9 @@ class MaxSimModule(pl.LightningModule):
         self.eval_labels.reset()
         metrics = {"auc": binary_auroc(scores, labels.long())}
         if split == "val" or torch.isnan(self.decision_thresholds).any():
+            if split != "val":
+                log.warning("No validation has chosen decision thresholds: %s F1 and accuracy use the best "
+                            "thresholds of this split itself (optimistic)", split)
             best = best_threshold_metrics(scores, labels)
             if split == "val" and not self.trainer.sanity_checking:
                 self.decision_thresholds.copy_(torch.tensor([best["f1_threshold"], best["accuracy_threshold"]]))
@@ -232,6 +243,15 @@ class MaxSimModule(pl.LightningModule):
             texts = [text for shard in gathered for text in shard]
         queries = {key: (vectors, relevant) for is_query, key, vectors, relevant in texts if is_query}
         corpus = {key: vectors for is_query, key, vectors, _ in texts if not is_query}
+        # A partial pass (fast_dev_run, limit_val_batches) may miss corpus texts: keep the queries
+        # whose relevant texts were all seen, and rank them against the corpus that was.
+        complete = {k: q for k, q in queries.items() if all(c in corpus for c in q[1])}
+        if len(complete) < len(queries):
+            log.warning("Retrieval evaluation on %d of %d queries: the others' relevant texts were not embedded "
+                        "(a partial validation pass)", len(complete), len(queries))
+        queries = complete
+        if not queries or not corpus:
+            return {"mrr@10": float("nan"), "recall@1": float("nan"), "recall@10": float("nan")}
         query_keys, corpus_keys = sorted(queries), sorted(corpus)
         column = {key: i for i, key in enumerate(corpus_keys)}
         scores = score_all(self.model, [queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],

@@ -207,3 +207,21 @@ def test_export_cli(tmp_path, compose_cfg):
                              cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert not (tmp_path / f"{out.name}2").exists()
+
+
+def test_old_checkpoints_without_thresholds_load_and_overwrite_spares_other_folders(tmp_path, minilm_path, compose_cfg):
+    from lightning_modules.module import MaxSimModule
+
+    cfg = compose_cfg(["model=tiny"], tmp_path)
+    hparams = OmegaConf.to_container(cfg.model, resolve=True)
+    module = MaxSimModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    state = {k: v for k, v in module.state_dict().items() if k != "decision_thresholds"}  # as saved before
+    saved = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": state}, saved)
+    model = load_pretrained(saved)
+    assert _max_difference(module.model.eval().encode(TEXTS), model.eval().encode(TEXTS)) == 0.0
+    run_folder = tmp_path / "run"
+    (run_folder / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ExportError, match="is not an earlier export"):
+        export_model(model, run_folder, overwrite=True)
+    assert (run_folder / "checkpoints").is_dir()

@@ -193,3 +193,21 @@ def test_binary_validation_with_one_label_is_an_error(tmp_path, minilm_path):
     val = write_rows(tmp_path / "val.csv", [{"text1": "x", "text2": "y", "label": 1}, {"text1": "z", "text2": "w", "label": 1}])
     with pytest.raises(DataError, match=r"val\.csv: every validation pair is labelled 1; ROC-AUC"):
         _datamodule(minilm_path, train, validation=str(val))
+
+
+def test_a_validation_file_equal_to_the_training_file_leaves_no_training_pair(tmp_path, minilm_path):
+    path = write_rows(tmp_path / "t.jsonl", _triplets())
+    with pytest.raises(DataError, match="(?s)no train pair is left.*pair also in validation"):
+        _datamodule(minilm_path, path, validation=str(path))
+
+
+def test_retrieval_metrics_of_a_partial_pass_use_the_queries_it_can_rank(minilm_path):
+    from lightning_modules.module import MaxSimModule
+
+    module = MaxSimModule(minilm_path, projection_dim=8, random_init=True,
+                          config_overrides={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                            "intermediate_size": 64})
+    vector = torch.nn.functional.normalize(torch.ones(1, 8), dim=-1)
+    module._retrieval_texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]
+    metrics = module._retrieval_metrics()  # query 1's relevant text 5 was never embedded
+    assert metrics == {"mrr@10": 1.0, "recall@1": 1.0, "recall@10": 1.0}

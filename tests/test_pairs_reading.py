@@ -326,3 +326,26 @@ def test_pairs_also_in_validation_are_dropped_from_training_and_counted(tmp_path
     assert len(kept) == 2 and ROWS[1]["sentence1"] not in kept.text_a
     assert report.dropped == {"pair also in validation": 1} and report.kept == 2
     assert report.first_dropped["pair also in validation"] == f"{tmp_path / 'train.csv'}, line 3"
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"query": "first\u2028second\x85third", "positive": "p"}\n{"query": "q", "positive": "r"}\n',
+                    encoding="utf-8")
+    table = read(path)
+    assert len(table) == 2 and table.rows[0]["query"] == "first\u2028second\x85third"
+
+
+def test_holdout_never_takes_a_group_larger_than_its_target(tmp_path):
+    rows = [{"query": "big", "positive": f"p{i}"} for i in range(100)] + [{"query": "small", "positive": "x"}]
+    examples = examples_of(write_rows(tmp_path / "g.jsonl", rows))[0]
+    for seed in range(6):
+        train, validation = holdout_split(examples, 0.05, 10, seed=seed)
+        assert len(validation) == 1 and len(train) == 100
+    # Every group larger than the target: the smallest one, never the big one.
+    two_big = examples_of(write_rows(tmp_path / "b.jsonl", rows[:60] + [{"query": "b2", "positive": f"y{i}"}
+                                                                        for i in range(50)]))[0]
+    for seed in range(4):
+        assert len(holdout_split(two_big, 0.05, None, seed=seed)[1]) == 50
+    with pytest.raises(ValueError, match="validation_max_pairs must be at least 1"):
+        holdout_split(examples, 0.05, 0, seed=0)

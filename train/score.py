@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.data.columns import resolve_columns
 from lightning_modules.data.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
-from lightning_modules.data.writing import write_table
+from lightning_modules.data.writing import WRITABLE, write_table
 from lightning_modules.encoder import ModelLoadError
 from lightning_modules.evaluation import load_any_model
 
@@ -20,6 +20,9 @@ def score_file(model, cfg: DictConfig) -> Path:
     output = Path(cfg.output) if cfg.output else source.with_name(f"{source.stem}.scored{source.suffix}")
     if output.exists() and not cfg.overwrite:
         raise DataError(f"{output} already exists; choose output=... or pass overwrite=true")
+    if output.suffix.lower() not in WRITABLE:  # say so before scoring, not after
+        raise DataError(f"{output}: cannot write {output.suffix or '(no suffix)'!r}; choose output= ending in "
+                        f"{', '.join(WRITABLE)}")
     table = read_table(TableSpec(str(source)))
     if cfg.column in table.columns:
         raise DataError(f"{source} already has a column {cfg.column!r}; choose another name with column=...")

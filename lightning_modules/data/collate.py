@@ -78,12 +78,12 @@ class ContrastiveCollator:
             negatives.extend(choices)
         rows = [i["a"] for i in items] + [i["b"] for i in items] + [ids for _, ids in negatives]
         input_ids, attention_mask = pad_token_ids(rows, self.pad_token_id)
-        column_keys = [item["b_key"] for item in items] + [key for key, _ in negatives]
-        false_negatives = torch.zeros((len(items), len(column_keys)), dtype=torch.bool)
-        for row, item in enumerate(items):
-            known = self.positives.get(item["a_key"], ())
-            for column, key in enumerate(column_keys):
-                false_negatives[row, column] = column != row and key in known
+        column_keys = torch.tensor([item["b_key"] for item in items] + [key for key, _ in negatives])
+        false_negatives = torch.stack([
+            torch.isin(column_keys, torch.tensor(sorted(self.positives.get(item["a_key"], ())), dtype=torch.long))
+            for item in items
+        ])
+        false_negatives.fill_diagonal_(False)  # each row's own positive is the target, not a negative
         return {"input_ids": input_ids, "attention_mask": attention_mask, "false_negatives": false_negatives}
 
 

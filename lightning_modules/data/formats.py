@@ -156,7 +156,8 @@ def _read_json(path: Path) -> RawTable:
         entries = [(f"item {i + 1}", record) for i, record in enumerate(records)]
     else:
         entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): U+2028 and friends may stand raw inside JSON strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -164,6 +164,13 @@ class PairsDataModule(pl.LightningDataModule):
                 self.examples["train"] = drop_leaked_pairs(
                     self.examples["train"], self.reports["train"], self.examples[held], held, self.symmetric
                 )
+        if "test" in self.examples:  # nor may validation (which picks the checkpoint) hold test pairs
+            self.examples["validation"] = drop_leaked_pairs(
+                self.examples["validation"], self.reports["validation"], self.examples["test"], "test", self.symmetric
+            )
+        for split in ("train", "validation"):
+            if not len(self.examples[split]):
+                raise DataError(f"{self.reports[split].source}: no {split} pair is left:\n  {self.reports[split].summary()}")
         if self.supervision == "graded":
             self._normalise_scores()
         if self.supervision == "binary":

@@ -24,6 +24,8 @@ def holdout_split(
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    if max_pairs is not None and max_pairs < 1:
+        raise ValueError(f"validation_max_pairs must be at least 1 (or null), got {max_pairs}")
     groups: dict[str, list[int]] = {}
     for index, text in enumerate(examples.text_a):
         groups.setdefault(text.strip(), []).append(index)
@@ -39,9 +41,11 @@ def holdout_split(
         if len(validation) >= target:
             break
         group = groups[keys[position]]
-        if validation and len(validation) + len(group) > target:
+        if len(validation) + len(group) > target:
             continue  # a big group would overshoot: try smaller ones
         validation.extend(group)
+    if not validation:  # every group is larger than the target: the smallest (with two or more groups,
+        validation = list(min(groups.values(), key=len))  # at most half the pairs)
     taken = set(validation)
     train = [i for i in range(len(examples)) if i not in taken]
     if symmetric:

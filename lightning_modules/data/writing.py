@@ -9,6 +9,8 @@ from pathlib import Path
 from lightning_modules.data.errors import DataError
 from lightning_modules.data.formats import TEXT_FORMATS
 
+WRITABLE = (*TEXT_FORMATS, ".jsonl", ".ndjson", ".parquet", ".pq")
+
 
 def write_table(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Write ``rows`` to ``path`` as CSV/TSV, JSON Lines or Parquet, by its suffix."""
