@@ -117,12 +117,19 @@ class LateInteractionModel(nn.Module):
     ) -> list[torch.Tensor]:
         """Token vectors of each text: a list of ``(L_i, D)`` tensors, one row per token that takes
         part in matching (padding, and any skipped tokens, removed)."""
-        ids = self.tokenize(texts, is_query)
+        show = len(texts) > PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
+        return self.embed_token_ids(self.tokenize(texts, is_query), batch_size, show)
+
+    @torch.no_grad()
+    def embed_token_ids(
+        self, ids: list[list[int]], batch_size: int = 64, show_progress_bar: bool = False, desc: str = "encoding"
+    ) -> list[torch.Tensor]:
+        """``encode`` for texts already tokenised: a ``(L_i, D)`` tensor per text, on the model's device."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
-        show = len(ids) > PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
         device = next(self.parameters()).device
         out: list = [None] * len(ids)
-        for start in tqdm(range(0, len(ids), batch_size), desc="encoding", unit="batch", disable=not show):
+        for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=not show_progress_bar,
+                          leave=False):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = pad_token_ids([ids[i] for i in chunk], self.encoder.tokenizer.pad_token_id)
             embedded = self.embed(input_ids.to(device), attention_mask.to(device))
@@ -145,11 +152,20 @@ class LateInteractionModel(nn.Module):
     def similarity_matrix(self, a: list[str], b: list[str], batch_size: int = 64, chunk: int = 256) -> torch.Tensor:
         """MaxSim of every text of ``a`` against every text of ``b``: ``(len(a), len(b))`` float32."""
         va, vb = self.encode(a, is_query=True, batch_size=batch_size), self.encode(b, batch_size=batch_size)
+        return self.score_vectors(va, vb, chunk)
+
+    @torch.no_grad()
+    def score_vectors(
+        self, a: list[torch.Tensor], b: list[torch.Tensor], chunk: int = 256, show_progress_bar: bool = False,
+        desc: str = "scoring",
+    ) -> torch.Tensor:
+        """MaxSim of every ``(L_i, D)`` vector set of ``a`` against every one of ``b``: ``(len(a), len(b))``
+        float32 on the CPU. In chunks: memory grows with ``chunk^2 * La * Lb``, not ``len(a) * len(b)``."""
         scores = torch.empty(len(a), len(b))
-        for i in range(0, len(a), chunk):  # chunks: memory grows with chunk^2 * La * Lb, not len(a) * len(b)
-            left = TokenEmbeddings.stack(va[i : i + chunk])
+        for i in tqdm(range(0, len(a), chunk), desc=desc, unit="chunk", disable=not show_progress_bar, leave=False):
+            left = TokenEmbeddings.stack(a[i : i + chunk])
             for j in range(0, len(b), chunk):
-                scores[i : i + chunk, j : j + chunk] = self.score_matrix(left, TokenEmbeddings.stack(vb[j : j + chunk])).float()
+                scores[i : i + chunk, j : j + chunk] = self.score_matrix(left, TokenEmbeddings.stack(b[j : j + chunk]))
         return scores
 
     @torch.no_grad()

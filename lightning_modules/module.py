@@ -12,7 +12,6 @@ from torchmetrics import CatMetric, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.functional.classification import binary_auroc
 from transformers import get_linear_schedule_with_warmup
 
-from lightning_modules.data.mining import score_all
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
 from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
@@ -254,8 +253,8 @@ class MaxSimModule(pl.LightningModule):
             return {"mrr@10": float("nan"), "recall@1": float("nan"), "recall@10": float("nan")}
         query_keys, corpus_keys = sorted(queries), sorted(corpus)
         column = {key: i for i, key in enumerate(corpus_keys)}
-        scores = score_all(self.model, [queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],
-                           desc="retrieval evaluation")
+        scores = self.model.score_vectors([queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],
+                                          show_progress_bar=True, desc="retrieval evaluation")
         return retrieval_metrics(scores, [[column[c] for c in queries[k][1]] for k in query_keys])
 
 

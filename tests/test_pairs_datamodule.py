@@ -173,7 +173,7 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
     queries = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [5, 7, 3, 9]]
     corpus = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [4, 6, 8, 3, 5, 7, 2, 9]]
     positives = [{0}, {1, 2}, {3}, {4}]
-    mined = mine_hard_negatives(model, queries, corpus, positives, k=3, margin=0.01, pad_token_id=0, batch_size=3)
+    mined = mine_hard_negatives(model, queries, corpus, positives, k=3, margin=0.01, batch_size=3)
     assert model.training  # restored
     model.eval()
     with torch.no_grad():

@@ -408,7 +408,7 @@ class PairsDataModule(pl.LightningDataModule):
                  self.hparams.mine_negatives, len(query_ids), len(document_ids))
         mined = mine_hard_negatives(
             module.model, query_ids, document_ids, positives, self.hparams.mine_negatives, self.hparams.mine_margin,
-            self.tokenizer.pad_token_id, batch_size=self.hparams.eval_batch_size, device=module.device,
+            batch_size=self.hparams.eval_batch_size,
         )
         added = 0
         for item in items:
