@@ -42,20 +42,30 @@ Backends of ``maxsim_matrix`` (``backend=``):
   the gradient of a max flows to the winning token only. Memory
   ``O(Ba * Bb * (La + Lb))`` instead of ``O(Ba * Bb * La * Lb)``. Hard max only: with
   a ``temperature`` (smooth max every token gets gradient) it falls back to dense.
-* ``"auto"`` (default): dense while the similarity tensor is small (it is the
-  fastest there), chunked above ``AUTO_DENSE_LIMIT_BYTES``. No fused GPU kernel is
-  implemented yet.
+* ``"triton"``: fused GPU kernels (``lightning_modules/maxsim_triton.py``): the
+  similarities of a tile of tokens live only in registers, each token's running max
+  and argmax reach memory, and the backward pass rebuilds the gradients from the
+  argmax with two one-hot matrix products, deterministically (no atomics). Same
+  memory as chunked, and no chunk loop in Python. Needs Triton and CUDA tensors (or
+  ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests). Where the kernel does
+  not apply it hands over, and says so here: smooth max to dense; float64 inputs, or
+  ``a`` texts over ``MAX_A_TOKENS`` (256) tokens, to chunked.
+* ``"auto"`` (default): triton on CUDA when Triton is installed and the kernel
+  applies; otherwise dense while the similarity tensor is small (it is the fastest
+  there), chunked above ``AUTO_DENSE_LIMIT_BYTES``.
 
 ``maxsim_pairwise`` builds only ``(B, La, Lb)`` and takes ``backend`` for symmetry.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
-BACKENDS = ("auto", "dense", "chunked")
+BACKENDS = ("auto", "dense", "chunked", "triton")
 # auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 # chunked: the working memory of one chunk (similarities, or gathered vectors in backward).
@@ -112,17 +122,22 @@ def maxsim_matrix(
         b: token vectors ``(Bb, Lb, D)``.
         b_mask: ``(Bb, Lb)`` bool.
         direction, reduction, temperature: see the module docstring.
-        backend: ``"auto"``, ``"dense"`` or ``"chunked"`` (see the module docstring).
+        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"`` (see the module docstring).
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=False)
     _check_backend(backend)
-    if backend == "auto":
-        size = a.shape[0] * b.shape[0] * a.shape[1] * b.shape[1] * a.element_size()
-        backend = "chunked" if size > AUTO_DENSE_LIMIT_BYTES else "dense"
-    if backend == "chunked" and temperature is None:
+    backend = _resolve_backend(backend, a, b, temperature)
+    if backend == "triton":
+        from lightning_modules.maxsim_triton import TritonMaxSim
+
+        accumulate = torch.promote_types(a.dtype, torch.float32)
+        a_weight = _token_weights(a_mask, reduction, direction, accumulate)
+        b_weight = _token_weights(b_mask, reduction, direction, accumulate)
+        return TritonMaxSim.apply(a, b, a_mask, b_mask, a_weight, b_weight, direction)
+    if backend == "chunked":
         return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
     sims = torch.einsum("ild,jmd->ijlm", a, b)  # (Ba, Bb, La, Lb)
     return _combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
@@ -255,6 +270,34 @@ def _chunk_size(ba, la, lb, dim, element_size, budget_bytes):
     vectors in backward) times the chunk stays within the budget; at least one text."""
     per_text = ba * max(la * lb, la * dim, lb * dim) * max(element_size, 4)
     return max(1, budget_bytes // per_text)
+
+
+def _resolve_backend(backend, a, b, temperature):
+    """The backend that runs: ``dense``, ``chunked`` or ``triton`` (see the module docstring)."""
+    if temperature is not None:
+        return "dense"  # smooth max: every token gets gradient, nothing to save by keeping argmaxes
+    if backend == "triton":
+        if not triton_installed():
+            raise ValueError("backend='triton' needs the triton package: pip install 'maxsim-lightning[triton]'")
+        from lightning_modules import maxsim_triton
+
+        if not maxsim_triton.runs_on(a):
+            raise ValueError("backend='triton' needs CUDA tensors (TRITON_INTERPRET=1 runs it on the CPU, for tests)")
+        return "triton" if maxsim_triton.handles(a, b) else "chunked"
+    if backend == "auto" and a.is_cuda and triton_installed():
+        from lightning_modules import maxsim_triton
+
+        if maxsim_triton.handles(a, b):
+            return "triton"
+    if backend == "auto":
+        size = a.shape[0] * b.shape[0] * a.shape[1] * b.shape[1] * a.element_size()
+        return "chunked" if size > AUTO_DENSE_LIMIT_BYTES else "dense"
+    return backend
+
+
+def triton_installed() -> bool:
+    """Whether the triton package can be imported (it ships with CUDA builds of torch)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def _check_backend(backend):

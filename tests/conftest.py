@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import train  # noqa: F401  - registers the `project_root` and `package_dir` resolvers that conf/ uses
+# Without a GPU, the triton MaxSim kernels run in Triton's CPU interpreter. Triton reads
+# this when a kernel is defined, so it is set before anything imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import train  # noqa: F401,E402  - registers the `project_root` and `package_dir` resolvers that conf/ uses
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"

@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise
+from lightning_modules import maxsim_triton
+from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise, triton_installed
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
@@ -465,9 +466,10 @@ def _ok_inputs(ba=2, bb=2, la=3, lb=4, d=5):
     return a, torch.ones(ba, la, dtype=torch.bool), b, torch.ones(bb, lb, dtype=torch.bool)
 
 
+@pytest.mark.parametrize("backend", ["dense", "chunked", "triton"])
 @pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
 @pytest.mark.parametrize("side", ["a", "b"])
-def test_fully_masked_text_raises_naming_it(fn, side):
+def test_fully_masked_text_raises_naming_it(fn, side, backend):
     a, am, b, bm = _ok_inputs(ba=3, bb=3)
     if side == "a":
         am[1] = False
@@ -475,7 +477,7 @@ def test_fully_masked_text_raises_naming_it(fn, side):
         bm[2] = False
     which = "[1] of a" if side == "a" else "[2] of b"
     with pytest.raises(ValueError, match=r"no token") as info:
-        fn(a, am, b, bm)
+        fn(a, am, b, bm, backend=backend)
     assert which in str(info.value)
 
 
@@ -537,13 +539,46 @@ def test_bad_shapes_raise(fn):
 
 
 # ----------------------------------------------------------------------------
-# The chunked backend: the same scores and gradients in O(B^2 (La + Lb)) memory
+# The chunked and triton backends: the same scores and gradients in O(B^2 (La + Lb)) memory
 # ----------------------------------------------------------------------------
 
+# The triton kernels run on a GPU, or here on the CPU in Triton's interpreter
+# (conftest.py sets TRITON_INTERPRET=1 where no GPU is present).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = pytest.param(
+    "triton",
+    marks=pytest.mark.skipif(
+        not triton_installed() or not (torch.cuda.is_available() or maxsim_triton.interpreting()),
+        reason="triton is not installed, or there is no GPU and TRITON_INTERPRET is not 1",
+    ),
+)
+# The interpreter runs each kernel program in Python: fewer random examples for triton.
+FEW = settings(max_examples=30, deadline=None)
 
-def _chunked(a, am, b, bm, direction, reduction, budget=1):
-    """ChunkedMaxSim with a tiny budget by default: one b text per chunk, so chunking is exercised."""
-    return ChunkedMaxSim.apply(a, b, am, bm, direction, reduction, budget)
+
+def _lean(backend, a, am, b, bm, direction, reduction, budget=1):
+    """The backend under test: ChunkedMaxSim with a tiny budget by default (one b text per
+    chunk, so chunking is exercised), or the triton kernels on DEVICE. Returns CPU tensors."""
+    if backend == "chunked":
+        return ChunkedMaxSim.apply(a, b, am, bm, direction, reduction, budget)
+    on = [x.to(DEVICE) for x in (a, am, b, bm)]
+    return maxsim_matrix(*on, direction=direction, reduction=reduction, backend="triton").cpu()
+
+
+def _check_against_reference_and_dense(backend, direction, reduction, dtype, batch, budget=1):
+    a, am, b, bm = _build(batch, dtype)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    got = _lean(backend, a, am, b, bm, direction, reduction, budget)
+    torch.testing.assert_close(got.double(), reference_matrix(a, am, b, bm, direction, reduction, None), **TOL[dtype])
+    # Gradients against the dense path (itself checked by gradcheck above), where no max is
+    # tied (with D = 1 ties are common): a tie's gradient may go to either token (see the ties test).
+    if _has_ties(a.detach(), am, b.detach(), bm):
+        return
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(batch[-1]), dtype=got.dtype)
+    want = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
+    for mine, theirs in zip(torch.autograd.grad(got, (a, b), weights), torch.autograd.grad(want, (a, b), weights)):
+        torch.testing.assert_close(mine, theirs, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -552,19 +587,17 @@ def _chunked(a, am, b, bm, direction, reduction, budget=1):
 @FAST
 @given(batch=ragged_batch(paired=False), budget=st.sampled_from([1, 600, 10**9]))
 def test_chunked_matches_reference_scores_and_dense_gradients(direction, reduction, dtype, batch, budget):
-    a, am, b, bm = _build(batch, dtype)
-    a.requires_grad_(True)
-    b.requires_grad_(True)
-    got = _chunked(a, am, b, bm, direction, reduction, budget)
-    torch.testing.assert_close(got.double(), reference_matrix(a, am, b, bm, direction, reduction, None), **TOL[dtype])
-    # Gradients against the dense path (itself checked by gradcheck below), where no max is
-    # tied (with D = 1 ties are common): a tie's gradient may go to either token (see the ties test).
-    if _has_ties(a.detach(), am, b.detach(), bm):
-        return
-    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(batch[-1]), dtype=got.dtype)
-    want = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
-    for mine, theirs in zip(torch.autograd.grad(got, (a, b), weights), torch.autograd.grad(want, (a, b), weights)):
-        torch.testing.assert_close(mine, theirs, **TOL[dtype])
+    _check_against_reference_and_dense("chunked", direction, reduction, dtype, batch, budget)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@FEW
+@given(batch=ragged_batch(paired=False))
+def test_triton_matches_reference_scores_and_dense_gradients(direction, reduction, batch, backend):
+    # float32 only: the kernels take float32/bf16/fp16 (float64 is handed to chunked, tested below).
+    _check_against_reference_and_dense(backend, direction, reduction, torch.float32, batch)
 
 
 def _has_ties(a, am, b, bm) -> bool:
@@ -585,45 +618,56 @@ def test_chunked_gradcheck(direction, reduction):
     a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)
     a.requires_grad_(True)
     b.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, y: _chunked(x, am, y, bm, direction, reduction), (a, b),
+    assert torch.autograd.gradcheck(lambda x, y: _lean("chunked", x, am, y, bm, direction, reduction), (a, b),
                                     eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["chunked", TRITON])
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_chunked_ties_negative_cosines_single_tokens_and_batch_of_one(direction):
+def test_ties_negative_cosines_single_tokens_and_batch_of_one(direction, backend):
+    dtype = torch.float64 if backend == "chunked" else torch.float32
+    atol = 1e-12 if dtype == torch.float64 else 1e-6
     # b's tokens 0 and 2 are the same vector: a tie for every token of a. Every cosine is negative.
-    a = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.2], [0.8, 0.6]]], dtype=torch.float64), dim=-1)
-    tied = torch.nn.functional.normalize(torch.tensor([-1.0, -0.1], dtype=torch.float64), dim=0)
-    b = torch.stack([tied, -torch.nn.functional.normalize(torch.tensor([0.1, 1.0], dtype=torch.float64), dim=0),
-                     tied])[None]
+    a = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.2], [0.8, 0.6]]], dtype=dtype), dim=-1)
+    tied = torch.nn.functional.normalize(torch.tensor([-1.0, -0.1], dtype=dtype), dim=0)
+    b = torch.stack([tied, -torch.nn.functional.normalize(torch.tensor([0.1, 1.0], dtype=dtype), dim=0), tied])[None]
     am, bm = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
     for x, xm, y, ym in ((a, am, b, bm), (a[:, :1], am[:, :1], b[:, :1], bm[:, :1])):  # and length-1 texts
         x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-        got = _chunked(x, xm, y, ym, direction, "mean")
+        got = _lean(backend, x, xm, y, ym, direction, "mean")
         want = maxsim_matrix(x, xm, y, ym, direction=direction, backend="dense")
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got, want, rtol=0, atol=atol)
         assert float(got) < 0
         (ga, gb), (wa, wb) = torch.autograd.grad(got.sum(), (x, y)), torch.autograd.grad(want.sum(), (x, y))
-        torch.testing.assert_close(ga, wa, rtol=0, atol=1e-12)  # the tied vectors are equal: same gradient for a
-        # A tie is a valid subgradient either way: the chunked max gives it to one token, the dense max splits
-        # it; what the tied tokens receive in total is the same.
+        torch.testing.assert_close(ga, wa, rtol=0, atol=atol)  # the tied vectors are equal: same gradient for a
+        # A tie is a valid subgradient either way: these backends give it to one token, the dense max
+        # splits it; what the tied tokens receive in total is the same.
         if y.shape[1] == 3:
-            torch.testing.assert_close(gb[0, 0] + gb[0, 2], wb[0, 0] + wb[0, 2], rtol=0, atol=1e-12)
-            torch.testing.assert_close(gb[0, 1], wb[0, 1], rtol=0, atol=1e-12)
+            torch.testing.assert_close(gb[0, 0] + gb[0, 2], wb[0, 0] + wb[0, 2], rtol=0, atol=atol)
+            torch.testing.assert_close(gb[0, 1], wb[0, 1], rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("backend", ["chunked", TRITON])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_chunked_bf16_inputs_stay_within_bf16_rounding_of_float32(reduction):
+def test_bf16_inputs_stay_within_bf16_rounding_of_float32(reduction, backend):
     L, D = 6, 16
     am = torch.tensor([[1, 1, 1, 1, 0, 1], [1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     bm = torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    a = random_vectors((3, L, D), am, 31, torch.float32, garbage=0.0)
-    b = random_vectors((3, L, D), bm, 32, torch.float32, garbage=0.0)
+    a = random_vectors((3, L, D), am, 31, torch.float32, garbage=0.0).requires_grad_(True)
+    b = random_vectors((3, L, D), bm, 32, torch.float32, garbage=0.0).requires_grad_(True)
     full = maxsim_matrix(a, am, b, bm, reduction=reduction, backend="dense")
-    low = _chunked(a.bfloat16(), am, b.bfloat16(), bm, "both", reduction)
+    a16, b16 = a.detach().bfloat16().requires_grad_(True), b.detach().bfloat16().requires_grad_(True)
+    low = _lean(backend, a16, am, b16, bm, "both", reduction)
     assert low.dtype == torch.float32  # maxima summed in float32
     # As in test_bf16_autocast: 1e-2 per cosine from bf16's 8-bit significand, times L for a sum.
     torch.testing.assert_close(low, full, rtol=0, atol=1e-2 * (L if reduction == "sum" else 1))
+    # Gradients: a sum of a few unit vectors, each rounded to bf16 (relative 2^-8 = 4e-3 per
+    # component) and times a weight; 2e-2 absolute leaves room for a rounding-flipped argmax
+    # only where two cosines are within bf16's resolution, which these seeds do not have.
+    weights = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+    for mine, theirs in zip(torch.autograd.grad(low, (a16, b16), weights), torch.autograd.grad(full, (a, b), weights)):
+        assert mine.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.float(), theirs, rtol=0, atol=2e-2 * (L if reduction == "sum" else 1))
 
 
 def _saved_bytes(fn) -> int:
@@ -639,20 +683,58 @@ def _saved_bytes(fn) -> int:
     return sum(saved)
 
 
-def test_chunked_keeps_a_fraction_of_the_dense_memory_for_backward():
+@pytest.mark.parametrize("backend", ["chunked", TRITON])
+def test_lean_backends_keep_a_fraction_of_the_dense_memory_for_backward(backend):
     # The issue's CPU case: B = 128 texts, 32 x 180 tokens, D = 128 (here B = 32 to stay fast:
     # the ratio grows with Lb and does not depend on B).
     g = torch.Generator().manual_seed(0)
-    a = torch.nn.functional.normalize(torch.randn(32, 32, 128, generator=g), dim=-1).requires_grad_(True)
-    b = torch.nn.functional.normalize(torch.randn(32, 180, 128, generator=g), dim=-1).requires_grad_(True)
-    am, bm = torch.ones(32, 32, dtype=torch.bool), torch.ones(32, 180, dtype=torch.bool)
+    a = torch.nn.functional.normalize(torch.randn(32, 32, 128, generator=g), dim=-1).to(DEVICE).requires_grad_(True)
+    b = torch.nn.functional.normalize(torch.randn(32, 180, 128, generator=g), dim=-1).to(DEVICE).requires_grad_(True)
+    am = torch.ones(32, 32, dtype=torch.bool, device=DEVICE)
+    bm = torch.ones(32, 180, dtype=torch.bool, device=DEVICE)
     dense = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="dense"))
-    chunked = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="chunked"))
+    lean = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend=backend))
     similarity_tensor = 32 * 32 * 32 * 180 * 4
     assert dense >= similarity_tensor  # autograd keeps at least the (B, B, La, Lb) similarities
-    # Chunked keeps the inputs and int32 indices of the best matches: (B, B, La + Lb).
-    assert chunked <= a.numel() * 4 + b.numel() * 4 + 32 * 32 * (32 + 180) * 4 + 32 * (32 + 180) * 4
-    assert chunked * 10 <= dense, (chunked, dense)
+    # What is kept: the inputs, int32 (chunked) or int16 (triton) indices of the best matches,
+    # (B, B, La + Lb), and per-token weights (B, La + Lb).
+    assert lean <= a.numel() * 4 + b.numel() * 4 + 32 * 32 * (32 + 180) * 4 + 32 * (32 + 180) * 4
+    assert lean * 10 <= dense, (lean, dense)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(direction, backend, monkeypatch):
+    """Shapes beyond one tile in every dimension: several blocks of a texts, b texts of 150
+    tokens (3 tiles of 64), D = 200 (2 tiles of 128), and the b texts split over programs
+    in the backward pass (as on a GPU with many multiprocessors)."""
+    monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
+    g = torch.Generator().manual_seed(7)
+    am, bm = torch.rand(20, 10, generator=g) < 0.8, torch.rand(6, 150, generator=g) < 0.8
+    am[:, 3], bm[:, 149] = True, True  # every text keeps a token; the last tile's last token is real
+    a = random_vectors((20, 10, 200), am, 1, torch.float64)
+    b = random_vectors((6, 150, 200), bm, 2, torch.float64)
+    a64, b64 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    want = maxsim_matrix(a64, am, b64, bm, direction=direction, backend="dense")
+    a32, b32 = a.float().to(DEVICE).requires_grad_(True), b.float().to(DEVICE).requires_grad_(True)
+    got = maxsim_matrix(a32, am.to(DEVICE), b32, bm.to(DEVICE), direction=direction, backend=backend)
+    torch.testing.assert_close(got.cpu().double(), want, **TOL[torch.float32])
+    weights = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
+    theirs = torch.autograd.grad(want, (a64, b64), weights)
+    for m, t in zip(mine, theirs):
+        torch.testing.assert_close(m.cpu().double(), t, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_gradients_are_deterministic(backend):
+    a, am, b, bm = _build((5, 7, 9, 16, torch.rand(5, 7) > 0.2, torch.rand(6, 9) > 0.2, 3), torch.float32)
+    am[:, 0], bm[:, 0] = True, True
+    a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    am, bm = am.to(DEVICE), bm.to(DEVICE)
+    runs = [torch.autograd.grad(maxsim_matrix(a, am, b, bm, backend=backend).sum(), (a, b)) for _ in range(2)]
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)  # bit for bit: no atomics in the backward kernels
 
 
 def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monkeypatch):
@@ -663,14 +745,33 @@ def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monk
     assert "Chunked" not in type(maxsim_matrix(a, am, b, bm).grad_fn).__name__
     monkeypatch.setattr(maxsim, "AUTO_DENSE_LIMIT_BYTES", 0)
     assert "Chunked" in type(maxsim_matrix(a, am, b, bm).grad_fn).__name__
-    # A smooth max needs every similarity: chunked falls back to dense.
-    assert "Chunked" not in type(maxsim_matrix(a, am, b, bm, temperature=0.1, backend="chunked").grad_fn).__name__
+    # A smooth max needs every similarity: chunked and triton fall back to dense.
+    for backend in ("chunked", "triton"):
+        smooth = maxsim_matrix(a, am, b, bm, temperature=0.1, backend=backend)
+        assert "MaxSim" not in type(smooth.grad_fn).__name__
     with pytest.raises(ValueError, match="backend must be one of"):
-        maxsim_matrix(a, am, b, bm, backend="triton")
+        maxsim_matrix(a, am, b, bm, backend="fused")
 
 
-def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path):
-    """The LightningModule's InfoNCE step through model.maxsim_backend: same loss and gradients."""
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_hands_over_what_the_kernels_do_not_take(backend, monkeypatch):
+    a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)  # float64: handed to chunked
+    a = a.to(DEVICE).requires_grad_(True)
+    am, b, bm = am.to(DEVICE), b.to(DEVICE), bm.to(DEVICE)
+    assert "Chunked" in type(maxsim_matrix(a, am, b, bm, backend=backend).grad_fn).__name__
+    monkeypatch.setattr(maxsim_triton, "MAX_A_TOKENS", 2)  # a texts of 3 tokens are now "too long"
+    assert "Chunked" in type(maxsim_matrix(a.float(), am, b.float(), bm, backend=backend).grad_fn).__name__
+    monkeypatch.undo()
+    assert "Triton" in type(maxsim_matrix(a.float(), am, b.float(), bm, backend=backend).grad_fn).__name__
+    if DEVICE == "cpu":  # outside the interpreter, CPU tensors are a configuration error
+        monkeypatch.setattr(maxsim_triton, "interpreting", lambda: False)
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            maxsim_matrix(a.float(), am, b.float(), bm, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["chunked", TRITON])
+def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, backend):
+    """The LightningModule's InfoNCE step through model.maxsim_backend: same loss and gradients as dense."""
     from lightning_modules.data.collate import ContrastiveCollator
     from lightning_modules.module import MaxSimModule
 
@@ -678,11 +779,12 @@ def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path):
     items = [{"a": [101, 2000 + i, 102], "b": [101, 3000 + i, 3100 + i, 102], "a_key": i, "b_key": i,
               "negatives": [(100 + i, [101, 4000 + i, 102])]} for i in range(6)]
     batch = ContrastiveCollator(0, {i: {i} for i in range(6)}, max_negatives=1)(items)
+    batch = {key: value.to(DEVICE) if torch.is_tensor(value) else value for key, value in batch.items()}
     results = []
-    for backend in ("dense", "chunked"):
+    for name in ("dense", backend):
         torch.manual_seed(0)
         module = MaxSimModule(minilm_path, projection_dim=8, random_init=True, config_overrides=tiny,
-                              maxsim_backend=backend)
+                              maxsim_backend=name).to(DEVICE)
         module.eval()  # no dropout: both runs see the same network
         loss = module._contrastive_loss(batch)
         grads = torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])

@@ -1,0 +1,298 @@
+"""The ``triton`` backend of ``maxsim_matrix``: fused kernels for the hard-max MaxSim.
+
+Forward, one program per (block of ``a`` texts, one ``b`` text): the ``a`` block's
+token vectors meet the ``b`` text in tiles of ``BLOCK_M`` tokens; each tile of
+similarities lives only in registers (float32 accumulation), where it updates each
+``a`` token's running max and argmax (direction a2b) and gives each ``b`` token its
+max over every ``a`` text of the block (direction b2a). What reaches memory is the
+``(Ba, Bb)`` scores and the index of each token's best match: ``(Ba, Bb, La)`` and/or
+``(Ba, Bb, Lb)``, int16 while the matched side has fewer than 2^15 tokens.
+
+Backward, from those indices alone: the gradient of a max flows to the winning pair
+of tokens only, so for a pair of texts ``(i, j)`` it is a sparse ``(La, Lb)`` matrix
+``W`` with one weighted entry per winning pair, and
+
+    grad_a[i] += W @ b[j]        grad_b[j] += W.T @ a[i]
+
+The gather (each ``a`` token reads its best ``b`` token) and the scatter-add (each
+``b`` token collects from every ``a`` token that picked it) become two matrix
+products of one-hot tiles, each computed by the program that owns the output rows.
+No atomics: the gradients are deterministic, bit for bit, on every run.
+
+Precision: float32 inputs use IEEE float32 products (``input_precision="ieee"``; TF32
+would cost about three decimal digits); bf16 and fp16 inputs multiply in their own
+type with float32 accumulation in the forward pass, and in TF32 in the backward pass,
+where the one-hot weights (``grad * 1/count``) need more than bf16's 8 bits.
+
+Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1``, set before Triton is imported), which is how the tests check it
+on machines without a GPU. The interpreter multiplies bf16/fp16 as raw integers, so
+there the forward tiles are lifted to float32 first: the same numbers, since a product of
+two bf16 (or fp16) values is exact in float32 and the GPU accumulates in float32 too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# a texts longer than this do not fit one program's registers (the b2a max of a b token
+# needs all tokens of an a text at once): the caller falls back to the chunked backend.
+MAX_A_TOKENS = 256
+# Rows (a tokens) per program: large enough for tensor-core tiles, small enough for registers.
+FORWARD_ROWS = 128
+BACKWARD_ROWS = 64
+BLOCK_M = 64  # b tokens per tile
+BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (tests without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels can take tensors on ``x``'s device: CUDA, or any under the interpreter."""
+    return x.is_cuda or interpreting()
+
+
+def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the kernels take these inputs: float32/bf16/fp16 of one dtype, a texts of at most
+    ``MAX_A_TOKENS`` tokens. (The caller hands the others to the chunked backend.)"""
+    return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and a.shape[1] <= MAX_A_TOKENS
+
+
+class TritonMaxSim(torch.autograd.Function):
+    """``maxsim_matrix`` with a hard max, fused.
+
+    ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), a_weight (Ba, La),
+    b_weight (Bb, Lb), direction) -> (Ba, Bb)`` float32. ``a_weight``/``b_weight`` are what
+    each token's best match adds to the score (``1``, ``1/count``, halved for "both"; 0 for
+    masked tokens), float32. Masks and weights get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, a_mask, b_mask, a_weight, b_weight, direction):
+        a, b = a.contiguous(), b.contiguous()
+        a_mask, b_mask = a_mask.to(torch.int8).contiguous(), b_mask.to(torch.int8).contiguous()
+        a_weight, b_weight = a_weight.float().contiguous(), b_weight.float().contiguous()
+        (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        a2b, b2a = direction in ("a2b", "both"), direction in ("b2a", "both")
+        block_l = _block_l(la)
+        texts = max(1, FORWARD_ROWS // block_l)
+        scores = torch.empty(ba, bb, dtype=torch.float32, device=a.device)
+        a_best = torch.empty(ba, bb, la, dtype=_index_dtype(lb), device=a.device) if a2b else scores
+        b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a else scores
+        grid = (triton.cdiv(ba, texts), bb)
+        _forward_kernel[grid](
+            a, b, a_mask, b_mask, a_weight, b_weight, scores, a_best, b_best,
+            ba, bb, la, lb, dim,
+            A2B=a2b, B2A=b2a, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
+            BLOCK_D=_block(dim, BLOCK_D), PRECISION="ieee", UPCAST=interpreting() and a.dtype != torch.float32,
+        )  # fmt: skip
+        ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
+        ctx.direction = direction
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
+        (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        a2b, b2a = ctx.direction in ("a2b", "both"), ctx.direction in ("b2a", "both")
+        grad = grad.float().contiguous()
+        block_l = _block_l(la)
+        texts = max(1, BACKWARD_ROWS // block_l)
+        blocks = dict(
+            A2B=a2b, B2A=b2a, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
+            BLOCK_D=_block(dim, BLOCK_D), PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
+        )  # fmt: skip
+        d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # Few a blocks (a small batch, or long texts) would leave most of a GPU idle:
+            # split the b texts across programs and add the partial sums (a fixed order,
+            # so still deterministic).
+            a_blocks = triton.cdiv(ba, texts)
+            splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), a_blocks * d_tiles)))
+            partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
+            _grad_a_kernel[(a_blocks, splits, d_tiles)](
+                b, a_weight, b_weight, a_best, b_best, grad, partial,
+                ba, bb, la, lb, dim, splits, **blocks,
+            )  # fmt: skip
+            grad_a = partial.sum(dim=0).view_as(a).to(a.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.empty(bb, lb, dim, dtype=torch.float32, device=a.device)
+            _grad_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
+                a, a_weight, b_weight, a_best, b_best, grad, grad_b,
+                ba, bb, la, lb, dim, **blocks,
+            )  # fmt: skip
+            grad_b = grad_b.to(b.dtype)
+        return grad_a, grad_b, None, None, None, None, None
+
+
+def _block(n: int, cap: int) -> int:
+    """A power-of-two tile covering ``n`` up to ``cap``; at least 16, the smallest tensor-core tile."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def _block_l(la: int) -> int:
+    """Tokens of one a text in a program: all of them, padded to a power of two."""
+    return max(16, triton.next_power_of_2(la))
+
+
+def _index_dtype(candidates: int) -> torch.dtype:
+    """The smallest integer type that holds a token index among ``candidates``."""
+    return torch.int16 if candidates <= torch.iinfo(torch.int16).max else torch.int32
+
+
+def _parallel_units(x: torch.Tensor) -> int:
+    """Streaming multiprocessors to fill (1 in the interpreter)."""
+    if x.is_cuda:
+        return torch.cuda.get_device_properties(x.device).multi_processor_count
+    return 1
+
+
+@triton.jit
+def _a_rows(block, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr, Ba, La):
+    """The rows of a program's a block: their text, token, and whether they are real."""
+    rows = tl.arange(0, TEXTS * BLOCK_L)
+    text = block * TEXTS + rows // BLOCK_L
+    token = rows % BLOCK_L
+    return text, token, (text < Ba) & (token < La)
+
+
+@triton.jit
+def _winners(
+    a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
+    text, token, row_ok, Ba, Bb, La, Lb,
+    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """``W``: the gradient of score[i, j] w.r.t. each similarity of a tile, ``(TEXTS * BLOCK_L, BLOCK_M)``.
+
+    Row ``(i, l)``, column ``m``: ``grad[i, j]`` times the weight of every max that the pair
+    ``(a[i, l], b[j, m])`` won: ``a_weight[i, l]`` where ``b[j, m]`` was ``a[i, l]``'s best
+    match, plus ``b_weight[j, m]`` where ``a[i, l]`` was ``b[j, m]``'s best match.
+    """
+    m = m0 + tl.arange(0, BLOCK_M)
+    m_ok = m < Lb
+    g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)  # (ROWS,)
+    winners = tl.zeros((TEXTS * BLOCK_L, BLOCK_M), dtype=tl.float32)
+    if A2B:
+        best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=-1).to(tl.int32)
+        weight = tl.load(a_weight_ptr + text * La + token, mask=row_ok, other=0.0)
+        winners += tl.where(best[:, None] == m[None, :], weight[:, None], 0.0)
+    if B2A:
+        best = tl.load(
+            b_best_ptr + (text[:, None] * Bb + j) * Lb + m[None, :], mask=row_ok[:, None] & m_ok[None, :], other=-1
+        ).to(tl.int32)  # (ROWS, BLOCK_M): b[j, m]'s best token in the row's text
+        weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
+        winners += tl.where(best == token[:, None], weight[None, :], 0.0)
+    return winners * g[:, None]
+
+
+@triton.jit
+def _forward_kernel(
+    a_ptr, b_ptr, a_mask_ptr, b_mask_ptr, a_weight_ptr, b_weight_ptr, scores_ptr, a_best_ptr, b_best_ptr,
+    Ba, Bb, La, Lb, D,
+    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """scores[i, j] for TEXTS a texts and one b text j, and each token's best match."""
+    block, j = tl.program_id(0), tl.program_id(1)
+    text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
+    a_row = text * La + token
+    a_ok = tl.load(a_mask_ptr + a_row, mask=row_ok, other=0) != 0
+    block_texts = block * TEXTS + tl.arange(0, TEXTS)
+    best = tl.full((TEXTS * BLOCK_L,), float("-inf"), tl.float32)  # a2b running max per a token
+    best_at = tl.zeros((TEXTS * BLOCK_L,), tl.int32)
+    b2a_total = tl.zeros((TEXTS,), tl.float32)
+    for m0 in range(0, Lb, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = m < Lb
+        sims = tl.zeros((TEXTS * BLOCK_L, BLOCK_M), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            a = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=row_ok[:, None] & (d < D)[None, :], other=0.0)
+            b = tl.load(b_ptr + (j * Lb + m)[:, None] * D + d[None, :], mask=m_ok[:, None] & (d < D)[None, :], other=0.0)
+            if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            sims = tl.dot(a, tl.trans(b), sims, input_precision=PRECISION)
+        if A2B:
+            # -inf, not 0, for masked b tokens: they must lose even against negative cosines.
+            b_ok = tl.load(b_mask_ptr + j * Lb + m, mask=m_ok, other=0) != 0
+            tile_best, tile_at = tl.max(tl.where(b_ok[None, :], sims, float("-inf")), axis=1, return_indices=True)
+            better = tile_best > best  # strict: the first of equal maxima wins, as in torch
+            best_at = tl.where(better, tile_at + m0, best_at)
+            best = tl.where(better, tile_best, best)
+        if B2A:
+            masked = tl.where(a_ok[:, None], sims, float("-inf"))
+            col_best, col_at = tl.max(tl.reshape(masked, (TEXTS, BLOCK_L, BLOCK_M)), axis=1, return_indices=True)
+            weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
+            # A masked b token, or a padding text of the block, saw only -inf: weight 0 must not make NaN.
+            b2a_total += tl.sum(tl.where(weight[None, :] > 0, col_best, 0.0) * weight[None, :], axis=1)
+            at_ptr = b_best_ptr + (block_texts[:, None] * Bb + j) * Lb + m[None, :]
+            tl.store(at_ptr, col_at.to(b_best_ptr.dtype.element_ty), mask=(block_texts < Ba)[:, None] & m_ok[None, :])
+    total = b2a_total
+    if A2B:
+        weight = tl.load(a_weight_ptr + a_row, mask=row_ok, other=0.0)
+        # Every b text has a real token, so a real row's max is finite; padding rows weigh 0.
+        a2b = tl.where(weight > 0, best, 0.0) * weight
+        total += tl.sum(tl.reshape(a2b, (TEXTS, BLOCK_L)), axis=1)
+        tl.store(a_best_ptr + (text * Bb + j) * La + token, best_at.to(a_best_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(scores_ptr + block_texts * Bb + j, total, mask=block_texts < Ba)
+
+
+@triton.jit
+def _grad_a_kernel(
+    b_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
+    Ba, Bb, La, Lb, D, SPLITS,
+    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """grad_a for TEXTS a texts and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``."""
+    block, split, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
+    d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    acc = tl.zeros((TEXTS * BLOCK_L, BLOCK_D), dtype=tl.float32)
+    for j in range(split, Bb, SPLITS):
+        for m0 in range(0, Lb, BLOCK_M):
+            winners = _winners(
+                a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
+                text, token, row_ok, Ba, Bb, La, Lb, A2B, B2A, TEXTS, BLOCK_L, BLOCK_M,
+            )  # fmt: skip
+            m = m0 + tl.arange(0, BLOCK_M)
+            b_ptrs = b_ptr + (j * Lb + m)[:, None] * D + d[None, :]
+            b = tl.load(b_ptrs, mask=(m < Lb)[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
+            acc = tl.dot(winners, b, acc, input_precision=PRECISION)
+    out = out_ptr + (split * Ba * La + text * La + token)[:, None] * D + d[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & (d < D)[None, :])
+
+
+@triton.jit
+def _grad_b_kernel(
+    a_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
+    Ba, Bb, La, Lb, D,
+    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a text."""
+    j, m_tile, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    m0 = m_tile * BLOCK_M
+    m = m0 + tl.arange(0, BLOCK_M)
+    d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for block in range(0, tl.cdiv(Ba, TEXTS)):
+        text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
+        winners = _winners(
+            a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
+            text, token, row_ok, Ba, Bb, La, Lb, A2B, B2A, TEXTS, BLOCK_L, BLOCK_M,
+        )  # fmt: skip
+        a_ptrs = a_ptr + (text * La + token)[:, None] * D + d[None, :]
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(tl.trans(winners), a, acc, input_precision=PRECISION)
+    out = out_ptr + (j * Lb + m)[:, None] * D + d[None, :]
+    tl.store(out, acc, mask=(m < Lb)[:, None] & (d < D)[None, :])
