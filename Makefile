@@ -10,7 +10,7 @@ ARGS ?=
 PYLATE_VENV ?= .venv-pylate
 PYLATE_PY := $(PYLATE_VENV)/bin/python
 
-.PHONY: install interop-env train test bench clean
+.PHONY: install interop-env train test bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -49,7 +49,13 @@ test: install interop-env
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
+	$(PY) benchmarks/contrastive_batch.py
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
+
+## Wheels that benchmarks/gpu_check.sh installs on a GPU machine that cannot download (pure Python)
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps -d benchmarks/wheels hydra-core==1.3.2 omegaconf==2.3.0 \
+		antlr4-python3-runtime==4.9.3 late-interaction-kernels==0.4.5 flash-maxsim==0.3.0 pylate==1.6.0
 
 clean:
 	rm -rf $(VENV) $(PYLATE_VENV) logs .pytest_cache

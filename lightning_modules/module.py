@@ -27,11 +27,15 @@ class MaxSimModule(pl.LightningModule):
     ``torch.load(weights_only=True)``.
 
     Encoder (see ``TokenEncoder``): ``model_name_or_path``, ``projection_dim``,
-    ``skip_special_tokens``, ``skip_punctuation``, ``random_init``, ``config_overrides``.
+    ``skip_special_tokens``, ``skip_punctuation``, ``random_init``, ``config_overrides``,
+    and ``gradient_checkpointing``: recompute each encoder layer during the backward
+    pass instead of keeping its activations (about one layer's activations instead of
+    all of them, for about a third more compute). With a memory-lean MaxSim backend it
+    is what lets large in-batch contrastive batches fit (``benchmarks/contrastive_batch.py``).
 
     MaxSim (see ``lightning_modules.maxsim``): ``direction``, ``reduction``, ``temperature``,
-    ``maxsim_backend`` (``auto``: dense for small in-batch matrices, the memory-lean
-    chunked backend for large ones).
+    ``maxsim_backend`` (``auto``: the fused triton kernels on a GPU; on CPU dense for
+    small in-batch matrices and the memory-lean chunked backend for large ones).
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
 
@@ -72,6 +76,7 @@ class MaxSimModule(pl.LightningModule):
         reduction: str = "mean",
         temperature: float | None = None,
         maxsim_backend: str = "auto",
+        gradient_checkpointing: bool = False,
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
         regression_weight: float = 0.0,
@@ -94,6 +99,9 @@ class MaxSimModule(pl.LightningModule):
             random_init=random_init,
             config_overrides=config_overrides,
         )
+        if gradient_checkpointing:
+            # Non-reentrant: works when the inputs need no gradient and with DDP.
+            encoder.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=maxsim_backend)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
@@ -150,8 +158,14 @@ class MaxSimModule(pl.LightningModule):
     def _contrastive_loss(self, batch: dict) -> torch.Tensor:
         """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
         pairs = batch["false_negatives"].shape[0]
-        encoded = self.model.embed(batch["input_ids"], batch["attention_mask"])
-        a, candidates = encoded.split(pairs)
+        # Each side is encoded at its own length: the collator pads every row to the longest
+        # text, and short queries padded to document length would multiply the encoder's
+        # work and the (Ba, Bb, La) argmax indices of the MaxSim backward pass.
+        sizes = [pairs, batch["input_ids"].shape[0] - pairs]
+        a, candidates = (
+            self.model.embed(*_trim_padding(ids, mask))
+            for ids, mask in zip(batch["input_ids"].split(sizes), batch["attention_mask"].split(sizes))
+        )
         scores = self.model.score_matrix(a, candidates)
         return self.pair_infonce(scores, mask=batch["false_negatives"])
 
@@ -275,3 +289,9 @@ def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, pr
         }
         for (decay, is_projection), params in groups.items()
     ]
+
+
+def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(T, L)`` -> ``(T, L')``: drop the columns that are padding in every row."""
+    length = int(attention_mask.sum(dim=1).max())
+    return input_ids[:, :length], attention_mask[:, :length]

@@ -155,3 +155,63 @@ def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path
         results[name] = json.loads((run_dir / "results.json").read_text())
     # The same untrained model (seed 42) on the same 60 validation pairs: the same figures.
     assert results["two"]["zero_shot"] == results["one"]["zero_shot"]
+
+
+# ----------------------------------------------------------------------------
+# The contrastive step at large batches: each side at its own length, gradient checkpointing
+# ----------------------------------------------------------------------------
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _contrastive_batch():
+    """Short queries and long documents, padded together by the collator to the longest document."""
+    from lightning_modules.data.collate import ContrastiveCollator
+
+    items = [{"a": [101, 2000 + i, 102], "b": [101, *range(3000 + 10 * i, 3000 + 10 * i + 5 + 2 * i), 102],
+              "a_key": i, "b_key": i, "negatives": [(100 + i, [101, 4000 + i, 4100 + i, 102])]} for i in range(5)]
+    return items, ContrastiveCollator(0, {i: {i} for i in range(5)}, max_negatives=1)(items)
+
+
+def _tiny_module(minilm_path, **options):
+    """In training mode (Hugging Face checkpoints layers only there), without dropout: runs compare exactly."""
+    torch.manual_seed(0)
+    no_dropout = {**TINY, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return MaxSimModule(minilm_path, projection_dim=8, random_init=True, config_overrides=no_dropout, **options)
+
+
+def test_contrastive_loss_encodes_each_text_as_if_alone(minilm_path):
+    # The reference embeds every text on its own, with no padding at all; the module encodes
+    # queries and candidates at their own padded lengths. Cutting a real token, or scoring
+    # padding, would move the scores.
+    items, batch = _contrastive_batch()
+    module = _tiny_module(minilm_path)
+    got = module._contrastive_loss(batch)
+    model = module.model
+    with torch.no_grad():
+        alone = [model.embed(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).vectors[0]
+                 for ids in [i["a"] for i in items] + [i["b"] for i in items] + [i["negatives"][0][1] for i in items]]
+    from lightning_modules.encoder import TokenEmbeddings
+
+    a, candidates = TokenEmbeddings.stack(alone[:5]), TokenEmbeddings.stack(alone[5:])
+    want = module.pair_infonce(model.score_matrix(a, candidates), mask=batch["false_negatives"])
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_step_for_less_kept_memory(minilm_path):
+    from tests.test_maxsim import _saved_bytes
+
+    _, batch = _contrastive_batch()
+    results = []
+    for checkpointing in (False, True):
+        module = _tiny_module(minilm_path, gradient_checkpointing=checkpointing)
+        assert module.model.encoder.backbone.is_gradient_checkpointing == checkpointing
+        params = [p for p in module.parameters() if p.requires_grad]
+        kept = _saved_bytes(lambda: module._contrastive_loss(batch))
+        loss = module._contrastive_loss(batch)
+        results.append((kept, loss.detach(), torch.autograd.grad(loss, params)))
+    (kept_plain, loss_plain, grads_plain), (kept_ckpt, loss_ckpt, grads_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    for mine, theirs in zip(grads_ckpt, grads_plain):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+    assert kept_ckpt < kept_plain / 2, (kept_ckpt, kept_plain)
