@@ -100,8 +100,7 @@ class MaxSimModule(pl.LightningModule):
             config_overrides=config_overrides,
         )
         if gradient_checkpointing:
-            # Non-reentrant: works when the inputs need no gradient and with DDP.
-            encoder.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(encoder.backbone)
         self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=maxsim_backend)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
@@ -295,3 +294,15 @@ def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tupl
     """Right-padded ``(T, L)`` -> ``(T, L')``: drop the columns that are padding in every row."""
     length = int(attention_mask.sum(dim=1).max())
     return input_ids[:, :length], attention_mask[:, :length]
+
+
+def _enable_checkpointing(backbone) -> None:
+    """Recompute the layers of a Hugging Face model in backward (transformers 5 renamed the switch).
+
+    Non-reentrant checkpointing: works when the inputs need no gradient, and under DDP.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
