@@ -20,9 +20,15 @@ products of one-hot tiles, each computed by the program that owns the output row
 No atomics: the gradients are deterministic, bit for bit, on every run.
 
 Precision: float32 inputs use IEEE float32 products (``input_precision="ieee"``; TF32
-would cost about three decimal digits); bf16 and fp16 inputs multiply in their own
-type with float32 accumulation in the forward pass, and in TF32 in the backward pass,
-where the one-hot weights (``grad * 1/count``) need more than bf16's 8 bits.
+would cost about three decimal digits), which on a GPU run on the CUDA cores, not the
+tensor cores: bf16 is the fast path. bf16 and fp16 inputs multiply in their own type
+with float32 accumulation in the forward pass, and in TF32 in the backward pass (10 bits
+for the one-hot weights ``grad * 1/count`` against bf16's 7; the gradients are rounded to
+the input dtype at the end all the same).
+
+Backward programs take 64 consecutive ``a`` tokens wherever texts begin and end, so
+long ``a`` texts cost them nothing extra; a forward program holds whole ``a`` texts (up
+to ``MAX_A_TOKENS``), with 8 warps and 2 pipeline stages when they are long.
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before Triton is imported), which is how the tests check it
@@ -33,20 +39,22 @@ two bf16 (or fp16) values is exact in float32 and the GPU accumulates in float32
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-# a texts longer than this do not fit one program's registers (the b2a max of a b token
-# needs all tokens of an a text at once): the caller falls back to the chunked backend.
+# a texts longer than this do not fit one forward program (the b2a max of a b token needs
+# every token of an a text at once): the caller falls back to the chunked backend.
 MAX_A_TOKENS = 256
-# Rows (a tokens) per program: large enough for tensor-core tiles, small enough for registers.
+# Rows (a tokens) per program: large enough for tensor-core tiles, small enough for registers
+# and shared memory (a forward program holds whole a texts, so it may take up to 256 rows).
 FORWARD_ROWS = 128
 BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
-BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step)
+BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); 64 for float32 operands
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -62,8 +70,11 @@ def runs_on(x: torch.Tensor) -> bool:
 
 def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the kernels take these inputs: float32/bf16/fp16 of one dtype, a texts of at most
-    ``MAX_A_TOKENS`` tokens. (The caller hands the others to the chunked backend.)"""
-    return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and a.shape[1] <= MAX_A_TOKENS
+    ``MAX_A_TOKENS`` tokens, and index tensors whose offsets fit int32. (The caller hands the
+    others to the chunked backend.)"""
+    (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+    small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
+    return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small
 
 
 class TritonMaxSim(torch.autograd.Function):
@@ -72,7 +83,8 @@ class TritonMaxSim(torch.autograd.Function):
     ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), a_weight (Ba, La),
     b_weight (Bb, Lb), direction) -> (Ba, Bb)`` float32. ``a_weight``/``b_weight`` are what
     each token's best match adds to the score (``1``, ``1/count``, halved for "both"; 0 for
-    masked tokens), float32. Masks and weights get no gradient.
+    masked tokens), float32. Masks and weights get no gradient. Without a gradient to
+    compute (inference, scoring a corpus) the argmax indices are neither written nor kept.
     """
 
     @staticmethod
@@ -81,19 +93,24 @@ class TritonMaxSim(torch.autograd.Function):
         a_mask, b_mask = a_mask.to(torch.int8).contiguous(), b_mask.to(torch.int8).contiguous()
         a_weight, b_weight = a_weight.float().contiguous(), b_weight.float().contiguous()
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        keep = any(ctx.needs_input_grad[:2])
         a2b, b2a = direction in ("a2b", "both"), direction in ("b2a", "both")
         block_l = _block_l(la)
         texts = max(1, FORWARD_ROWS // block_l)
         scores = torch.empty(ba, bb, dtype=torch.float32, device=a.device)
-        a_best = torch.empty(ba, bb, la, dtype=_index_dtype(lb), device=a.device) if a2b else scores
-        b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a else scores
-        grid = (triton.cdiv(ba, texts), bb)
-        _forward_kernel[grid](
-            a, b, a_mask, b_mask, a_weight, b_weight, scores, a_best, b_best,
-            ba, bb, la, lb, dim,
-            A2B=a2b, B2A=b2a, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
-            BLOCK_D=_block(dim, BLOCK_D), PRECISION="ieee", UPCAST=interpreting() and a.dtype != torch.float32,
-        )  # fmt: skip
+        a_best = torch.empty(ba, bb, la, dtype=_index_dtype(lb), device=a.device) if a2b and keep else None
+        b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a and keep else None
+        fp32 = a.dtype == torch.float32
+        with _on_device(a):
+            # b texts on grid axis 0: a corpus may hold more than the 65535 that axis 1 allows.
+            _forward_kernel[(bb, triton.cdiv(ba, texts))](
+                a, b, a_mask, b_mask, a_weight, b_weight, scores,
+                scores if a_best is None else a_best, scores if b_best is None else b_best,  # unused when None
+                ba, bb, la, lb, dim,
+                A2B=a2b, B2A=b2a, STORE=keep, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
+                BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D), PRECISION="ieee",
+                UPCAST=interpreting() and not fp32, **_launch(texts * block_l),
+            )  # fmt: skip
         ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
         ctx.direction = direction
         return scores
@@ -102,36 +119,47 @@ class TritonMaxSim(torch.autograd.Function):
     def backward(ctx, grad):
         a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
-        a2b, b2a = ctx.direction in ("a2b", "both"), ctx.direction in ("b2a", "both")
         grad = grad.float().contiguous()
-        block_l = _block_l(la)
-        texts = max(1, BACKWARD_ROWS // block_l)
+        fp32 = a.dtype == torch.float32
         blocks = dict(
-            A2B=a2b, B2A=b2a, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
-            BLOCK_D=_block(dim, BLOCK_D), PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
+            A2B=a_best is not None, B2A=b_best is not None, ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M),
+            BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D), PRECISION="ieee" if fp32 else "tf32",
         )  # fmt: skip
+        a_best = grad if a_best is None else a_best  # a pointer the kernels never read
+        b_best = grad if b_best is None else b_best
         d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
+        row_blocks = triton.cdiv(ba * la, BACKWARD_ROWS)
         grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # Few a blocks (a small batch, or long texts) would leave most of a GPU idle:
-            # split the b texts across programs and add the partial sums (a fixed order,
-            # so still deterministic).
-            a_blocks = triton.cdiv(ba, texts)
-            splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), a_blocks * d_tiles)))
-            partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
-            _grad_a_kernel[(a_blocks, splits, d_tiles)](
-                b, a_weight, b_weight, a_best, b_best, grad, partial,
-                ba, bb, la, lb, dim, splits, **blocks,
-            )  # fmt: skip
-            grad_a = partial.sum(dim=0).view_as(a).to(a.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_b = torch.empty(bb, lb, dim, dtype=torch.float32, device=a.device)
-            _grad_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
-                a, a_weight, b_weight, a_best, b_best, grad, grad_b,
-                ba, bb, la, lb, dim, **blocks,
-            )  # fmt: skip
-            grad_b = grad_b.to(b.dtype)
+        with _on_device(a):
+            if ctx.needs_input_grad[0]:
+                # Few row blocks (a small batch) would leave most of a GPU idle: split the b
+                # texts across programs and add the partial sums (in a fixed order: deterministic).
+                splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
+                partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
+                _grad_a_kernel[(row_blocks, splits, d_tiles)](
+                    b, a_weight, b_weight, a_best, b_best, grad, partial,
+                    ba, bb, la, lb, dim, splits, **blocks,
+                )  # fmt: skip
+                grad_a = partial.sum(dim=0).view_as(a).to(a.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_b = torch.empty(bb, lb, dim, dtype=torch.float32, device=a.device)
+                _grad_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
+                    a, a_weight, b_weight, a_best, b_best, grad, grad_b,
+                    ba, bb, la, lb, dim, **blocks,
+                )  # fmt: skip
+                grad_b = grad_b.to(b.dtype)
         return grad_a, grad_b, None, None, None, None, None
+
+
+def _on_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``x``'s."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _launch(rows: int) -> dict:
+    """Warps and pipeline stages of a forward program of ``rows`` a tokens: two stages keep the
+    operand tiles of a 256-row program within the 227 KB of shared memory of an H100 block."""
+    return {"num_warps": 8 if rows > 128 else 4, "num_stages": 2}
 
 
 def _block(n: int, cap: int) -> int:
@@ -158,7 +186,8 @@ def _parallel_units(x: torch.Tensor) -> int:
 
 @triton.jit
 def _a_rows(block, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr, Ba, La):
-    """The rows of a program's a block: their text, token, and whether they are real."""
+    """The rows of a forward program: TEXTS whole a texts, each padded to BLOCK_L tokens.
+    Returns each row's text, token, and whether it is a real token."""
     rows = tl.arange(0, TEXTS * BLOCK_L)
     text = block * TEXTS + rows // BLOCK_L
     token = rows % BLOCK_L
@@ -166,12 +195,20 @@ def _a_rows(block, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr, Ba, La):
 
 
 @triton.jit
+def _flat_rows(block, ROWS: tl.constexpr, Ba, La):
+    """The rows of a backward program: ROWS consecutive tokens of the flattened ``(Ba * La)`` a
+    tokens, wherever texts begin and end (the backward needs no whole text)."""
+    row = block * ROWS + tl.arange(0, ROWS)
+    return row // La, row % La, row < Ba * La
+
+
+@triton.jit
 def _winners(
     a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-    text, token, row_ok, Ba, Bb, La, Lb,
-    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
+    text, token, row_ok, Bb, La, Lb,
+    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """``W``: the gradient of score[i, j] w.r.t. each similarity of a tile, ``(TEXTS * BLOCK_L, BLOCK_M)``.
+    """``W``: the gradient of score[i, j] w.r.t. each similarity of a tile, ``(ROWS, BLOCK_M)``.
 
     Row ``(i, l)``, column ``m``: ``grad[i, j]`` times the weight of every max that the pair
     ``(a[i, l], b[j, m])`` won: ``a_weight[i, l]`` where ``b[j, m]`` was ``a[i, l]``'s best
@@ -180,7 +217,7 @@ def _winners(
     m = m0 + tl.arange(0, BLOCK_M)
     m_ok = m < Lb
     g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)  # (ROWS,)
-    winners = tl.zeros((TEXTS * BLOCK_L, BLOCK_M), dtype=tl.float32)
+    winners = tl.zeros((ROWS, BLOCK_M), dtype=tl.float32)
     if A2B:
         best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=-1).to(tl.int32)
         weight = tl.load(a_weight_ptr + text * La + token, mask=row_ok, other=0.0)
@@ -194,15 +231,16 @@ def _winners(
     return winners * g[:, None]
 
 
-@triton.jit
+# Sizes are not specialised on: a new batch size or text length must not mean a new compile.
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb"])
 def _forward_kernel(
     a_ptr, b_ptr, a_mask_ptr, b_mask_ptr, a_weight_ptr, b_weight_ptr, scores_ptr, a_best_ptr, b_best_ptr,
     Ba, Bb, La, Lb, D,
-    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    A2B: tl.constexpr, B2A: tl.constexpr, STORE: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """scores[i, j] for TEXTS a texts and one b text j, and each token's best match."""
-    block, j = tl.program_id(0), tl.program_id(1)
+    """scores[i, j] for one b text j and TEXTS a texts, and (STORE) each token's best match."""
+    j, block = tl.program_id(0), tl.program_id(1)
     text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
     a_row = text * La + token
     a_ok = tl.load(a_mask_ptr + a_row, mask=row_ok, other=0) != 0
@@ -234,35 +272,39 @@ def _forward_kernel(
             weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
             # A masked b token, or a padding text of the block, saw only -inf: weight 0 must not make NaN.
             b2a_total += tl.sum(tl.where(weight[None, :] > 0, col_best, 0.0) * weight[None, :], axis=1)
-            at_ptr = b_best_ptr + (block_texts[:, None] * Bb + j) * Lb + m[None, :]
-            tl.store(at_ptr, col_at.to(b_best_ptr.dtype.element_ty), mask=(block_texts < Ba)[:, None] & m_ok[None, :])
+            if STORE:
+                at_ptr = b_best_ptr + (block_texts[:, None] * Bb + j) * Lb + m[None, :]
+                at_ok = (block_texts < Ba)[:, None] & m_ok[None, :]
+                tl.store(at_ptr, col_at.to(b_best_ptr.dtype.element_ty), mask=at_ok)
     total = b2a_total
     if A2B:
         weight = tl.load(a_weight_ptr + a_row, mask=row_ok, other=0.0)
         # Every b text has a real token, so a real row's max is finite; padding rows weigh 0.
         a2b = tl.where(weight > 0, best, 0.0) * weight
         total += tl.sum(tl.reshape(a2b, (TEXTS, BLOCK_L)), axis=1)
-        tl.store(a_best_ptr + (text * Bb + j) * La + token, best_at.to(a_best_ptr.dtype.element_ty), mask=row_ok)
+        if STORE:
+            at_ptr = a_best_ptr + (text * Bb + j) * La + token
+            tl.store(at_ptr, best_at.to(a_best_ptr.dtype.element_ty), mask=row_ok)
     tl.store(scores_ptr + block_texts * Bb + j, total, mask=block_texts < Ba)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS"])
 def _grad_a_kernel(
     b_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
     Ba, Bb, La, Lb, D, SPLITS,
-    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """grad_a for TEXTS a texts and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``."""
+    """grad_a for ROWS a tokens and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``."""
     block, split, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
+    text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
-    acc = tl.zeros((TEXTS * BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for j in range(split, Bb, SPLITS):
         for m0 in range(0, Lb, BLOCK_M):
             winners = _winners(
                 a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-                text, token, row_ok, Ba, Bb, La, Lb, A2B, B2A, TEXTS, BLOCK_L, BLOCK_M,
+                text, token, row_ok, Bb, La, Lb, A2B, B2A, ROWS, BLOCK_M,
             )  # fmt: skip
             m = m0 + tl.arange(0, BLOCK_M)
             b_ptrs = b_ptr + (j * Lb + m)[:, None] * D + d[None, :]
@@ -272,24 +314,24 @@ def _grad_a_kernel(
     tl.store(out, acc, mask=row_ok[:, None] & (d < D)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb"])
 def _grad_b_kernel(
     a_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
     Ba, Bb, La, Lb, D,
-    A2B: tl.constexpr, B2A: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
+    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a text."""
+    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a token."""
     j, m_tile, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m0 = m_tile * BLOCK_M
     m = m0 + tl.arange(0, BLOCK_M)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for block in range(0, tl.cdiv(Ba, TEXTS)):
-        text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
+    for block in range(0, tl.cdiv(Ba * La, ROWS)):
+        text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
         winners = _winners(
             a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-            text, token, row_ok, Ba, Bb, La, Lb, A2B, B2A, TEXTS, BLOCK_L, BLOCK_M,
+            text, token, row_ok, Bb, La, Lb, A2B, B2A, ROWS, BLOCK_M,
         )  # fmt: skip
         a_ptrs = a_ptr + (text * La + token)[:, None] * D + d[None, :]
         a = tl.load(a_ptrs, mask=row_ok[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)

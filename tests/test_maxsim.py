@@ -704,26 +704,47 @@ def test_lean_backends_keep_a_fraction_of_the_dense_memory_for_backward(backend)
 
 @pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(direction, backend, monkeypatch):
-    """Shapes beyond one tile in every dimension: several blocks of a texts, b texts of 150
-    tokens (3 tiles of 64), D = 200 (2 tiles of 128), and the b texts split over programs
-    in the backward pass (as on a GPU with many multiprocessors)."""
+@pytest.mark.parametrize("ba, la, bb, lb, d", [(20, 10, 6, 150, 200), (3, 150, 2, 40, 24)], ids=["many", "long-a"])
+def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, lb, d, direction, backend, monkeypatch):
+    """Shapes beyond one tile in every dimension: several blocks of a texts (backward blocks
+    that straddle texts), b texts of 150 tokens (3 tiles of 64), D = 200 (several tiles),
+    the b texts split over programs in the backward pass (as on a GPU with many
+    multiprocessors); and a texts of 150 tokens, one per forward program."""
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
     g = torch.Generator().manual_seed(7)
-    am, bm = torch.rand(20, 10, generator=g) < 0.8, torch.rand(6, 150, generator=g) < 0.8
-    am[:, 3], bm[:, 149] = True, True  # every text keeps a token; the last tile's last token is real
-    a = random_vectors((20, 10, 200), am, 1, torch.float64)
-    b = random_vectors((6, 150, 200), bm, 2, torch.float64)
+    am, bm = torch.rand(ba, la, generator=g) < 0.8, torch.rand(bb, lb, generator=g) < 0.8
+    am[:, 3], bm[:, lb - 1] = True, True  # every text keeps a token; the last tile's last token is real
+    a = random_vectors((ba, la, d), am, 1, torch.float64)
+    b = random_vectors((bb, lb, d), bm, 2, torch.float64)
     a64, b64 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
     want = maxsim_matrix(a64, am, b64, bm, direction=direction, backend="dense")
     a32, b32 = a.float().to(DEVICE).requires_grad_(True), b.float().to(DEVICE).requires_grad_(True)
     got = maxsim_matrix(a32, am.to(DEVICE), b32, bm.to(DEVICE), direction=direction, backend=backend)
     torch.testing.assert_close(got.cpu().double(), want, **TOL[torch.float32])
-    weights = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # no gradient wanted: no argmax indices written, the same scores
+        torch.testing.assert_close(maxsim_matrix(a32, am.to(DEVICE), b32, bm.to(DEVICE), direction=direction,
+                                                 backend=backend), got.detach())
+    weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
     mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
     theirs = torch.autograd.grad(want, (a64, b64), weights)
     for m, t in zip(mine, theirs):
         torch.testing.assert_close(m.cpu().double(), t, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["chunked", TRITON])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_scores_may_be_changed_in_place_before_backward(direction, backend):
+    # A loss may scale the score matrix in place (scores *= scale): nothing autograd keeps may be that tensor.
+    a, am, b, bm = _build((3, 4, 5, 16, torch.ones(3, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool), 9),
+                          torch.float32)
+    a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    am, bm = am.to(DEVICE), bm.to(DEVICE)
+    scores = maxsim_matrix(a, am, b, bm, direction=direction, backend=backend)
+    scores.mul_(20.0)
+    got = torch.autograd.grad(scores.sum(), (a, b))
+    want = torch.autograd.grad(20.0 * maxsim_matrix(a, am, b, bm, direction=direction, backend="dense").sum(), (a, b))
+    for mine, theirs in zip(got, want):
+        torch.testing.assert_close(mine, theirs, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", [TRITON])
