@@ -49,6 +49,7 @@ test: install interop-env
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
+	$(PY) benchmarks/triton_compile_check.py
 	$(PY) benchmarks/contrastive_batch.py
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 

@@ -95,21 +95,16 @@ class TritonMaxSim(torch.autograd.Function):
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
         keep = any(ctx.needs_input_grad[:2])
         a2b, b2a = direction in ("a2b", "both"), direction in ("b2a", "both")
-        block_l = _block_l(la)
-        texts = max(1, FORWARD_ROWS // block_l)
         scores = torch.empty(ba, bb, dtype=torch.float32, device=a.device)
         a_best = torch.empty(ba, bb, la, dtype=_index_dtype(lb), device=a.device) if a2b and keep else None
         b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a and keep else None
-        fp32 = a.dtype == torch.float32
+        config = forward_config(la, lb, dim, a.dtype, direction, keep)
         with _on_device(a):
             # b texts on grid axis 0: a corpus may hold more than the 65535 that axis 1 allows.
-            _forward_kernel[(bb, triton.cdiv(ba, texts))](
+            _forward_kernel[(bb, triton.cdiv(ba, config["TEXTS"]))](
                 a, b, a_mask, b_mask, a_weight, b_weight, scores,
                 scores if a_best is None else a_best, scores if b_best is None else b_best,  # unused when None
-                ba, bb, la, lb, dim,
-                A2B=a2b, B2A=b2a, STORE=keep, TEXTS=texts, BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M),
-                BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D), PRECISION="ieee",
-                UPCAST=interpreting() and not fp32, **_launch(texts * block_l),
+                ba, bb, la, lb, dim, **config,
             )  # fmt: skip
         ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
         ctx.direction = direction
@@ -120,15 +115,11 @@ class TritonMaxSim(torch.autograd.Function):
         a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
         grad = grad.float().contiguous()
-        fp32 = a.dtype == torch.float32
-        blocks = dict(
-            A2B=a_best is not None, B2A=b_best is not None, ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M),
-            BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D), PRECISION="ieee" if fp32 else "tf32",
-        )  # fmt: skip
+        blocks = backward_config(lb, dim, a.dtype, ctx.direction)
         a_best = grad if a_best is None else a_best  # a pointer the kernels never read
         b_best = grad if b_best is None else b_best
         d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
-        row_blocks = triton.cdiv(ba * la, BACKWARD_ROWS)
+        row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
         grad_a = grad_b = None
         with _on_device(a):
             if ctx.needs_input_grad[0]:
@@ -156,20 +147,41 @@ def _on_device(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _launch(rows: int) -> dict:
-    """Warps and pipeline stages of a forward program of ``rows`` a tokens: two stages keep the
-    operand tiles of a 256-row program within the 227 KB of shared memory of an H100 block."""
-    return {"num_warps": 8 if rows > 128 else 4, "num_stages": 2}
+def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool) -> dict:
+    """The forward kernel's compile-time constants and launch options for these shapes.
+
+    A program holds TEXTS whole a texts of BLOCK_L (power of two) tokens: 128 rows, or one
+    long text. Programs of 256 rows get 8 warps; two pipeline stages keep their operand tiles
+    within the 227 KB of shared memory of an H100 block. float32 operands take 64 dims a
+    step, half of bf16's, for the same bytes.
+    """
+    block_l = max(16, triton.next_power_of_2(la))
+    texts = max(1, FORWARD_ROWS // block_l)
+    fp32 = dtype == torch.float32
+    return dict(
+        A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), STORE=store, TEXTS=texts,
+        BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
+        PRECISION="ieee", UPCAST=interpreting() and not fp32,
+        num_warps=8 if texts * block_l > 128 else 4, num_stages=2,
+    )  # fmt: skip
+
+
+def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> dict:
+    """The backward kernels' compile-time constants and launch options: ROWS flat a tokens.
+
+    8 warps: with 4, the float32 accumulator, one-hot tile and operand tile of a program
+    spill registers on sm_90 (``benchmarks/triton_compile_check.py``)."""
+    fp32 = dtype == torch.float32
+    return dict(
+        A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), ROWS=BACKWARD_ROWS,
+        BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
+        PRECISION="ieee" if fp32 else "tf32", num_warps=8, num_stages=2,
+    )  # fmt: skip
 
 
 def _block(n: int, cap: int) -> int:
     """A power-of-two tile covering ``n`` up to ``cap``; at least 16, the smallest tensor-core tile."""
     return max(16, min(cap, triton.next_power_of_2(n)))
-
-
-def _block_l(la: int) -> int:
-    """Tokens of one a text in a program: all of them, padded to a power of two."""
-    return max(16, triton.next_power_of_2(la))
 
 
 def _index_dtype(candidates: int) -> torch.dtype:

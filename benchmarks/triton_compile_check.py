@@ -1,0 +1,125 @@
+"""Compile the triton MaxSim kernels for a GPU without one: shared memory, registers, spills.
+
+    python benchmarks/triton_compile_check.py              # sm_90 (H100), the configurations below
+    python benchmarks/triton_compile_check.py --arch 80    # sm_80 (A100)
+
+Triton's interpreter (the tests without a GPU) checks what the kernels compute, not
+whether the compiler takes them or whether a program fits the chip. This script compiles
+each kernel ahead of time, with Triton's own ptxas, for the configurations that
+``lightning_modules.maxsim_triton`` would launch (``forward_config``/``backward_config``),
+and reads the resources off the binary: a program that needs more shared memory than a
+block may have (227 KB on sm_90, 163 KB on sm_80) would fail at its first launch, and
+spilled registers cost speed. Nothing runs; no GPU is needed. Prints a table and JSON
+(``benchmarks/results/triton_compile.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for real, whatever the caller's environment
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from lightning_modules import maxsim_triton as mt  # noqa: E402
+
+SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes of shared memory per block
+TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+LAUNCH = ("num_warps", "num_stages")
+
+
+def pointers(kind: str, dtype: str) -> dict:
+    """Element types of the kernel's pointer arguments; every other argument is an int32."""
+    index = {"a_best_ptr": "*i16", "b_best_ptr": "*i16"}
+    weights = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32"}
+    if kind == "forward":
+        return {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "a_mask_ptr": "*i8", "b_mask_ptr": "*i8",
+                "scores_ptr": "*fp32", **weights, **index}
+    vectors = {"grad_a": "b_ptr", "grad_b": "a_ptr"}[kind]
+    return {vectors: f"*{dtype}", "grad_ptr": "*fp32", "out_ptr": "*fp32", **weights, **index}
+
+
+def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
+    if kind == "forward":
+        kernel, config = mt._forward_kernel, mt.forward_config(la, lb, dim, dtype, direction, store=True)
+    else:
+        kernel = mt._grad_a_kernel if kind == "grad_a" else mt._grad_b_kernel
+        config = mt.backward_config(lb, dim, dtype, direction)
+    constants = {k: v for k, v in config.items() if k not in LAUNCH}
+    types = pointers(kind, TYPES[dtype])
+    signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in kernel.arg_names}
+    # As at run time: pointers are 16-byte aligned, D = 128 divides by 16 (sizes are not specialised on).
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+             if name.endswith("_ptr") or (name == "D" and dim % 16 == 0)}
+    source = ASTSource(fn=kernel, signature=signature, attrs=attrs,
+                       constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    row = {"kernel": kind, "dtype": TYPES[dtype], "La": la, "Lb": lb, "D": dim, "direction": direction,
+           **{k: config[k] for k in LAUNCH}}
+    start = time.perf_counter()
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 128 if arch >= 90 else 32),
+                                  options={k: config[k] for k in LAUNCH})
+    except Exception as error:  # the compiler's refusal is the finding
+        return {**row, "status": f"compile error: {type(error).__name__}: {str(error)[:300]}"}
+    shared = compiled.metadata.shared
+    registers, spill = _resources(compiled.asm["cubin"])
+    fits = shared <= SHARED_LIMIT.get(arch, 101376)
+    return {**row, "status": "ok" if fits else "too much shared memory", "shared_bytes": shared,
+            "registers": registers, "spill_bytes": spill, "compile_s": round(time.perf_counter() - start, 1)}
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """Registers per thread and spilled bytes, from cuobjdump's resource usage."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = dict(part.split(":") for part in text.replace(",", " ").split() if part.count(":") == 1)
+    number = lambda key: int(fields[key]) if fields.get(key, "").isdigit() else None  # noqa: E731
+    return number("REG"), number("STACK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 (H100), 80 (A100)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_compile.json"))
+    args = parser.parse_args()
+    cases = [(kind, dtype, la, 300, 128, "both")
+             for dtype in (torch.bfloat16, torch.float32)
+             for la in (32, 128, 256)
+             for kind in ("forward", "grad_a", "grad_b")]
+    cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
+    rows = []
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    print(f"{'kernel':<8} {'dtype':<5} {'La':>4} {'dir':<5} {'warps':>5} {'stages':>6} {'shared B':>9} {'regs':>5} "
+          f"{'spill B':>8}  status")
+    for case in cases:
+        row = compile_one(*case, arch=args.arch)
+        rows.append(row)
+        print(f"{row['kernel']:<8} {row['dtype']:<5} {row['La']:>4} {row['direction']:<5} {row['num_warps']:>5} "
+              f"{row['num_stages']:>6} {row.get('shared_bytes', '-'):>9} {row.get('registers') or '-':>5} "
+              f"{row.get('spill_bytes', '-') if row.get('spill_bytes') is not None else '-':>8}  {row['status']}",
+              flush=True)
+    result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    if any(row["status"] != "ok" for row in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
