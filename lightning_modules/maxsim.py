@@ -27,8 +27,9 @@ Masks are boolean, ``True`` for tokens that take part in matching. A masked toke
 can never win a max (it is filled with ``-inf``, not ``0``: with ``0`` a padding
 token would win whenever every real cosine is negative) and never counts in a mean.
 Every text needs at least one unmasked token, else a ``ValueError`` says which.
-Maxima are taken in the input dtype (exact) and summed in float32 (float64 for
-float64 inputs), so bf16 autocast does not lose precision in the aggregation.
+Maxima are taken in the input dtype (exact; the triton backend takes them on its float32
+accumulations) and summed in float32 (float64 for float64 inputs), so bf16 autocast does
+not lose precision in the aggregation.
 
 Backends of ``maxsim_matrix`` (``backend=``):
 
@@ -50,8 +51,8 @@ Backends of ``maxsim_matrix`` (``backend=``):
   ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests). Where the kernel does
   not apply it hands over, and says so here: smooth max to dense; float64 inputs, or
   ``a`` texts over ``MAX_A_TOKENS`` (256) tokens, to chunked.
-* ``"auto"`` (default): triton on CUDA when Triton is installed and the kernel
-  applies; otherwise dense while the similarity tensor is small (it is the fastest
+* ``"auto"`` (default): triton on CUDA (compute capability 8.0 or newer: bf16 tensor
+  cores) when Triton is installed and the kernel applies; otherwise dense while the similarity tensor is small (it is the fastest
   there), chunked above ``AUTO_DENSE_LIMIT_BYTES``.
 
 ``maxsim_pairwise`` builds only ``(B, La, Lb)`` and takes ``backend`` for symmetry.
@@ -133,9 +134,13 @@ def maxsim_matrix(
     if backend == "triton":
         from lightning_modules.maxsim_triton import TritonMaxSim
 
-        accumulate = torch.promote_types(a.dtype, torch.float32)
-        a_weight = _token_weights(a_mask, reduction, direction, accumulate)
-        b_weight = _token_weights(b_mask, reduction, direction, accumulate)
+        if torch.is_autocast_enabled(a.device.type):
+            # As the dense einsum would under autocast: the products in bf16/fp16. (Token vectors
+            # come out of F.normalize in float32 even under autocast.)
+            low = torch.get_autocast_dtype(a.device.type)
+            a, b = a.to(low), b.to(low)
+        a_weight = _token_weights(a_mask, reduction, direction, torch.float32)
+        b_weight = _token_weights(b_mask, reduction, direction, torch.float32)
         return TritonMaxSim.apply(a, b, a_mask, b_mask, a_weight, b_weight, direction)
     if backend == "chunked":
         return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
@@ -284,7 +289,7 @@ def _resolve_backend(backend, a, b, temperature):
         if not maxsim_triton.runs_on(a):
             raise ValueError("backend='triton' needs CUDA tensors (TRITON_INTERPRET=1 runs it on the CPU, for tests)")
         return "triton" if maxsim_triton.handles(a, b) else "chunked"
-    if backend == "auto" and a.is_cuda and triton_installed():
+    if backend == "auto" and a.is_cuda and triton_installed() and torch.cuda.get_device_capability(a.device) >= (8, 0):
         from lightning_modules import maxsim_triton
 
         if maxsim_triton.handles(a, b):

@@ -9,22 +9,20 @@ max over every ``a`` text of the block (direction b2a). What reaches memory is t
 ``(Ba, Bb, Lb)``, int16 while the matched side has fewer than 2^15 tokens.
 
 Backward, from those indices alone: the gradient of a max flows to the winning pair
-of tokens only, so for a pair of texts ``(i, j)`` it is a sparse ``(La, Lb)`` matrix
-``W`` with one weighted entry per winning pair, and
-
-    grad_a[i] += W @ b[j]        grad_b[j] += W.T @ a[i]
-
-The gather (each ``a`` token reads its best ``b`` token) and the scatter-add (each
-``b`` token collects from every ``a`` token that picked it) become two matrix
-products of one-hot tiles, each computed by the program that owns the output rows.
-No atomics: the gradients are deterministic, bit for bit, on every run.
+of tokens only. Where a token took a max, it reads the vector of its best match: a
+gather, ``(rows, D)`` per text of the other side, much cheaper than a matrix product.
+Where a token was picked, it collects from every token that picked it: a scatter-add,
+done as a product of an exact 0/1 tile (``best == token``) with the other side's
+vectors scaled by their weights (``grad * 1/count``), by the program that owns the
+output rows. For ColBERT's direction a2b that is one gather for ``grad_a`` and one
+product for ``grad_b``. No atomics: the gradients are deterministic, bit for bit.
 
 Precision: float32 inputs use IEEE float32 products (``input_precision="ieee"``; TF32
 would cost about three decimal digits), which on a GPU run on the CUDA cores, not the
-tensor cores: bf16 is the fast path. bf16 and fp16 inputs multiply in their own type
-with float32 accumulation in the forward pass, and in TF32 in the backward pass (10 bits
-for the one-hot weights ``grad * 1/count`` against bf16's 7; the gradients are rounded to
-the input dtype at the end all the same).
+tensor cores: bf16 is the fast path (``maxsim_matrix`` casts to the autocast dtype,
+as the dense einsum would). bf16 and fp16 inputs multiply in their own type with
+float32 accumulation; in the backward pass the scaled vectors are rounded to that type
+before the product (as bf16 autograd would), the 0/1 tiles are exact.
 
 Backward programs take 64 consecutive ``a`` tokens wherever texts begin and end, so
 long ``a`` texts cost them nothing extra; a forward program holds whole ``a`` texts (up
@@ -74,7 +72,9 @@ def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
     others to the chunked backend.)"""
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
-    return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small
+    a_blocks = triton.cdiv(ba, max(1, FORWARD_ROWS // max(16, triton.next_power_of_2(la))))
+    launchable = a_blocks <= 65535  # the forward grid's axis 1
+    return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small and launchable
 
 
 class TritonMaxSim(torch.autograd.Function):
@@ -175,7 +175,7 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
     return dict(
         A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), ROWS=BACKWARD_ROWS,
         BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
-        PRECISION="ieee" if fp32 else "tf32", num_warps=8, num_stages=2,
+        PRECISION="ieee", UPCAST=interpreting() and not fp32, num_warps=8, num_stages=2,
     )  # fmt: skip
 
 
@@ -212,35 +212,6 @@ def _flat_rows(block, ROWS: tl.constexpr, Ba, La):
     tokens, wherever texts begin and end (the backward needs no whole text)."""
     row = block * ROWS + tl.arange(0, ROWS)
     return row // La, row % La, row < Ba * La
-
-
-@triton.jit
-def _winners(
-    a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-    text, token, row_ok, Bb, La, Lb,
-    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """``W``: the gradient of score[i, j] w.r.t. each similarity of a tile, ``(ROWS, BLOCK_M)``.
-
-    Row ``(i, l)``, column ``m``: ``grad[i, j]`` times the weight of every max that the pair
-    ``(a[i, l], b[j, m])`` won: ``a_weight[i, l]`` where ``b[j, m]`` was ``a[i, l]``'s best
-    match, plus ``b_weight[j, m]`` where ``a[i, l]`` was ``b[j, m]``'s best match.
-    """
-    m = m0 + tl.arange(0, BLOCK_M)
-    m_ok = m < Lb
-    g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)  # (ROWS,)
-    winners = tl.zeros((ROWS, BLOCK_M), dtype=tl.float32)
-    if A2B:
-        best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=-1).to(tl.int32)
-        weight = tl.load(a_weight_ptr + text * La + token, mask=row_ok, other=0.0)
-        winners += tl.where(best[:, None] == m[None, :], weight[:, None], 0.0)
-    if B2A:
-        best = tl.load(
-            b_best_ptr + (text[:, None] * Bb + j) * Lb + m[None, :], mask=row_ok[:, None] & m_ok[None, :], other=-1
-        ).to(tl.int32)  # (ROWS, BLOCK_M): b[j, m]'s best token in the row's text
-        weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
-        winners += tl.where(best == token[:, None], weight[None, :], 0.0)
-    return winners * g[:, None]
 
 
 # Sizes are not specialised on: a new batch size or text length must not mean a new compile.
@@ -300,53 +271,93 @@ def _forward_kernel(
     tl.store(scores_ptr + block_texts * Bb + j, total, mask=block_texts < Ba)
 
 
+@triton.jit
+def _operands(x, y, UPCAST: tl.constexpr):
+    """Operands of a tensor-core product: as they are, or float32 in the interpreter
+    (which multiplies bf16 as raw integers)."""
+    if UPCAST:
+        return x.to(tl.float32), y.to(tl.float32)
+    return x, y
+
+
 @triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS"])
 def _grad_a_kernel(
     b_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
     Ba, Bb, La, Lb, D, SPLITS,
-    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """grad_a for ROWS a tokens and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``."""
+    """grad_a for ROWS a tokens and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``.
+
+    a2b: each a token reads the vector of its best b token (a gather, ``(ROWS, BLOCK_D)`` per
+    b text), weighted by ``grad * a_weight``. b2a: each a token collects every b token that
+    picked it: a product of the exact 0/1 tile ``b_best == token`` with the b tile scaled by
+    ``b_weight``, then by ``grad``.
+    """
     block, split, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    a_weight = tl.load(a_weight_ptr + text * La + token, mask=row_ok, other=0.0)
     acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for j in range(split, Bb, SPLITS):
-        for m0 in range(0, Lb, BLOCK_M):
-            winners = _winners(
-                a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-                text, token, row_ok, Bb, La, Lb, A2B, B2A, ROWS, BLOCK_M,
-            )  # fmt: skip
-            m = m0 + tl.arange(0, BLOCK_M)
-            b_ptrs = b_ptr + (j * Lb + m)[:, None] * D + d[None, :]
-            b = tl.load(b_ptrs, mask=(m < Lb)[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
-            acc = tl.dot(winners, b, acc, input_precision=PRECISION)
+        g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)  # (ROWS,)
+        if A2B:
+            best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=0).to(tl.int32)
+            picked = tl.load(b_ptr + (j * Lb + best)[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                             other=0.0)  # fmt: skip
+            acc += (g * a_weight)[:, None] * picked.to(tl.float32)
+        if B2A:
+            for m0 in range(0, Lb, BLOCK_M):
+                m = m0 + tl.arange(0, BLOCK_M)
+                m_ok = m < Lb
+                at = tl.load(b_best_ptr + (text[:, None] * Bb + j) * Lb + m[None, :],
+                             mask=row_ok[:, None] & m_ok[None, :], other=-1).to(tl.int32)  # fmt: skip
+                b = tl.load(b_ptr + (j * Lb + m)[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
+                scaled = (b.to(tl.float32) * b_weight[:, None]).to(b.dtype)
+                hits, scaled = _operands(tl.where(at == token[:, None], 1.0, 0.0).to(b.dtype), scaled, UPCAST)
+                acc += g[:, None] * tl.dot(hits, scaled, input_precision=PRECISION)
     out = out_ptr + (split * Ba * La + text * La + token)[:, None] * D + d[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & (d < D)[None, :])
+    tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb"])
 def _grad_b_kernel(
     a_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
     Ba, Bb, La, Lb, D,
-    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a token."""
+    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a token.
+
+    a2b: each b token collects every a token that picked it: a product of the exact 0/1
+    tile ``a_best == m`` (transposed) with the a rows scaled by ``grad * a_weight``. b2a:
+    each b token reads the vector of its best token in each a text (a gather per a text).
+    """
     j, m_tile, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    m0 = m_tile * BLOCK_M
-    m = m0 + tl.arange(0, BLOCK_M)
+    m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < Lb
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for block in range(0, tl.cdiv(Ba * La, ROWS)):
-        text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
-        winners = _winners(
-            a_best_ptr, b_best_ptr, a_weight_ptr, b_weight_ptr, grad_ptr, j, m0,
-            text, token, row_ok, Bb, La, Lb, A2B, B2A, ROWS, BLOCK_M,
-        )  # fmt: skip
-        a_ptrs = a_ptr + (text * La + token)[:, None] * D + d[None, :]
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
-        acc = tl.dot(tl.trans(winners), a, acc, input_precision=PRECISION)
+    if A2B:
+        for block in range(0, tl.cdiv(Ba * La, ROWS)):
+            text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
+            best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=-1).to(tl.int32)
+            weight = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0) * tl.load(
+                a_weight_ptr + text * La + token, mask=row_ok, other=0.0)  # fmt: skip
+            a = tl.load(a_ptr + (text * La + token)[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                        other=0.0)  # fmt: skip
+            scaled = (a.to(tl.float32) * weight[:, None]).to(a.dtype)
+            hits, scaled = _operands(tl.trans(tl.where(best[:, None] == m[None, :], 1.0, 0.0).to(a.dtype)), scaled, UPCAST)
+            acc = tl.dot(hits, scaled, acc, input_precision=PRECISION)
+    if B2A:
+        b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
+        for i in range(0, Ba):
+            best = tl.load(b_best_ptr + (i * Bb + j) * Lb + m, mask=m_ok, other=0).to(tl.int32)
+            picked = tl.load(a_ptr + (i * La + best)[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :],
+                             other=0.0)  # fmt: skip
+            acc += (tl.load(grad_ptr + i * Bb + j) * b_weight)[:, None] * picked.to(tl.float32)
     out = out_ptr + (j * Lb + m)[:, None] * D + d[None, :]
-    tl.store(out, acc, mask=(m < Lb)[:, None] & (d < D)[None, :])
+    tl.store(out, acc, mask=m_ok[:, None] & d_ok[None, :])

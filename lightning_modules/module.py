@@ -291,8 +291,8 @@ def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, pr
 
 
 def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(T, L)`` -> ``(T, L')``: drop the columns that are padding in every row."""
-    length = int(attention_mask.sum(dim=1).max())
+    """``(T, L)`` -> ``(T, L')``: drop the trailing columns that are padding in every row."""
+    length = int(attention_mask.any(dim=0).nonzero().max()) + 1
     return input_ids[:, :length], attention_mask[:, :length]
 
 

@@ -14,8 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_modules import maxsim_triton
 from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise, triton_installed
+
+if triton_installed():
+    from lightning_modules import maxsim_triton
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
@@ -703,6 +705,20 @@ def test_lean_backends_keep_a_fraction_of_the_dense_memory_for_backward(backend)
 
 
 @pytest.mark.parametrize("backend", [TRITON])
+def test_triton_follows_autocast_like_dense(backend):
+    # Under bf16 autocast the dense einsum multiplies in bf16; the triton backend casts its
+    # float32 inputs the same way (token vectors leave F.normalize in float32 even then).
+    a, am, b, bm = _build((4, 6, 9, 32, torch.ones(4, 6, dtype=torch.bool), torch.ones(3, 9, dtype=torch.bool), 5),
+                          torch.float32)
+    a, am, b, bm = a.to(DEVICE), am.to(DEVICE), b.to(DEVICE), bm.to(DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        got = maxsim_matrix(a, am, b, bm, backend=backend)
+    want = maxsim_matrix(a.bfloat16(), am, b.bfloat16(), bm, backend=backend)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, maxsim_matrix(a, am, b, bm, backend=backend))  # it did take the bf16 path
+
+
+@pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("ba, la, bb, lb, d", [(20, 10, 6, 150, 200), (3, 150, 2, 40, 24)], ids=["many", "long-a"])
 def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, lb, d, direction, backend, monkeypatch):
@@ -749,7 +765,11 @@ def test_scores_may_be_changed_in_place_before_backward(direction, backend):
 
 @pytest.mark.parametrize("backend", [TRITON])
 def test_triton_gradients_are_deterministic(backend):
-    a, am, b, bm = _build((5, 7, 9, 16, torch.rand(5, 7) > 0.2, torch.rand(6, 9) > 0.2, 3), torch.float32)
+    # On a GPU, a shape where atomics would race (64 texts of 300 tokens); tiny in the interpreter.
+    ba, la, bb, lb, d = (64, 32, 64, 300, 128) if DEVICE == "cuda" else (5, 7, 6, 9, 16)
+    g = torch.Generator().manual_seed(3)
+    a, am, b, bm = _build((ba, la, lb, d, torch.rand(ba, la, generator=g) > 0.2, torch.rand(bb, lb, generator=g) > 0.2,
+                           3), torch.float32)
     am[:, 0], bm[:, 0] = True, True
     a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
     am, bm = am.to(DEVICE), bm.to(DEVICE)

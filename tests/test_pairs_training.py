@@ -186,8 +186,15 @@ def test_contrastive_loss_encodes_each_text_as_if_alone(minilm_path):
     # padding, would move the scores.
     items, batch = _contrastive_batch()
     module = _tiny_module(minilm_path)
-    got = module._contrastive_loss(batch)
     model = module.model
+    widths = []
+    embed = model.embed
+    model.embed = lambda ids, mask: widths.append(tuple(ids.shape)) or embed(ids, mask)
+    got = module._contrastive_loss(batch)
+    model.embed = embed
+    # Queries at their own length (3 tokens), not padded to the longest candidate (15).
+    longest = max(len(i["b"]) for i in items)
+    assert widths == [(5, 3), (10, longest)], widths
     with torch.no_grad():
         alone = [model.embed(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).vectors[0]
                  for ids in [i["a"] for i in items] + [i["b"] for i in items] + [i["negatives"][0][1] for i in items]]
