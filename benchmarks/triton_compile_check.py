@@ -42,20 +42,26 @@ LAUNCH = ("num_warps", "num_stages")
 
 def pointers(kind: str, dtype: str) -> dict:
     """Element types of the kernel's pointer arguments; every other argument is an int32."""
-    index = {"a_best_ptr": "*i16", "b_best_ptr": "*i16"}
-    weights = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32"}
-    if kind == "forward":
-        return {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "a_mask_ptr": "*i8", "b_mask_ptr": "*i8",
-                "scores_ptr": "*fp32", **weights, **index}
-    vectors = {"grad_a": "b_ptr", "grad_b": "a_ptr"}[kind]
-    return {vectors: f"*{dtype}", "grad_ptr": "*fp32", "out_ptr": "*fp32", **weights, **index}
+    floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "grad_ptr": "*fp32",
+              "out_ptr": "*fp32", "scores_ptr": "*fp32"}
+    vectors = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "sources_ptr": f"*{dtype}"}
+    indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "order_ptr": "*i32", "offsets_ptr": "*i32",
+               "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
+    return {**floats, **vectors, **indices}
+
+
+KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather_b": "_gather_b_kernel",
+           "collect": "_collect_kernel"}
 
 
 def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
+    kernel = getattr(mt, KERNELS[kind])
     if kind == "forward":
-        kernel, config = mt._forward_kernel, mt.forward_config(la, lb, dim, dtype, direction, store=True)
+        config = mt.forward_config(la, lb, dim, dtype, direction, store=True)
+    elif kind == "collect":  # as _collect launches it: Triton's default warps and stages
+        config = {"CHUNK": 16, "BLOCK_D": mt.backward_config(lb, dim, dtype, direction)["BLOCK_D"],
+                  "num_warps": 4, "num_stages": 3}
     else:
-        kernel = mt._grad_a_kernel if kind == "grad_a" else mt._grad_b_kernel
         config = mt.backward_config(lb, dim, dtype, direction)
     constants = {k: v for k, v in config.items() if k not in LAUNCH}
     types = pointers(kind, TYPES[dtype])
@@ -100,7 +106,7 @@ def main() -> None:
     cases = [(kind, dtype, la, 300, 128, "both")
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
-             for kind in ("forward", "grad_a", "grad_b")]
+             for kind in ("forward", "gather_a", "gather_b", "collect")]
     cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}")

@@ -116,35 +116,76 @@ class TritonMaxSim(torch.autograd.Function):
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
         grad = grad.float().contiguous()
         blocks = backward_config(lb, dim, a.dtype, ctx.direction)
-        a_best = grad if a_best is None else a_best  # a pointer the kernels never read
-        b_best = grad if b_best is None else b_best
+        a2b, b2a = ctx.direction in ("a2b", "both"), ctx.direction in ("b2a", "both")
         d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
-        row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
         grad_a = grad_b = None
         with _on_device(a):
             if ctx.needs_input_grad[0]:
-                # Few row blocks (a small batch) would leave most of a GPU idle: split the b
-                # texts across programs and add the partial sums (in a fixed order: deterministic).
-                splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
-                partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
-                _grad_a_kernel[(row_blocks, splits, d_tiles)](
-                    b, a_weight, b_weight, a_best, b_best, grad, partial,
-                    ba, bb, la, lb, dim, splits, **blocks,
-                )  # fmt: skip
-                grad_a = partial.sum(dim=0).view_as(a).to(a.dtype)
+                grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device)
+                if a2b:  # each a token reads its best b token
+                    row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
+                    # Few row blocks (a small batch) would leave most of a GPU idle: split the b
+                    # texts across programs and add the partial sums (in a fixed order: deterministic).
+                    splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
+                    partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
+                    _gather_a_kernel[(row_blocks, splits, d_tiles)](
+                        b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **blocks,
+                    )  # fmt: skip
+                    grad_a += partial.sum(dim=0)
+                if b2a:  # each a token collects the b tokens that picked it
+                    grad_a += _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1), grad,
+                                       lb, grad_source_stride=1, grad_row_stride=bb, block_d=blocks["BLOCK_D"])
+                grad_a = grad_a.view_as(a).to(a.dtype)
             if ctx.needs_input_grad[1]:
-                grad_b = torch.empty(bb, lb, dim, dtype=torch.float32, device=a.device)
-                _grad_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
-                    a, a_weight, b_weight, a_best, b_best, grad, grad_b,
-                    ba, bb, la, lb, dim, **blocks,
-                )  # fmt: skip
-                grad_b = grad_b.to(b.dtype)
+                grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device)
+                if a2b:  # each b token collects the a tokens that picked it
+                    picks = a_best.permute(1, 0, 2).reshape(bb, ba * la)  # per b text: every a token's pick
+                    grad_b += _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
+                                       la, grad_source_stride=bb, grad_row_stride=1, block_d=blocks["BLOCK_D"])
+                if b2a:  # each b token reads its best token in every a text
+                    gathered = torch.empty(bb * lb, dim, dtype=torch.float32, device=a.device)
+                    _gather_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
+                        a, b_weight, b_best, grad, gathered, ba, bb, la, lb, dim, **blocks,
+                    )  # fmt: skip
+                    grad_b += gathered
+                grad_b = grad_b.view_as(b).to(b.dtype)
         return grad_a, grad_b, None, None, None, None, None
 
 
 def _on_device(x: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``x``'s."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _collect(picks, targets, sources, source_weight, grad, source_length, grad_source_stride, grad_row_stride,
+             block_d):
+    """The scatter-add of the backward pass as a gather: each target token sums the vectors of
+    the tokens that picked it as their best match.
+
+    Args:
+        picks: ``(R, S)`` for each of R texts, the target token (in ``[0, targets)``) that each
+            of the S source tokens of the other side picked in it.
+        sources: ``(S, D)`` the source tokens' vectors; ``source_weight (S,)`` their weights.
+        grad: ``(Ba, Bb)``; the source token ``s`` of text ``s // source_length`` takes
+            ``grad[...]`` at ``(s // source_length) * grad_source_stride + r * grad_row_stride``.
+
+    Returns:
+        ``(R * targets, D)`` float32. A stable sort of each text's picks lists the sources of
+        each target token in a fixed order (deterministic sums), and ``searchsorted`` finds
+        where each target's list begins.
+    """
+    rows, count = picks.shape
+    ordered, order = torch.sort(picks.to(torch.int32).contiguous(), dim=1, stable=True)
+    ordered, order = ordered.contiguous(), order.to(torch.int32).contiguous()  # the kernel indexes rows densely
+    bounds = torch.arange(targets + 1, dtype=torch.int32, device=picks.device).expand(rows, -1).contiguous()
+    offsets = torch.searchsorted(ordered, bounds).to(torch.int32).contiguous()  # (R, targets + 1)
+    out = torch.empty(rows * targets, sources.shape[1], dtype=torch.float32, device=picks.device)
+    _collect_kernel[(rows, targets, triton.cdiv(sources.shape[1], block_d))](
+        order, offsets, sources, source_weight, grad, out,
+        count, targets, source_length, sources.shape[1], grad_source_stride, grad_row_stride,
+        CHUNK=16, BLOCK_D=block_d,
+    )  # fmt: skip
+    return out
 
 
 def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool) -> dict:
@@ -167,15 +208,12 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
 
 
 def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> dict:
-    """The backward kernels' compile-time constants and launch options: ROWS flat a tokens.
-
-    8 warps: with 4, the float32 accumulator, one-hot tile and operand tile of a program
-    spill registers on sm_90 (``benchmarks/triton_compile_check.py``)."""
+    """The gather kernels' compile-time constants and launch options: ROWS flat a tokens
+    (``_gather_a_kernel``), BLOCK_M b tokens (``_gather_b_kernel``), BLOCK_D dims."""
     fp32 = dtype == torch.float32
     return dict(
-        A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), ROWS=BACKWARD_ROWS,
-        BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
-        PRECISION="ieee", UPCAST=interpreting() and not fp32, num_warps=8, num_stages=2,
+        ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
+        num_warps=4, num_stages=2,
     )  # fmt: skip
 
 
@@ -271,93 +309,68 @@ def _forward_kernel(
     tl.store(scores_ptr + block_texts * Bb + j, total, mask=block_texts < Ba)
 
 
-@triton.jit
-def _operands(x, y, UPCAST: tl.constexpr):
-    """Operands of a tensor-core product: as they are, or float32 in the interpreter
-    (which multiplies bf16 as raw integers)."""
-    if UPCAST:
-        return x.to(tl.float32), y.to(tl.float32)
-    return x, y
-
-
 @triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS"])
-def _grad_a_kernel(
-    b_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
-    Ba, Bb, La, Lb, D, SPLITS,
-    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _gather_a_kernel(
+    b_ptr, a_weight_ptr, a_best_ptr, grad_ptr, out_ptr, Ba, Bb, La, Lb, D, SPLITS,
+    ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """grad_a for ROWS a tokens and BLOCK_D dims, summed over the b texts ``split, split + SPLITS, ...``.
-
-    a2b: each a token reads the vector of its best b token (a gather, ``(ROWS, BLOCK_D)`` per
-    b text), weighted by ``grad * a_weight``. b2a: each a token collects every b token that
-    picked it: a product of the exact 0/1 tile ``b_best == token`` with the b tile scaled by
-    ``b_weight``, then by ``grad``.
-    """
+    """a2b's grad_a for ROWS a tokens and BLOCK_D dims, over the b texts ``split, split + SPLITS, ...``:
+    each a token reads the vector of its best b token, weighted by ``grad * a_weight``."""
     block, split, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < D
+    ok = row_ok[:, None] & (d < D)[None, :]
     a_weight = tl.load(a_weight_ptr + text * La + token, mask=row_ok, other=0.0)
     acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for j in range(split, Bb, SPLITS):
-        g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)  # (ROWS,)
-        if A2B:
-            best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=0).to(tl.int32)
-            picked = tl.load(b_ptr + (j * Lb + best)[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                             other=0.0)  # fmt: skip
-            acc += (g * a_weight)[:, None] * picked.to(tl.float32)
-        if B2A:
-            for m0 in range(0, Lb, BLOCK_M):
-                m = m0 + tl.arange(0, BLOCK_M)
-                m_ok = m < Lb
-                at = tl.load(b_best_ptr + (text[:, None] * Bb + j) * Lb + m[None, :],
-                             mask=row_ok[:, None] & m_ok[None, :], other=-1).to(tl.int32)  # fmt: skip
-                b = tl.load(b_ptr + (j * Lb + m)[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-                b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
-                scaled = (b.to(tl.float32) * b_weight[:, None]).to(b.dtype)
-                hits, scaled = _operands(tl.where(at == token[:, None], 1.0, 0.0).to(b.dtype), scaled, UPCAST)
-                acc += g[:, None] * tl.dot(hits, scaled, input_precision=PRECISION)
-    out = out_ptr + (split * Ba * La + text * La + token)[:, None] * D + d[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
+        g = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0)
+        best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=0).to(tl.int32)
+        picked = tl.load(b_ptr + (j * Lb + best)[:, None] * D + d[None, :], mask=ok, other=0.0)
+        acc += (g * a_weight)[:, None] * picked.to(tl.float32)
+    tl.store(out_ptr + (split * Ba * La + text * La + token)[:, None] * D + d[None, :], acc, mask=ok)
 
 
 @triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb"])
-def _grad_b_kernel(
-    a_ptr, a_weight_ptr, b_weight_ptr, a_best_ptr, b_best_ptr, grad_ptr, out_ptr,
-    Ba, Bb, La, Lb, D,
-    A2B: tl.constexpr, B2A: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _gather_b_kernel(
+    a_ptr, b_weight_ptr, b_best_ptr, grad_ptr, out_ptr, Ba, Bb, La, Lb, D,
+    ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """grad_b for BLOCK_M tokens of b text j and BLOCK_D dims, summed over every a token.
-
-    a2b: each b token collects every a token that picked it: a product of the exact 0/1
-    tile ``a_best == m`` (transposed) with the a rows scaled by ``grad * a_weight``. b2a:
-    each b token reads the vector of its best token in each a text (a gather per a text).
-    """
+    """b2a's grad_b for BLOCK_M tokens of b text j and BLOCK_D dims: each b token reads the
+    vector of its best token in every a text, weighted by ``grad * b_weight``."""
     j, m_tile, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < Lb
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < D
+    ok = m_ok[:, None] & (d < D)[None, :]
+    b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    if A2B:
-        for block in range(0, tl.cdiv(Ba * La, ROWS)):
-            text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
-            best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=row_ok, other=-1).to(tl.int32)
-            weight = tl.load(grad_ptr + text * Bb + j, mask=row_ok, other=0.0) * tl.load(
-                a_weight_ptr + text * La + token, mask=row_ok, other=0.0)  # fmt: skip
-            a = tl.load(a_ptr + (text * La + token)[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                        other=0.0)  # fmt: skip
-            scaled = (a.to(tl.float32) * weight[:, None]).to(a.dtype)
-            hits, scaled = _operands(tl.trans(tl.where(best[:, None] == m[None, :], 1.0, 0.0).to(a.dtype)), scaled, UPCAST)
-            acc = tl.dot(hits, scaled, acc, input_precision=PRECISION)
-    if B2A:
-        b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
-        for i in range(0, Ba):
-            best = tl.load(b_best_ptr + (i * Bb + j) * Lb + m, mask=m_ok, other=0).to(tl.int32)
-            picked = tl.load(a_ptr + (i * La + best)[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :],
-                             other=0.0)  # fmt: skip
-            acc += (tl.load(grad_ptr + i * Bb + j) * b_weight)[:, None] * picked.to(tl.float32)
-    out = out_ptr + (j * Lb + m)[:, None] * D + d[None, :]
-    tl.store(out, acc, mask=m_ok[:, None] & d_ok[None, :])
+    for i in range(0, Ba):
+        best = tl.load(b_best_ptr + (i * Bb + j) * Lb + m, mask=m_ok, other=0).to(tl.int32)
+        picked = tl.load(a_ptr + (i * La + best)[:, None] * D + d[None, :], mask=ok, other=0.0)
+        acc += (tl.load(grad_ptr + i * Bb + j) * b_weight)[:, None] * picked.to(tl.float32)
+    tl.store(out_ptr + (j * Lb + m)[:, None] * D + d[None, :], acc, mask=ok)
+
+
+@triton.jit(do_not_specialize=["count", "targets", "source_length", "grad_source_stride", "grad_row_stride"])
+def _collect_kernel(
+    order_ptr, offsets_ptr, sources_ptr, weight_ptr, grad_ptr, out_ptr,
+    count, targets, source_length, D, grad_source_stride, grad_row_stride,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One target token ``t`` of text ``r``, BLOCK_D dims: the weighted sum of the vectors of
+    the source tokens that picked it, ``order[r, offsets[r, t]:offsets[r, t + 1]]``."""
+    r, t, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(offsets_ptr + r * (targets + 1) + t)
+    end = tl.load(offsets_ptr + r * (targets + 1) + t + 1)
+    d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for e0 in range(start, end, CHUNK):
+        e = e0 + tl.arange(0, CHUNK)
+        e_ok = e < end
+        source = tl.load(order_ptr + r * count + e, mask=e_ok, other=0)
+        weight = tl.load(weight_ptr + source, mask=e_ok, other=0.0) * tl.load(
+            grad_ptr + (source // source_length) * grad_source_stride + r * grad_row_stride, mask=e_ok, other=0.0)
+        vectors = tl.load(sources_ptr + source[:, None] * D + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
+        acc += tl.sum(weight[:, None] * vectors.to(tl.float32), axis=0)
+    tl.store(out_ptr + (r * targets + t) * D + d, acc, mask=d_ok)
