@@ -9,24 +9,26 @@ max over every ``a`` text of the block (direction b2a). What reaches memory is t
 ``(Ba, Bb, Lb)``, int16 while the matched side has fewer than 2^15 tokens.
 
 Backward, from those indices alone: the gradient of a max flows to the winning pair
-of tokens only. Where a token took a max, it reads the vector of its best match: a
-gather, ``(rows, D)`` per text of the other side, much cheaper than a matrix product.
-Where a token was picked, it collects from every token that picked it: a scatter-add,
-done as a product of an exact 0/1 tile (``best == token``) with the other side's
-vectors scaled by their weights (``grad * 1/count``), by the program that owns the
-output rows. For ColBERT's direction a2b that is one gather for ``grad_a`` and one
-product for ``grad_b``. No atomics: the gradients are deterministic, bit for bit.
+of tokens only, and every gradient is a gather, no matrix product:
 
-Precision: float32 inputs use IEEE float32 products (``input_precision="ieee"``; TF32
-would cost about three decimal digits), which on a GPU run on the CUDA cores, not the
-tensor cores: bf16 is the fast path (``maxsim_matrix`` casts to the autocast dtype,
-as the dense einsum would). bf16 and fp16 inputs multiply in their own type with
-float32 accumulation; in the backward pass the scaled vectors are rounded to that type
-before the product (as bf16 autograd would), the 0/1 tiles are exact.
+* where a token took a max, it reads the vector of its best match, once per text of the
+  other side (``_gather_a_kernel``, ``_gather_b_kernel``);
+* where a token was picked, it sums the vectors of the tokens that picked it
+  (``_collect``): a stable sort of each text's picks gives every target token the list of
+  its sources in a fixed order, ``searchsorted`` where each list begins, and a program per
+  target token (and per part of a long list) sums it.
 
-Backward programs take 64 consecutive ``a`` tokens wherever texts begin and end, so
-long ``a`` texts cost them nothing extra; a forward program holds whole ``a`` texts (up
-to ``MAX_A_TOKENS``), with 8 warps and 2 pipeline stages when they are long.
+No atomics and fixed orders of summation: the gradients are deterministic, bit for bit.
+
+Precision: float32 inputs use IEEE float32 products in the forward pass
+(``input_precision="ieee"``; TF32 would cost about three decimal digits), which on a GPU
+run on the CUDA cores, not the tensor cores: bf16 is the fast path (``maxsim_matrix``
+casts to the autocast dtype, as the dense einsum would). bf16 and fp16 inputs multiply
+in their own type with float32 accumulation. The backward pass sums in float32.
+
+Gather programs take 64 consecutive ``a`` tokens wherever texts begin and end, so long
+``a`` texts cost them nothing extra; a forward program holds whole ``a`` texts (up to
+``MAX_A_TOKENS``), with 8 warps and 2 pipeline stages when they are long.
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before Triton is imported), which is how the tests check it
@@ -53,6 +55,7 @@ FORWARD_ROWS = 128
 BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
 BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); 64 for float32 operands
+COLLECT_PART = 256  # sources a backward collect program sums, at most about
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -121,7 +124,7 @@ class TritonMaxSim(torch.autograd.Function):
         grad_a = grad_b = None
         with _on_device(a):
             if ctx.needs_input_grad[0]:
-                grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device)
+                grad_a = 0.0
                 if a2b:  # each a token reads its best b token
                     row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
                     # Few row blocks (a small batch) would leave most of a GPU idle: split the b
@@ -131,23 +134,23 @@ class TritonMaxSim(torch.autograd.Function):
                     _gather_a_kernel[(row_blocks, splits, d_tiles)](
                         b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **blocks,
                     )  # fmt: skip
-                    grad_a += partial.sum(dim=0)
+                    grad_a = partial.sum(dim=0)
                 if b2a:  # each a token collects the b tokens that picked it
-                    grad_a += _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1), grad,
-                                       lb, grad_source_stride=1, grad_row_stride=bb, block_d=blocks["BLOCK_D"])
+                    grad_a = grad_a + _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1),
+                                               grad, lb, grad_source_stride=1, grad_row_stride=bb, block_d=blocks["BLOCK_D"])
                 grad_a = grad_a.view_as(a).to(a.dtype)
             if ctx.needs_input_grad[1]:
-                grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device)
+                grad_b = 0.0
                 if a2b:  # each b token collects the a tokens that picked it
                     picks = a_best.permute(1, 0, 2).reshape(bb, ba * la)  # per b text: every a token's pick
-                    grad_b += _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
-                                       la, grad_source_stride=bb, grad_row_stride=1, block_d=blocks["BLOCK_D"])
+                    grad_b = _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
+                                      la, grad_source_stride=bb, grad_row_stride=1, block_d=blocks["BLOCK_D"])
                 if b2a:  # each b token reads its best token in every a text
                     gathered = torch.empty(bb * lb, dim, dtype=torch.float32, device=a.device)
                     _gather_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
                         a, b_weight, b_best, grad, gathered, ba, bb, la, lb, dim, **blocks,
                     )  # fmt: skip
-                    grad_b += gathered
+                    grad_b = grad_b + gathered
                 grad_b = grad_b.view_as(b).to(b.dtype)
         return grad_a, grad_b, None, None, None, None, None
 
@@ -179,13 +182,17 @@ def _collect(picks, targets, sources, source_weight, grad, source_length, grad_s
     ordered, order = ordered.contiguous(), order.to(torch.int32).contiguous()  # the kernel indexes rows densely
     bounds = torch.arange(targets + 1, dtype=torch.int32, device=picks.device).expand(rows, -1).contiguous()
     offsets = torch.searchsorted(ordered, bounds).to(torch.int32).contiguous()  # (R, targets + 1)
-    out = torch.empty(rows * targets, sources.shape[1], dtype=torch.float32, device=picks.device)
-    _collect_kernel[(rows, targets, triton.cdiv(sources.shape[1], block_d))](
+    # Long lists (few targets, many sources: b2a into a short query) are cut into parts summed
+    # by programs of their own, then added in a fixed order: about COLLECT_PART sources a program.
+    splits = max(1, min(64, triton.cdiv(count // max(targets, 1), COLLECT_PART)))
+    d_tiles = triton.cdiv(sources.shape[1], block_d)
+    out = torch.empty(splits, rows * targets, sources.shape[1], dtype=torch.float32, device=picks.device)
+    _collect_kernel[(rows, targets, splits * d_tiles)](
         order, offsets, sources, source_weight, grad, out,
-        count, targets, source_length, sources.shape[1], grad_source_stride, grad_row_stride,
+        count, targets, source_length, sources.shape[1], grad_source_stride, grad_row_stride, splits, d_tiles,
         CHUNK=16, BLOCK_D=block_d,
     )  # fmt: skip
-    return out
+    return out.sum(dim=0) if splits > 1 else out[0]
 
 
 def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool) -> dict:
@@ -351,17 +358,23 @@ def _gather_b_kernel(
     tl.store(out_ptr + (j * Lb + m)[:, None] * D + d[None, :], acc, mask=ok)
 
 
-@triton.jit(do_not_specialize=["count", "targets", "source_length", "grad_source_stride", "grad_row_stride"])
+@triton.jit(do_not_specialize=["count", "targets", "source_length", "grad_source_stride", "grad_row_stride",
+                               "SPLITS", "D_TILES"])
 def _collect_kernel(
     order_ptr, offsets_ptr, sources_ptr, weight_ptr, grad_ptr, out_ptr,
-    count, targets, source_length, D, grad_source_stride, grad_row_stride,
+    count, targets, source_length, D, grad_source_stride, grad_row_stride, SPLITS, D_TILES,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One target token ``t`` of text ``r``, BLOCK_D dims: the weighted sum of the vectors of
-    the source tokens that picked it, ``order[r, offsets[r, t]:offsets[r, t + 1]]``."""
-    r, t, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(offsets_ptr + r * (targets + 1) + t)
-    end = tl.load(offsets_ptr + r * (targets + 1) + t + 1)
+    """One target token ``t`` of text ``r``, BLOCK_D dims, one of SPLITS parts of its list: the
+    weighted sum of the vectors of the source tokens that picked it,
+    ``order[r, offsets[r, t]:offsets[r, t + 1]]``, written to ``out[split]``."""
+    r, t = tl.program_id(0), tl.program_id(1)
+    split, d_tile = tl.program_id(2) // D_TILES, tl.program_id(2) % D_TILES
+    first = tl.load(offsets_ptr + r * (targets + 1) + t)
+    last = tl.load(offsets_ptr + r * (targets + 1) + t + 1)
+    part = tl.cdiv(last - first, SPLITS)
+    start = first + split * part
+    end = tl.minimum(last, start + part)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < D
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -373,4 +386,5 @@ def _collect_kernel(
             grad_ptr + (source // source_length) * grad_source_stride + r * grad_row_stride, mask=e_ok, other=0.0)
         vectors = tl.load(sources_ptr + source[:, None] * D + d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0)
         acc += tl.sum(weight[:, None] * vectors.to(tl.float32), axis=0)
-    tl.store(out_ptr + (r * targets + t) * D + d, acc, mask=d_ok)
+    rows = tl.num_programs(0)
+    tl.store(out_ptr + (split * rows * targets + r * targets + t) * D + d, acc, mask=d_ok)
