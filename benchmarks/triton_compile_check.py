@@ -40,7 +40,7 @@ TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 LAUNCH = ("num_warps", "num_stages")
 
 
-def pointers(kind: str, dtype: str) -> dict:
+def pointers(dtype: str) -> dict:
     """Element types of the kernel's pointer arguments; every other argument is an int32."""
     floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "grad_ptr": "*fp32",
               "out_ptr": "*fp32", "scores_ptr": "*fp32"}
@@ -64,7 +64,7 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
     else:
         config = mt.backward_config(lb, dim, dtype, direction)
     constants = {k: v for k, v in config.items() if k not in LAUNCH}
-    types = pointers(kind, TYPES[dtype])
+    types = pointers(TYPES[dtype])
     signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in kernel.arg_names}
     # As at run time: pointers are 16-byte aligned, D = 128 divides by 16 (sizes are not specialised on).
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)

@@ -46,14 +46,15 @@ Backends of ``maxsim_matrix`` (``backend=``):
 * ``"triton"``: fused GPU kernels (``lightning_modules/maxsim_triton.py``): the
   similarities of a tile of tokens live only in registers, each token's running max
   and argmax reach memory, and the backward pass rebuilds the gradients from the
-  argmax with two one-hot matrix products, deterministically (no atomics). Same
-  memory as chunked, and no chunk loop in Python. Needs Triton and CUDA tensors (or
+  argmax with gathers only, deterministically (no atomics). Same memory as chunked,
+  and no chunk loop in Python. Needs Triton and CUDA tensors (or
   ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests). Where the kernel does
   not apply it hands over, and says so here: smooth max to dense; float64 inputs, or
   ``a`` texts over ``MAX_A_TOKENS`` (256) tokens, to chunked.
 * ``"auto"`` (default): triton on CUDA (compute capability 8.0 or newer: bf16 tensor
-  cores) when Triton is installed and the kernel applies; otherwise dense while the similarity tensor is small (it is the fastest
-  there), chunked above ``AUTO_DENSE_LIMIT_BYTES``.
+  cores) when Triton is installed and the kernel applies; otherwise dense while the
+  similarity tensor is small (it is the fastest there), chunked above
+  ``AUTO_DENSE_LIMIT_BYTES``.
 
 ``maxsim_pairwise`` builds only ``(B, La, Lb)`` and takes ``backend`` for symmetry.
 """

@@ -75,8 +75,8 @@ def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
     others to the chunked backend.)"""
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
-    a_blocks = triton.cdiv(ba, max(1, FORWARD_ROWS // max(16, triton.next_power_of_2(la))))
-    launchable = a_blocks <= 65535  # the forward grid's axis 1
+    texts = forward_config(la, lb, dim, a.dtype, "both", store=False)["TEXTS"]
+    launchable = triton.cdiv(ba, texts) <= 65535  # the forward grid's axis 1
     return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small and launchable
 
 
