@@ -199,18 +199,22 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     """The forward kernel's compile-time constants and launch options for these shapes.
 
     A program holds TEXTS whole a texts of BLOCK_L (power of two) tokens: 128 rows, or one
-    long text. Programs of 256 rows get 8 warps; two pipeline stages keep their operand tiles
-    within the 227 KB of shared memory of an H100 block. float32 operands take 64 dims a
-    step, half of bf16's, for the same bytes.
+    long text. Programs of 256 rows get 8 warps. Vectors of at most BLOCK_D dims (ColBERT's
+    128 in bf16) are one tile: the a block is loaded once and three pipeline stages stream
+    the b tiles (at most 64 KB + 3 x 16 KB of shared memory, within an A100's 163 KB).
+    Wider vectors tile along D with two stages. float32 operands take 64 dims a step, half
+    of bf16's, for the same bytes.
     """
     block_l = max(16, triton.next_power_of_2(la))
     texts = max(1, FORWARD_ROWS // block_l)
     fp32 = dtype == torch.float32
+    block_d = _block(dim, BLOCK_D // 2 if fp32 else BLOCK_D)
+    one_d_tile = dim <= block_d
     return dict(
         A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), STORE=store, TEXTS=texts,
-        BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
+        BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=block_d, ONE_D_TILE=one_d_tile,
         PRECISION="ieee", UPCAST=interpreting() and not fp32,
-        num_warps=8 if texts * block_l > 128 else 4, num_stages=2,
+        num_warps=8 if texts * block_l > 128 else 4, num_stages=3 if one_d_tile else 2,
     )  # fmt: skip
 
 
@@ -265,7 +269,8 @@ def _forward_kernel(
     a_ptr, b_ptr, a_mask_ptr, b_mask_ptr, a_weight_ptr, b_weight_ptr, scores_ptr, a_best_ptr, b_best_ptr,
     Ba, Bb, La, Lb, D,
     A2B: tl.constexpr, B2A: tl.constexpr, STORE: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_D_TILE: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):  # fmt: skip
     """scores[i, j] for one b text j and TEXTS a texts, and (STORE) each token's best match."""
     j, block = tl.program_id(0), tl.program_id(1)
@@ -276,17 +281,33 @@ def _forward_kernel(
     best = tl.full((TEXTS * BLOCK_L,), float("-inf"), tl.float32)  # a2b running max per a token
     best_at = tl.zeros((TEXTS * BLOCK_L,), tl.int32)
     b2a_total = tl.zeros((TEXTS,), tl.float32)
+    if ONE_D_TILE:
+        # The a block is loaded once and stays on chip while the b tiles stream past: the loop
+        # over b tiles then holds only the b load and the product, which Triton pipelines (the
+        # next tile's load overlaps this tile's product and maxima).
+        d = tl.arange(0, BLOCK_D)
+        a_block = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=row_ok[:, None] & (d < D)[None, :], other=0.0)
+        if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
+            a_block = a_block.to(tl.float32)
     for m0 in range(0, Lb, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < Lb
-        sims = tl.zeros((TEXTS * BLOCK_L, BLOCK_M), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            a = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=row_ok[:, None] & (d < D)[None, :], other=0.0)
+        if ONE_D_TILE:
             b = tl.load(b_ptr + (j * Lb + m)[:, None] * D + d[None, :], mask=m_ok[:, None] & (d < D)[None, :], other=0.0)
-            if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            sims = tl.dot(a, tl.trans(b), sims, input_precision=PRECISION)
+            if UPCAST:
+                b = b.to(tl.float32)
+            sims = tl.dot(a_block, tl.trans(b), input_precision=PRECISION, out_dtype=tl.float32)
+        else:  # wide vectors: both operands tile by tile along D
+            sims = tl.zeros((TEXTS * BLOCK_L, BLOCK_M), dtype=tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + tl.arange(0, BLOCK_D)
+                a = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=row_ok[:, None] & (d < D)[None, :],
+                            other=0.0)
+                b = tl.load(b_ptr + (j * Lb + m)[:, None] * D + d[None, :], mask=m_ok[:, None] & (d < D)[None, :],
+                            other=0.0)
+                if UPCAST:
+                    a, b = a.to(tl.float32), b.to(tl.float32)
+                sims = tl.dot(a, tl.trans(b), sims, input_precision=PRECISION)
         if A2B:
             # -inf, not 0, for masked b tokens: they must lose even against negative cosines.
             b_ok = tl.load(b_mask_ptr + j * Lb + m, mask=m_ok, other=0) != 0
