@@ -43,7 +43,7 @@ LAUNCH = ("num_warps", "num_stages")
 def pointers(dtype: str) -> dict:
     """Element types of the kernel's pointer arguments; every other argument is an int32."""
     floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "grad_ptr": "*fp32",
-              "out_ptr": "*fp32", "scores_ptr": "*fp32"}
+              "out_ptr": "*fp32", "scores_ptr": "*fp32", "grad_a_ptr": "*fp32", "grad_b_ptr": "*fp32"}
     vectors = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "sources_ptr": f"*{dtype}"}
     indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "order_ptr": "*i32", "offsets_ptr": "*i32",
                "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
@@ -51,18 +51,23 @@ def pointers(dtype: str) -> dict:
 
 
 KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather_b": "_gather_b_kernel",
-           "collect": "_collect_kernel"}
+           "collect": "_collect_kernel", "atomic_a2b": "_atomic_a2b_kernel", "atomic_b2a": "_atomic_b2a_kernel"}
 
 
 def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
     kernel = getattr(mt, KERNELS[kind])
     if kind == "forward":
         config = mt.forward_config(la, lb, dim, dtype, direction, store=True)
-    elif kind == "collect":  # as _collect launches it: Triton's default warps and stages
-        config = {"CHUNK": 16, "BLOCK_D": mt.backward_config(lb, dim, dtype, direction)["BLOCK_D"],
-                  "num_warps": 4, "num_stages": 3}
     else:
-        config = mt.backward_config(lb, dim, dtype, direction)
+        blocks = mt.backward_config(lb, dim, dtype, direction)
+        if kind == "collect":  # as _collect launches it
+            config = {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
+                      "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
+        elif kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
+            config = {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
+                      "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
+        else:
+            config = {k: blocks[k] for k in ("ROWS", "BLOCK_M", "BLOCK_D", "num_warps", "num_stages")}
     constants = {k: v for k, v in config.items() if k not in LAUNCH}
     types = pointers(TYPES[dtype])
     signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in kernel.arg_names}
@@ -106,7 +111,7 @@ def main() -> None:
     cases = [(kind, dtype, la, 300, 128, "both")
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
-             for kind in ("forward", "gather_a", "gather_b", "collect")]
+             for kind in KERNELS]
     cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}")

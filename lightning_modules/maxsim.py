@@ -46,7 +46,9 @@ Backends of ``maxsim_matrix`` (``backend=``):
 * ``"triton"``: fused GPU kernels (``lightning_modules/maxsim_triton.py``): the
   similarities of a tile of tokens live only in registers, each token's running max
   and argmax reach memory, and the backward pass rebuilds the gradients from the
-  argmax with gathers only, deterministically (no atomics). Same memory as chunked,
+  argmax: a gather and a float32 atomic add per token by default, or, under
+  ``torch.use_deterministic_algorithms(True)``, gathers only over a stable sort of the
+  argmax (bit for bit the same every run). Same memory as chunked,
   and no chunk loop in Python. Needs Triton and CUDA tensors (or
   ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests). Where the kernel does
   not apply it hands over, and says so here: smooth max to dense; float64 inputs, or

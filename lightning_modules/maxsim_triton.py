@@ -1,24 +1,29 @@
 """The ``triton`` backend of ``maxsim_matrix``: fused kernels for the hard-max MaxSim.
 
 Forward, one program per (block of ``a`` texts, one ``b`` text): the ``a`` block's
-token vectors meet the ``b`` text in tiles of ``BLOCK_M`` tokens; each tile of
-similarities lives only in registers (float32 accumulation), where it updates each
-``a`` token's running max and argmax (direction a2b) and gives each ``b`` token its
-max over every ``a`` text of the block (direction b2a). What reaches memory is the
-``(Ba, Bb)`` scores and the index of each token's best match: ``(Ba, Bb, La)`` and/or
-``(Ba, Bb, Lb)``, int16 while the matched side has fewer than 2^15 tokens.
+token vectors (loaded once when they fit one tile along D) meet the ``b`` text in tiles
+of ``BLOCK_M`` tokens, streamed through a pipelined loop; each tile of similarities lives
+only in registers (float32 accumulation), where it updates each ``a`` token's running max
+and argmax (direction a2b) and gives each ``b`` token its max over every ``a`` text of the
+block (direction b2a). What reaches memory is the ``(Ba, Bb)`` scores and the index of
+each token's best match: ``(Ba, Bb, La)`` and/or ``(Ba, Bb, Lb)``, int16 while the matched
+side has fewer than 2^15 tokens.
 
-Backward, from those indices alone: the gradient of a max flows to the winning pair
-of tokens only, and every gradient is a gather, no matrix product:
+Backward, from those indices alone: the gradient of a max flows to the winning pair of
+tokens only, so no matrix product is needed. Two paths, as torch's own scatter-adds:
 
-* where a token took a max, it reads the vector of its best match, once per text of the
-  other side (``_gather_a_kernel``, ``_gather_b_kernel``);
-* where a token was picked, it sums the vectors of the tokens that picked it
-  (``_collect``): a stable sort of each text's picks gives every target token the list of
-  its sources in a fixed order, ``searchsorted`` where each list begins, and a program per
-  target token (and per part of a long list) sums it.
-
-No atomics and fixed orders of summation: the gradients are deterministic, bit for bit.
+* by default (``_atomic_backward``), one sweep per direction: each token that took a max
+  reads the vector of its best match (its own gradient, summed in its program) and adds
+  its own vector to that match's gradient with a float32 atomic add. Fast; the order of
+  the adds, and so the last bits of the picked tokens' gradients, vary from run to run.
+* under ``torch.use_deterministic_algorithms(True)`` (Lightning's
+  ``Trainer(deterministic=True)``, ``trainer.deterministic=true`` in config),
+  ``_sorted_backward``: gathers only. Where a token took a max it reads its best match
+  (``_gather_a_kernel``, ``_gather_b_kernel``); where a token was picked it sums the
+  tokens that picked it (``_collect``): a stable sort of each text's picks lists every
+  target token's sources in a fixed order, ``searchsorted`` finds where each list begins,
+  and a program per target token (and per part of a long list) sums it. Bit for bit the
+  same from run to run.
 
 Precision: float32 inputs use IEEE float32 products in the forward pass
 (``input_precision="ieee"``; TF32 would cost about three decimal digits), which on a GPU
@@ -26,9 +31,10 @@ run on the CUDA cores, not the tensor cores: bf16 is the fast path (``maxsim_mat
 casts to the autocast dtype, as the dense einsum would). bf16 and fp16 inputs multiply
 in their own type with float32 accumulation. The backward pass sums in float32.
 
-Gather programs take 64 consecutive ``a`` tokens wherever texts begin and end, so long
-``a`` texts cost them nothing extra; a forward program holds whole ``a`` texts (up to
-``MAX_A_TOKENS``), with 8 warps and 2 pipeline stages when they are long.
+Backward programs take consecutive tokens wherever texts begin and end, so long ``a``
+texts cost them nothing extra; a forward program holds whole ``a`` texts (up to
+``MAX_A_TOKENS``), with 8 warps when they are long. ``forward_config`` and
+``backward_config`` hold every launch setting (``benchmarks/triton_tune.py`` sweeps them).
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before Triton is imported), which is how the tests check it
@@ -56,6 +62,10 @@ BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
 BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); 64 for float32 operands
 COLLECT_PART = 256  # sources a backward collect program sums, at most about
+# Tokens per program of the atomic backward pass: with 2 warps, 8 dims of D = 128 per thread,
+# about 56 registers on sm_90, so many programs share a multiprocessor and hide the gathers' latency.
+ATOMIC_ROWS = 4
+ATOMIC_PROGRAMS = 16  # programs per multiprocessor the atomic backward pass aims for
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -116,43 +126,95 @@ class TritonMaxSim(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
-        (ba, la, dim), (bb, lb, _) = a.shape, b.shape
         grad = grad.float().contiguous()
-        blocks = backward_config(lb, dim, a.dtype, ctx.direction)
-        a2b, b2a = ctx.direction in ("a2b", "both"), ctx.direction in ("b2a", "both")
-        d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
-        grad_a = grad_b = None
+        want_a, want_b = ctx.needs_input_grad[:2]
         with _on_device(a):
-            if ctx.needs_input_grad[0]:
-                grad_a = 0.0
-                if a2b:  # each a token reads its best b token
-                    row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
-                    # Few row blocks (a small batch) would leave most of a GPU idle: split the b
-                    # texts across programs and add the partial sums (in a fixed order: deterministic).
-                    splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
-                    partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
-                    _gather_a_kernel[(row_blocks, splits, d_tiles)](
-                        b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **blocks,
-                    )  # fmt: skip
-                    grad_a = partial.sum(dim=0)
-                if b2a:  # each a token collects the b tokens that picked it
-                    grad_a = grad_a + _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1),
-                                               grad, lb, grad_source_stride=1, grad_row_stride=bb, block_d=blocks["BLOCK_D"])
-                grad_a = grad_a.view_as(a).to(a.dtype)
-            if ctx.needs_input_grad[1]:
-                grad_b = 0.0
-                if a2b:  # each b token collects the a tokens that picked it
-                    picks = a_best.permute(1, 0, 2).reshape(bb, ba * la)  # per b text: every a token's pick
-                    grad_b = _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
-                                      la, grad_source_stride=bb, grad_row_stride=1, block_d=blocks["BLOCK_D"])
-                if b2a:  # each b token reads its best token in every a text
-                    gathered = torch.empty(bb * lb, dim, dtype=torch.float32, device=a.device)
-                    _gather_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
-                        a, b_weight, b_best, grad, gathered, ba, bb, la, lb, dim, **blocks,
-                    )  # fmt: skip
-                    grad_b = grad_b + gathered
-                grad_b = grad_b.view_as(b).to(b.dtype)
+            backward = _sorted_backward if torch.are_deterministic_algorithms_enabled() else _atomic_backward
+            grad_a, grad_b = backward(a, b, a_weight, b_weight, a_best, b_best, grad, ctx.direction, want_a, want_b)
+        grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
+        grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
         return grad_a, grad_b, None, None, None, None, None
+
+
+def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, want_a, want_b):
+    """The backward pass in one sweep over the argmax indices per direction: each token that took
+    a max reads its best match and adds its own vector to that match's gradient, with float32
+    atomic adds (fast; the order of the adds, and so the last bits, vary from run to run).
+
+    Returns ``grad_a (Ba * La, D)`` and ``grad_b (Bb * Lb, D)`` float32 (zeros where not wanted).
+    """
+    (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+    config = backward_config(lb, dim, a.dtype, direction)
+    rows, block_d = config["ATOMIC_ROWS"], config["BLOCK_D"]
+    launch = {"num_warps": config["atomic_warps"], "num_stages": config["num_stages"]}
+    d_tiles = triton.cdiv(dim, block_d)
+    grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device)
+    grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device)
+    wanted = dict(GRAD_A=want_a, GRAD_B=want_b, ROWS=rows, BLOCK_D=block_d, **launch)
+    if direction in ("a2b", "both"):  # a tokens took maxima over b tokens
+        blocks = triton.cdiv(ba * la, rows)
+        splits = _splits(a, blocks * d_tiles, bb)
+        _atomic_a2b_kernel[(blocks, splits, d_tiles)](
+            a, b, a_weight, a_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, **wanted,
+        )  # fmt: skip
+    if direction in ("b2a", "both"):  # b tokens took maxima over the tokens of each a text
+        blocks = triton.cdiv(lb, rows)
+        splits = _splits(a, bb * blocks * d_tiles, ba)
+        _atomic_b2a_kernel[(bb, blocks, splits * d_tiles)](
+            a, b, b_weight, b_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, d_tiles, **wanted,
+        )  # fmt: skip
+    return grad_a, grad_b
+
+
+def _splits(x: torch.Tensor, programs: int, loop: int) -> int:
+    """Into how many parts to split a kernel's loop over texts so that about ``ATOMIC_PROGRAMS``
+    programs per multiprocessor share the work (small batches would leave most of a GPU idle)."""
+    return max(1, min(loop, triton.cdiv(ATOMIC_PROGRAMS * _parallel_units(x), programs)))
+
+
+def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, want_a, want_b):
+    """The deterministic backward pass (``torch.use_deterministic_algorithms(True)``, as
+    Lightning's ``Trainer(deterministic=True)`` sets): gathers only, summed in fixed orders, so
+    the gradients are the same bit for bit from run to run.
+
+    Where a token took a max it reads its best match (``_gather_a_kernel``, ``_gather_b_kernel``);
+    where a token was picked it sums the tokens that picked it (``_collect``). Returns
+    ``grad_a (Ba * La, D)`` and ``grad_b (Bb * Lb, D)`` float32 (``None`` where not wanted).
+    """
+    (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+    blocks = backward_config(lb, dim, a.dtype, direction)
+    gather = {k: blocks[k] for k in ("ROWS", "BLOCK_M", "BLOCK_D", "num_warps", "num_stages")}
+    a2b, b2a = direction in ("a2b", "both"), direction in ("b2a", "both")
+    d_tiles = triton.cdiv(dim, blocks["BLOCK_D"])
+    grad_a = grad_b = None
+    if want_a:
+        grad_a = 0.0
+        if a2b:  # each a token reads its best b token
+            row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
+            # Few row blocks (a small batch) would leave most of a GPU idle: split the b
+            # texts across programs and add the partial sums (in a fixed order: deterministic).
+            splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
+            partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
+            _gather_a_kernel[(row_blocks, splits, d_tiles)](
+                b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **gather,
+            )  # fmt: skip
+            grad_a = partial.sum(dim=0)
+        if b2a:  # each a token collects the b tokens that picked it
+            grad_a = grad_a + _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1),
+                                       grad, lb, grad_source_stride=1, grad_row_stride=bb, config=blocks)
+    if want_b:
+        grad_b = 0.0
+        if a2b:  # each b token collects the a tokens that picked it
+            picks = a_best.permute(1, 0, 2).reshape(bb, ba * la)  # per b text: every a token's pick
+            grad_b = _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
+                              la, grad_source_stride=bb, grad_row_stride=1, config=blocks)
+        if b2a:  # each b token reads its best token in every a text
+            gathered = torch.empty(bb * lb, dim, dtype=torch.float32, device=a.device)
+            _gather_b_kernel[(bb, triton.cdiv(lb, blocks["BLOCK_M"]), d_tiles)](
+                a, b_weight, b_best, grad, gathered, ba, bb, la, lb, dim, **gather,
+            )  # fmt: skip
+            grad_b = grad_b + gathered
+    return grad_a, grad_b
 
 
 def _on_device(x: torch.Tensor):
@@ -161,7 +223,7 @@ def _on_device(x: torch.Tensor):
 
 
 def _collect(picks, targets, sources, source_weight, grad, source_length, grad_source_stride, grad_row_stride,
-             block_d):
+             config):
     """The scatter-add of the backward pass as a gather: each target token sums the vectors of
     the tokens that picked it as their best match.
 
@@ -185,12 +247,14 @@ def _collect(picks, targets, sources, source_weight, grad, source_length, grad_s
     # Long lists (few targets, many sources: b2a into a short query) are cut into parts summed
     # by programs of their own, then added in a fixed order: about COLLECT_PART sources a program.
     splits = max(1, min(64, triton.cdiv(count // max(targets, 1), COLLECT_PART)))
+    block_d = config["BLOCK_D"]
     d_tiles = triton.cdiv(sources.shape[1], block_d)
     out = torch.empty(splits, rows * targets, sources.shape[1], dtype=torch.float32, device=picks.device)
     _collect_kernel[(rows, targets, splits * d_tiles)](
         order, offsets, sources, source_weight, grad, out,
         count, targets, source_length, sources.shape[1], grad_source_stride, grad_row_stride, splits, d_tiles,
-        CHUNK=16, BLOCK_D=block_d,
+        CHUNK=config["COLLECT_CHUNK"], BLOCK_D=block_d, num_warps=config["collect_warps"],
+        num_stages=config["collect_stages"],
     )  # fmt: skip
     return out.sum(dim=0) if splits > 1 else out[0]
 
@@ -219,12 +283,21 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
 
 
 def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> dict:
-    """The gather kernels' compile-time constants and launch options: ROWS flat a tokens
-    (``_gather_a_kernel``), BLOCK_M b tokens (``_gather_b_kernel``), BLOCK_D dims."""
+    """The backward kernels' compile-time constants and launch options.
+
+    Atomic pass (the default): ATOMIC_ROWS tokens a program, ``atomic_warps`` warps. Each
+    program streams one vector per token and text, so it is narrow: late-interaction-kernels
+    reports 1-2 warps as the H100 optimum for such programs, and registers grow with the
+    elements each thread holds (``triton_compile_check.py``: 56 at 4 rows, 236 at 16 rows
+    of 128 dims on 2 warps), which caps the programs a multiprocessor runs at once.
+    ``benchmarks/triton_tune.py`` sweeps these settings on a GPU. Deterministic pass: ROWS flat a tokens (``_gather_a_kernel``),
+    BLOCK_M b tokens (``_gather_b_kernel``), COLLECT_CHUNK sources a step (``_collect_kernel``).
+    """
     fp32 = dtype == torch.float32
     return dict(
         ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=2, COLLECT_CHUNK=16, collect_warps=4, collect_stages=3,
+        ATOMIC_ROWS=ATOMIC_ROWS, atomic_warps=2,
     )  # fmt: skip
 
 
@@ -377,6 +450,67 @@ def _gather_b_kernel(
         picked = tl.load(a_ptr + (i * La + best)[:, None] * D + d[None, :], mask=ok, other=0.0)
         acc += (tl.load(grad_ptr + i * Bb + j) * b_weight)[:, None] * picked.to(tl.float32)
     tl.store(out_ptr + (j * Lb + m)[:, None] * D + d[None, :], acc, mask=ok)
+
+
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS"])
+def _atomic_a2b_kernel(
+    a_ptr, b_ptr, a_weight_ptr, a_best_ptr, grad_ptr, grad_a_ptr, grad_b_ptr, Ba, Bb, La, Lb, D, SPLITS,
+    GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Direction a2b, ROWS flat a tokens, BLOCK_D dims, the b texts ``split, split + SPLITS, ...``:
+    each a token that took a max in b text j reads its best b token (``grad_a``) and adds its own
+    vector to that token's gradient (``grad_b``), both weighted by ``grad[i, j] * a_weight``."""
+    block, split, d_tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    text, token, row_ok = _flat_rows(block, ROWS, Ba, La)
+    row = text * La + token
+    d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    a_weight = tl.load(a_weight_ptr + row, mask=row_ok, other=0.0)
+    real = row_ok & (a_weight != 0)  # masked tokens weigh 0: nothing to add
+    ok = real[:, None] & (d < D)[None, :]
+    if GRAD_B:  # loaded once, added once per b text
+        mine = tl.load(a_ptr + row[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32) * a_weight[:, None]
+    acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    for j in range(split, Bb, SPLITS):
+        g = tl.load(grad_ptr + text * Bb + j, mask=real, other=0.0)
+        best = tl.load(a_best_ptr + (text * Bb + j) * La + token, mask=real, other=0).to(tl.int32)
+        picked = (j * Lb + best)[:, None] * D + d[None, :]
+        if GRAD_A:
+            acc += (g * a_weight)[:, None] * tl.load(b_ptr + picked, mask=ok, other=0.0).to(tl.float32)
+        if GRAD_B:
+            tl.atomic_add(grad_b_ptr + picked, g[:, None] * mine, mask=ok, sem="relaxed")
+    if GRAD_A:  # other programs (splits, direction b2a) add to the same rows
+        tl.atomic_add(grad_a_ptr + row[:, None] * D + d[None, :], acc, mask=ok, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS", "D_TILES"])
+def _atomic_b2a_kernel(
+    a_ptr, b_ptr, b_weight_ptr, b_best_ptr, grad_ptr, grad_a_ptr, grad_b_ptr, Ba, Bb, La, Lb, D, SPLITS, D_TILES,
+    GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Direction b2a, ROWS tokens of b text j, BLOCK_D dims, the a texts ``split, split + SPLITS,
+    ...``: each b token reads its best token in a text i (``grad_b``) and adds its own vector to
+    that token's gradient (``grad_a``), both weighted by ``grad[i, j] * b_weight``."""
+    j, m_tile = tl.program_id(0), tl.program_id(1)
+    split, d_tile = tl.program_id(2) // D_TILES, tl.program_id(2) % D_TILES
+    m = m_tile * ROWS + tl.arange(0, ROWS)
+    d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+    b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m < Lb, other=0.0)
+    real = (m < Lb) & (b_weight != 0)
+    ok = real[:, None] & (d < D)[None, :]
+    mine_at = (j * Lb + m)[:, None] * D + d[None, :]
+    if GRAD_A:
+        mine = tl.load(b_ptr + mine_at, mask=ok, other=0.0).to(tl.float32) * b_weight[:, None]
+    acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    for i in range(split, Ba, SPLITS):
+        g = tl.load(grad_ptr + i * Bb + j)
+        best = tl.load(b_best_ptr + (i * Bb + j) * Lb + m, mask=real, other=0).to(tl.int32)
+        picked = (i * La + best)[:, None] * D + d[None, :]
+        if GRAD_B:
+            acc += (g * b_weight)[:, None] * tl.load(a_ptr + picked, mask=ok, other=0.0).to(tl.float32)
+        if GRAD_A:
+            tl.atomic_add(grad_a_ptr + picked, g * mine, mask=ok, sem="relaxed")
+    if GRAD_B:
+        tl.atomic_add(grad_b_ptr + mine_at, acc, mask=ok, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["count", "targets", "source_length", "grad_source_stride", "grad_row_stride",

@@ -14,6 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import contextlib
+
 from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise, triton_installed
 
 if triton_installed():
@@ -558,6 +560,18 @@ TRITON = pytest.param(
 FEW = settings(max_examples=30, deadline=None)
 
 
+@contextlib.contextmanager
+def deterministic(enabled: bool = True):
+    """``torch.use_deterministic_algorithms(enabled)`` for a block (as ``Trainer(deterministic=True)``
+    sets it): the triton backward then takes its sorted, atomic-free path."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def _lean(backend, a, am, b, bm, direction, reduction, budget=1):
     """The backend under test: ChunkedMaxSim with a tiny budget by default (one b text per
     chunk, so chunking is exercised), or the triton kernels on DEVICE. Returns CPU tensors."""
@@ -567,7 +581,7 @@ def _lean(backend, a, am, b, bm, direction, reduction, budget=1):
     return maxsim_matrix(*on, direction=direction, reduction=reduction, backend="triton").cpu()
 
 
-def _check_against_reference_and_dense(backend, direction, reduction, dtype, batch, budget=1):
+def _check_against_reference_and_dense(backend, direction, reduction, dtype, batch, budget=1, exact_order=False):
     a, am, b, bm = _build(batch, dtype)
     a.requires_grad_(True)
     b.requires_grad_(True)
@@ -579,8 +593,11 @@ def _check_against_reference_and_dense(backend, direction, reduction, dtype, bat
         return
     weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(batch[-1]), dtype=got.dtype)
     want = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
-    for mine, theirs in zip(torch.autograd.grad(got, (a, b), weights), torch.autograd.grad(want, (a, b), weights)):
-        torch.testing.assert_close(mine, theirs, **TOL[dtype])
+    # exact_order: the triton backward's sorted path (deterministic), else its atomic one.
+    with deterministic(exact_order):
+        mine = torch.autograd.grad(got, (a, b), weights)
+    for m, theirs in zip(mine, torch.autograd.grad(want, (a, b), weights)):
+        torch.testing.assert_close(m, theirs, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -596,10 +613,11 @@ def test_chunked_matches_reference_scores_and_dense_gradients(direction, reducti
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @FEW
-@given(batch=ragged_batch(paired=False))
-def test_triton_matches_reference_scores_and_dense_gradients(direction, reduction, batch, backend):
+@given(batch=ragged_batch(paired=False), exact_order=st.booleans())
+def test_triton_matches_reference_scores_and_dense_gradients(direction, reduction, batch, exact_order, backend):
     # float32 only: the kernels take float32/bf16/fp16 (float64 is handed to chunked, tested below).
-    _check_against_reference_and_dense(backend, direction, reduction, torch.float32, batch)
+    # Both backward paths: atomic adds (the default) and the deterministic one.
+    _check_against_reference_and_dense(backend, direction, reduction, torch.float32, batch, exact_order=exact_order)
 
 
 def _has_ties(a, am, b, bm) -> bool:
@@ -719,14 +737,18 @@ def test_triton_follows_autocast_like_dense(backend):
 
 
 @pytest.mark.parametrize("backend", [TRITON])
-@pytest.mark.parametrize("direction", DIRECTIONS)
+# Every kernel of the deterministic path runs in direction "both": the interpreter is slow.
+@pytest.mark.parametrize("direction, exact_order", [("a2b", False), ("b2a", False), ("both", False), ("both", True)],
+                         ids=["a2b", "b2a", "both", "both-deterministic"])
 @pytest.mark.parametrize("ba, la, bb, lb, d", [(20, 10, 4, 150, 200), (3, 150, 2, 40, 24)], ids=["many", "long-a"])
-def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, lb, d, direction, backend, monkeypatch):
+def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, lb, d, direction, exact_order, backend,
+                                                                   monkeypatch):
     """Shapes beyond one tile in every dimension: several blocks of a texts (backward blocks
-    that straddle texts), b texts of 150 tokens (3 tiles of 64), D = 200 (several tiles),
-    the b texts split over programs in the backward pass (as on a GPU with many
-    multiprocessors), long lists of tokens that picked one token summed in parts; and a
-    texts of 150 tokens, one per forward program."""
+    that straddle texts), b texts of 150 tokens (3 tiles of 64), D = 200 (several tiles; D =
+    24 is one, with the a block loaded once), the loops over texts split over programs in the
+    backward pass (as on a GPU with many multiprocessors), long lists of tokens that picked
+    one token summed in parts; and a texts of 150 tokens, one per forward program. Both
+    backward paths: atomic adds and the deterministic one."""
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
     monkeypatch.setattr(maxsim_triton, "COLLECT_PART", 32)  # long source lists cut into parts, as on long texts
     g = torch.Generator().manual_seed(7)
@@ -743,7 +765,8 @@ def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, l
         torch.testing.assert_close(maxsim_matrix(a32, am.to(DEVICE), b32, bm.to(DEVICE), direction=direction,
                                                  backend=backend), got.detach())
     weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
-    mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
+    with deterministic(exact_order):
+        mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
     theirs = torch.autograd.grad(want, (a64, b64), weights)
     for m, t in zip(mine, theirs):
         torch.testing.assert_close(m.cpu().double(), t, **TOL[torch.float32])
@@ -766,6 +789,27 @@ def test_scores_may_be_changed_in_place_before_backward(direction, backend):
 
 
 @pytest.mark.parametrize("backend", [TRITON])
+def test_triton_backward_path_follows_torch_deterministic_mode(backend, monkeypatch):
+    # Atomic adds by default; the sorted, atomic-free path under use_deterministic_algorithms
+    # (the interpreter runs programs one at a time, so only a GPU can show the atomics' reordering).
+    taken = []
+    for name in ("_atomic_backward", "_sorted_backward"):
+        original = getattr(maxsim_triton, name)
+        monkeypatch.setattr(maxsim_triton, name, lambda *args, _f=original, _n=name: taken.append(_n) or _f(*args))
+    a, am, b, bm = _build((3, 4, 5, 8, torch.ones(3, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool), 4),
+                          torch.float32)
+    a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    am, bm = am.to(DEVICE), bm.to(DEVICE)
+    grads = {}
+    for exact_order in (False, True):
+        with deterministic(exact_order):
+            grads[exact_order] = torch.autograd.grad(maxsim_matrix(a, am, b, bm, backend=backend).sum(), (a, b))
+    assert taken == ["_atomic_backward", "_sorted_backward"]
+    for atomic, ordered in zip(grads[False], grads[True]):
+        torch.testing.assert_close(atomic, ordered, rtol=1e-6, atol=1e-6)  # the same sums, in another order
+
+
+@pytest.mark.parametrize("backend", [TRITON])
 def test_triton_gradients_are_deterministic(backend):
     # On a GPU, a shape where atomics would race (64 texts of 300 tokens); tiny in the interpreter.
     ba, la, bb, lb, d = (64, 32, 64, 300, 128) if DEVICE == "cuda" else (5, 7, 6, 9, 16)
@@ -775,9 +819,10 @@ def test_triton_gradients_are_deterministic(backend):
     am[:, 0], bm[:, 0] = True, True
     a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
     am, bm = am.to(DEVICE), bm.to(DEVICE)
-    runs = [torch.autograd.grad(maxsim_matrix(a, am, b, bm, backend=backend).sum(), (a, b)) for _ in range(2)]
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)  # bit for bit: no atomics in the backward kernels
+    with deterministic():
+        runs = [torch.autograd.grad(maxsim_matrix(a, am, b, bm, backend=backend).sum(), (a, b)) for _ in range(2)]
+        for first, second in zip(*runs):
+            assert torch.equal(first, second)  # bit for bit: no atomics in the deterministic backward kernels
 
 
 def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monkeypatch):
