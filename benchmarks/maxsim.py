@@ -8,7 +8,8 @@ Implementations, each scoring every query against every document of the batch
 (ColBERT's score: direction a2b, reduction sum, so all compute the same number):
 
 * ``ours-triton`` (GPU only), ``ours-chunked``, ``ours-dense``: the
-  ``lightning_modules.maxsim.maxsim_matrix`` backends;
+  ``lightning_modules.maxsim.maxsim_matrix`` backends; ``ours-triton-deterministic``: the
+  triton backend under ``torch.use_deterministic_algorithms(True)`` (its sorted backward);
 * ``naive-einsum``: one einsum, max, sum (what Stanford ColBERT and PyLate's torch path do);
 * ``pylate``: ``pylate.scores.colbert_scores`` (PyLate 1.6, installed with ``--no-deps``);
 * ``sentence-transformers``: ``multi_vector_encoder.scoring.colbert.maxsim`` (v6);
@@ -45,7 +46,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_IMPLEMENTATIONS = ("ours-chunked", "ours-dense", "naive-einsum", "pylate", "sentence-transformers")
-GPU_IMPLEMENTATIONS = ("ours-triton", *CPU_IMPLEMENTATIONS, "late-interaction-kernels", "flash-maxsim")
+GPU_IMPLEMENTATIONS = ("ours-triton", "ours-triton-deterministic", *CPU_IMPLEMENTATIONS, "late-interaction-kernels",
+                       "flash-maxsim")
 # (time, memory) ratios against these.
 REFERENCES = {"cpu": ("pylate", "pylate"), "cuda": ("late-interaction-kernels", "naive-einsum")}
 LA, DIM = 32, 128
@@ -163,12 +165,16 @@ def _timed(fn, repeats: int, cuda: bool) -> list[float]:
 
 def run_on_gpu(name: str, batch: int, lb: int, repeats: int, dtype) -> dict:
     """One case in this process on the GPU; an out-of-memory error is a result, not a crash."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(name.endswith("-deterministic"))  # for the backward pass too
     try:
         result = run_case(name, batch, lb, repeats, "cuda", dtype)
     except torch.cuda.OutOfMemoryError:
         result = {"status": "out of memory"}
     except Exception as error:  # a peer's kernel failing must not hide the other figures
         result = {"status": f"error: {type(error).__name__}: {str(error)[:200]}"}
+    finally:
+        torch.use_deterministic_algorithms(before)
     gc.collect()
     torch.cuda.empty_cache()
     return {"implementation": name, "B": batch, "La": LA, "Lb": lb, "D": DIM,

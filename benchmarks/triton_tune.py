@@ -1,12 +1,15 @@
 """Launch settings of the triton MaxSim kernels, timed on a GPU against late-interaction-kernels.
 
     python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
+    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, and the peers only
 
-For each variant of ``forward_config``/``backward_config`` (tile of b tokens, rows per
-backward program, warps, pipeline stages): the median time of the forward pass and of
-forward+backward, and the largest difference of its gradients from the chunked backend
-in float32 on a smaller ragged batch (direction "both", mean), so that a fast but wrong
-variant shows. late-interaction-kernels and the naive einsum are timed in the same run.
+For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
+program, pipeline stages, tokens and warps of an atomic backward program, the
+deterministic path's gather and collect programs): the median time of the forward pass
+and of forward+backward, and the largest difference of its gradients from the chunked
+backend in float32 on a smaller ragged batch (direction "both", mean), so that a fast but
+wrong variant shows. late-interaction-kernels and the naive einsum are timed in the same
+run; the table gives each time as a ratio to late-interaction-kernels'. JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -26,40 +29,69 @@ sys.path.insert(0, str(ROOT))
 from lightning_modules import maxsim_triton as mt  # noqa: E402
 from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 
-FORWARD_VARIANTS = [{}, {"num_warps": 8}, {"BLOCK_M": 128, "num_warps": 8}]
-BACKWARD_VARIANTS = [{}, {"num_warps": 4}, {"BLOCK_M": 128}, {"ROWS": 128}, {"num_stages": 3},
-                     {"BLOCK_M": 128, "ROWS": 128}]
+# (name, forward settings, backward settings, deterministic backward)
+VARIANTS = [
+    ("default", {}, {}, False),
+    ("deterministic", {}, {}, True),
+    ("fwd 256 rows (8 warps)", {"FORWARD_ROWS": 256}, {}, False),  # a module constant, not a config key
+    ("fwd 2 stages", {"num_stages": 2}, {}, False),
+    ("fwd 4 stages", {"num_stages": 4}, {}, False),
+    ("fwd 128-token b tiles, 8 warps", {"BLOCK_M": 128, "num_warps": 8}, {}, False),
+    ("atomic 1 row, 1 warp", {}, {"ATOMIC_ROWS": 1, "atomic_warps": 1}, False),
+    ("atomic 2 rows, 1 warp", {}, {"ATOMIC_ROWS": 2, "atomic_warps": 1}, False),
+    ("atomic 8 rows, 4 warps", {}, {"ATOMIC_ROWS": 8, "atomic_warps": 4}, False),
+    ("atomic 16 rows, 2 warps", {}, {"ATOMIC_ROWS": 16, "atomic_warps": 2}, False),
+    ("atomic 1 stage", {}, {"num_stages": 1}, False),
+    ("deterministic, 16-row gathers on 2 warps", {}, {"ROWS": 16, "num_warps": 2}, True),
+    ("deterministic, collect on 1 warp", {}, {"collect_warps": 1}, True),
+    ("deterministic, collect on 2 warps, 8 a step", {}, {"collect_warps": 2, "COLLECT_CHUNK": 8}, True),
+]
+QUICK = ("default", "deterministic")
+# A GPU; or, for a smoke run of this script, the CPU under TRITON_INTERPRET=1 with tiny shapes.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats: int) -> float:
     fn()
-    torch.cuda.synchronize()
+    synchronize()
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def patched(forward: dict, backward: dict):
-    """Replace the launch settings, returning the originals to restore."""
-    originals = mt.forward_config, mt.backward_config
-    mt.forward_config = lambda *args: {**originals[0](*args), **forward}
-    mt.backward_config = lambda *args: {**originals[1](*args), **backward}
-    return originals
+    """Replace the launch settings (and ``FORWARD_ROWS``, which forward_config reads), returning
+    a function that restores the originals."""
+    originals = mt.forward_config, mt.backward_config, mt.FORWARD_ROWS
+    forward = dict(forward)
+    mt.FORWARD_ROWS = forward.pop("FORWARD_ROWS", mt.FORWARD_ROWS)
+    mt.forward_config = lambda *args, **kwargs: {**originals[0](*args, **kwargs), **forward}
+    mt.backward_config = lambda *args, **kwargs: {**originals[1](*args, **kwargs), **backward}
+
+    def restore():
+        mt.forward_config, mt.backward_config, mt.FORWARD_ROWS = originals
+
+    return restore
 
 
-def gradient_error() -> float:
-    """Largest gradient difference from chunked float32, ragged both/mean batch, bf16 inputs."""
-    g = torch.Generator(device="cuda").manual_seed(0)
-    a = F.normalize(torch.randn(96, 40, 128, device="cuda", generator=g), dim=-1).bfloat16()
-    b = F.normalize(torch.randn(80, 150, 128, device="cuda", generator=g), dim=-1).bfloat16()
-    am, bm = torch.rand(96, 40, device="cuda", generator=g) < 0.8, torch.rand(80, 150, device="cuda", generator=g) < 0.8
+def gradient_error(size: int) -> float:
+    """Largest gradient difference from chunked float32, ragged both/mean batch of ``size`` texts, bf16 inputs."""
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    a = F.normalize(torch.randn(size, 40, 128, device=DEVICE, generator=g), dim=-1).bfloat16()
+    b = F.normalize(torch.randn(size, 150, 128, device=DEVICE, generator=g), dim=-1).bfloat16()
+    am, bm = torch.rand(size, 40, device=DEVICE, generator=g) < 0.8, torch.rand(size, 150, device=DEVICE, generator=g) < 0.8
     am[:, 0], bm[:, 0] = True, True
-    weights = torch.randn(96, 80, device="cuda", generator=g)
+    weights = torch.randn(size, size, device=DEVICE, generator=g)
     x, y = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
     got = torch.autograd.grad(maxsim_matrix(x, am, y, bm, backend="triton"), (x, y), weights)
     x32, y32 = a.float().requires_grad_(True), b.float().requires_grad_(True)
@@ -73,15 +105,15 @@ def main() -> None:
     parser.add_argument("--query-tokens", type=int, default=32)
     parser.add_argument("--document-tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warps-only", action="store_true", help="only the backward's 8 warps (default) against 4")
+    parser.add_argument("--quick", action="store_true", help="only the default settings, both backward paths")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_tune.json"))
     args = parser.parse_args()
-    forward_variants = [{}] if args.warps_only else FORWARD_VARIANTS
-    backward_variants = [{}, {"num_warps": 4}] if args.warps_only else BACKWARD_VARIANTS
+    variants = [v for v in VARIANTS if v[0] in QUICK] if args.quick else VARIANTS
     B, La, Lb = args.batch, args.query_tokens, args.document_tokens
-    q = F.normalize(torch.randn(B, La, 128, device="cuda"), dim=-1).bfloat16()
-    d = F.normalize(torch.randn(B, Lb, 128, device="cuda"), dim=-1).bfloat16()
-    qm = torch.ones(B, La, dtype=torch.bool, device="cuda")
-    dm = torch.ones(B, Lb, dtype=torch.bool, device="cuda")
+    q = F.normalize(torch.randn(B, La, 128, device=DEVICE), dim=-1).bfloat16()
+    d = F.normalize(torch.randn(B, Lb, 128, device=DEVICE), dim=-1).bfloat16()
+    qm = torch.ones(B, La, dtype=torch.bool, device=DEVICE)
+    dm = torch.ones(B, Lb, dtype=torch.bool, device=DEVICE)
     qg, dg = q.clone().requires_grad_(True), d.clone().requires_grad_(True)
 
     def measure(score):
@@ -91,34 +123,60 @@ def main() -> None:
 
         with torch.no_grad():
             forward = timed(lambda: score(q, d), args.repeats)
-        return forward, timed(step, args.repeats)
+        if DEVICE != "cuda":
+            return forward, timed(step, args.repeats), float("nan")
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        total = timed(step, args.repeats)
+        return forward, total, (torch.cuda.max_memory_allocated() - base) / 2**20
 
     rows = []
-    ours = lambda x, y: maxsim_matrix(x, qm, y, dm, direction="a2b", reduction="sum", backend="triton")  # noqa: E731
-    for forward in forward_variants:
-        for backward in backward_variants if not forward else [{}]:
-            originals = patched(forward, backward)
-            try:
-                fwd, total = measure(ours)
-                rows.append({"forward": forward, "backward": backward, "forward_ms": fwd * 1e3,
-                             "forward_backward_ms": total * 1e3, "gradient_error": gradient_error()})
-            except Exception as error:  # a variant the compiler or the chip refuses is a finding
-                rows.append({"forward": forward, "backward": backward, "error": f"{type(error).__name__}: {error}"[:200]})
-            finally:
-                mt.forward_config, mt.backward_config = originals
-            print(rows[-1], flush=True)
+    # Peers first: a variant's ratio is printed as soon as it is measured.
     peers = {"naive-einsum": lambda x, y: torch.einsum("ild,jmd->ijlm", x, y).amax(-1).sum(-1)}
     try:
         from late_interaction_kernels import maxsim as lik_maxsim
 
         peers["late-interaction-kernels"] = lambda x, y: lik_maxsim(x, y, qm, dm)
     except ImportError:
-        pass
+        print("late-interaction-kernels is not installed: no ratios", flush=True)
     for name, score in peers.items():
-        fwd, total = measure(score)
-        rows.append({"peer": name, "forward_ms": fwd * 1e3, "forward_backward_ms": total * 1e3})
+        fwd, total, peak = measure(score)
+        rows.append({"name": name, "forward_ms": fwd * 1e3, "forward_backward_ms": total * 1e3, "peak_mb": peak})
         print(rows[-1], flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name(), "B": B, "La": La, "Lb": Lb, "rows": rows}))
+    lik = next((r for r in rows if r["name"] == "late-interaction-kernels"), None)
+    ours = lambda x, y: maxsim_matrix(x, qm, y, dm, direction="a2b", reduction="sum", backend="triton")  # noqa: E731
+    for name, forward, backward, exact_order in variants:
+        restore = patched(forward, backward)
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(exact_order)
+        row = {"name": f"ours: {name}", "forward": forward, "backward": backward, "deterministic": exact_order}
+        try:
+            fwd, total, peak = measure(ours)
+            row.update(forward_ms=fwd * 1e3, forward_backward_ms=total * 1e3, peak_mb=peak,
+                       gradient_error=gradient_error(min(B, 96)))
+        except Exception as error:  # a variant the compiler or the chip refuses is a finding
+            row["error"] = f"{type(error).__name__}: {error}"[:200]
+        finally:
+            torch.use_deterministic_algorithms(before)
+            restore()
+        rows.append(row)
+        print(row, flush=True)
+    device = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (Triton's interpreter: not a timing)"
+    print(f"\n{device}, B={B}, {La} x {Lb} tokens, D=128, bf16, a2b/sum; "
+          f"ratios to late-interaction-kernels' time")
+    print(f"{'':<50} {'fwd ms':>8} {'fwd+bwd ms':>10} {'fwd x':>6} {'fwd+bwd x':>9} {'peak MB':>8} {'grad err':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<50} {r['error']}")
+            continue
+        ratio = (lambda key: f"{r[key] / lik[key]:.2f}") if lik else (lambda key: "-")
+        print(f"{r['name']:<50} {r['forward_ms']:>8.2f} {r['forward_backward_ms']:>10.2f} {ratio('forward_ms'):>6} "
+              f"{ratio('forward_backward_ms'):>9} {r['peak_mb']:>8.0f} {r.get('gradient_error', float('nan')):>9.1e}")
+    result = {"device": device, "torch": torch.__version__, "B": B, "La": La, "Lb": Lb,
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
