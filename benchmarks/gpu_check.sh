@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one run on a lent GPU machine (results: benchmarks/RESULTS.md).
 #
-#   make gpu-wheels                      # here: what the GPU image lacks -> benchmarks/wheels/, .carry/minilm
-#   bash benchmarks/gpu_check.sh         # there, with benchmarks/wheels and .carry/minilm carried along
+#   make gpu-wheels                         # here: what the GPU image lacks -> benchmarks/wheels/, .carry/minilm
+#   bash benchmarks/gpu_check.sh            # there, with benchmarks/wheels and .carry/minilm carried along
+#   bash benchmarks/gpu_check.sh quick tests bench   # some steps, in the order given (fits one 10-minute call)
 #
-# 1. the MaxSim tests on CUDA: the triton backend's (conftest.py leaves TRITON_INTERPRET unset
-#    on a GPU), the lean backends' and the LightningModule's training step;
-# 2. benchmarks/gpu_large_shapes.py: the issue's shapes against chunked float32, determinism, autocast;
-# 3. benchmarks/maxsim.py in bf16: our backends, the naive einsum, sentence-transformers,
-#    late-interaction-kernels and flash-maxsim, side by side.
-# Everything also goes to $OUT (default benchmarks/results/). Exit status: the tests', else the benchmark's.
+# Steps (all by default, most decisive first, each under its own time limit; the six limits add
+# up to 20 minutes, so where a call may run 10 minutes, name the steps):
+#   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
+#          default and deterministic backward against late-interaction-kernels (limit 150 s)
+#   tests  the MaxSim tests on CUDA (conftest.py leaves TRITON_INTERPRET unset on a GPU): the
+#          triton backend's, the lean backends' and the LightningModule's training step (limit 240 s)
+#   bench  benchmarks/maxsim.py in bf16: our backends, the naive einsum, sentence-transformers,
+#          late-interaction-kernels and flash-maxsim, side by side (limit 400 s)
+#   shapes benchmarks/gpu_large_shapes.py: large shapes against chunked float32, both backward paths,
+#          autocast (limit 120 s)
+#   ties   benchmarks/maxsim_ties.py --device cuda: gradient differences against near-ties (limit 90 s)
+#   tune   benchmarks/triton_tune.py: every launch-setting variant (limit 240 s)
+# Everything also goes to $OUT (default benchmarks/results/). Exit status: the first failing step's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
@@ -34,13 +42,39 @@ export PYTHONPATH="$SITE:$PWD"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
-timeout 300 "$PY" -m pytest -q -rs -rf -p no:cacheprovider tests/test_maxsim.py \
-    -k "triton or lean or training_step or fully_masked or in_place" > "$OUT/gpu_tests.txt" 2>&1
-tests=$?
-tail -40 "$OUT/gpu_tests.txt"
-timeout 120 "$PY" benchmarks/gpu_large_shapes.py 2>&1 | tee "$OUT/gpu_large_shapes.txt"
-timeout 400 "$PY" benchmarks/maxsim.py --device cuda --out "$OUT/maxsim-cuda.json" > "$OUT/maxsim-cuda.txt" 2>&1
-bench=$?
-sed -n '/^$/,/^{/p' "$OUT/maxsim-cuda.txt" | head -80
-[ "$bench" -eq 0 ] || tail -20 "$OUT/maxsim-cuda.txt"
-exit $(( tests != 0 ? tests : bench ))
+status=0
+step() {  # step NAME SECONDS COMMAND...: run it, keep its output, remember the first failure
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name"
+    timeout "$limit" "$@" > "$OUT/gpu_$name.txt" 2>&1
+    local rc=$?
+    [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; [ "$status" -ne 0 ] || status=$rc; }
+}
+for name in "${@:-quick tests bench shapes ties tune}"; do
+    for name in $name; do
+        case $name in
+            quick)
+                step quick 150 "$PY" benchmarks/triton_tune.py --quick --out "$OUT/triton_tune_quick.json"
+                sed -n '/^$/,/^{/p' "$OUT/gpu_quick.txt" | grep -v '^{' ;;
+            tests)
+                step tests 240 "$PY" -m pytest -q -rs -rf -p no:cacheprovider tests/test_maxsim.py \
+                    -k "triton or lean or training_step or fully_masked or in_place"
+                tail -30 "$OUT/gpu_tests.txt" ;;
+            shapes)
+                step shapes 120 "$PY" benchmarks/gpu_large_shapes.py
+                cat "$OUT/gpu_shapes.txt" ;;
+            ties)
+                step ties 90 "$PY" benchmarks/maxsim_ties.py --device cuda --out "$OUT/maxsim_ties_cuda.json"
+                grep -v '^{' "$OUT/gpu_ties.txt" ;;
+            tune)
+                step tune 240 "$PY" benchmarks/triton_tune.py --out "$OUT/triton_tune.json"
+                sed -n '/^$/,/^{/p' "$OUT/gpu_tune.txt" | grep -v '^{' ;;
+            bench)
+                step bench 400 "$PY" benchmarks/maxsim.py --device cuda --out "$OUT/maxsim-cuda.json"
+                sed -n '/^$/,/^{/p' "$OUT/gpu_bench.txt" | head -90 ;;
+            *) echo "unknown step: $name (quick, tests, shapes, ties, tune, bench)"; status=2 ;;
+        esac
+    done
+done
+exit $status
