@@ -59,7 +59,7 @@ for name in "${@:-quick tests bench shapes ties tune}"; do
                 sed -n '/^$/,/^{/p' "$OUT/gpu_quick.txt" | grep -v '^{' ;;
             tests)
                 step tests 240 "$PY" -m pytest -q -rs -rf -p no:cacheprovider tests/test_maxsim.py \
-                    -k "triton or lean or training_step or fully_masked or in_place"
+                    -k "triton or lean or training_step or fully_masked or in_place or late_interaction"
                 tail -30 "$OUT/gpu_tests.txt" ;;
             shapes)
                 step shapes 120 "$PY" benchmarks/gpu_large_shapes.py

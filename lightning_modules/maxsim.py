@@ -53,6 +53,9 @@ Backends of ``maxsim_matrix`` (``backend=``):
   ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests). Where the kernel does
   not apply it hands over, and says so here: smooth max to dense; float64 inputs, or
   ``a`` texts over ``MAX_A_TOKENS`` (256) tokens, to chunked.
+* ``"late-interaction-kernels"``: a peer's fused kernels, when that package is installed
+  (``lightning_modules/maxsim_lik.py``), to compare training on ours and on theirs. CUDA
+  tensors of float32/bf16/fp16; a smooth max goes to dense. Never chosen by ``auto``.
 * ``"auto"`` (default): triton on CUDA (compute capability 8.0 or newer: bf16 tensor
   cores) when Triton is installed and the kernel applies; otherwise dense while the
   similarity tensor is small (it is the fastest there), chunked above
@@ -69,7 +72,7 @@ import torch
 
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
-BACKENDS = ("auto", "dense", "chunked", "triton")
+BACKENDS = ("auto", "dense", "chunked", "triton", "late-interaction-kernels")
 # auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 # chunked: the working memory of one chunk (similarities, or gathered vectors in backward).
@@ -126,7 +129,8 @@ def maxsim_matrix(
         b: token vectors ``(Bb, Lb, D)``.
         b_mask: ``(Bb, Lb)`` bool.
         direction, reduction, temperature: see the module docstring.
-        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"`` (see the module docstring).
+        backend: ``"auto"``, ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"``
+            (see the module docstring).
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
@@ -137,18 +141,29 @@ def maxsim_matrix(
     if backend == "triton":
         from lightning_modules.maxsim_triton import TritonMaxSim
 
-        if torch.is_autocast_enabled(a.device.type):
-            # As the dense einsum would under autocast: the products in bf16/fp16. (Token vectors
-            # come out of F.normalize in float32 even under autocast.)
-            low = torch.get_autocast_dtype(a.device.type)
-            a, b = a.to(low), b.to(low)
+        a, b = _autocast_operands(a, b)
         a_weight = _token_weights(a_mask, reduction, direction, torch.float32)
         b_weight = _token_weights(b_mask, reduction, direction, torch.float32)
         return TritonMaxSim.apply(a, b, a_mask, b_mask, a_weight, b_weight, direction)
+    if backend == "late-interaction-kernels":
+        from lightning_modules import maxsim_lik
+
+        a, b = _autocast_operands(a, b)
+        return maxsim_lik.maxsim_matrix(a, a_mask, b, b_mask, direction, reduction)
     if backend == "chunked":
         return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
     sims = torch.einsum("ild,jmd->ijlm", a, b)  # (Ba, Bb, La, Lb)
     return _combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
+
+
+def _autocast_operands(a, b):
+    """``a`` and ``b`` in the autocast dtype when autocast is on, as the dense einsum would
+    multiply them (token vectors leave F.normalize in float32 even under autocast): for
+    the fused kernels, which autocast does not reach."""
+    if torch.is_autocast_enabled(a.device.type):
+        low = torch.get_autocast_dtype(a.device.type)
+        return a.to(low), b.to(low)
+    return a, b
 
 
 def _combine_directions(sims, a_mask, b_mask, direction, reduction, temperature):
@@ -281,9 +296,15 @@ def _chunk_size(ba, la, lb, dim, element_size, budget_bytes):
 
 
 def _resolve_backend(backend, a, b, temperature):
-    """The backend that runs: ``dense``, ``chunked`` or ``triton`` (see the module docstring)."""
+    """The backend that runs: ``dense``, ``chunked``, ``triton`` or ``late-interaction-kernels``
+    (see the module docstring)."""
     if temperature is not None:
         return "dense"  # smooth max: every token gets gradient, nothing to save by keeping argmaxes
+    if backend == "late-interaction-kernels":
+        from lightning_modules import maxsim_lik
+
+        maxsim_lik.check(a, b)
+        return backend
     if backend == "triton":
         if not triton_installed():
             raise ValueError("backend='triton' needs the triton package: pip install 'maxsim-lightning[triton]'")

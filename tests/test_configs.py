@@ -173,6 +173,8 @@ def test_maxsim_backend_is_chosen_in_config_and_reaches_the_model(compose_cfg, t
     assert module.model.backend == "chunked"
     assert module.hparams.maxsim == {"backend": "chunked"}  # a plain dict in the checkpoint
     assert hydra.utils.instantiate(compose_cfg(["model=tiny"], tmp_path).model).model.backend == "auto"
+    peer = compose_cfg(["model=tiny", "model.maxsim.backend=late-interaction-kernels"], tmp_path)
+    assert peer.model.maxsim.backend == "late-interaction-kernels"  # the hyphens parse as one string
 
 
 @pytest.mark.parametrize("override, message", [("model.maxsim.backend=fused", "must be one of"),

@@ -7,14 +7,14 @@ vectorised code cannot also be in the reference.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import contextlib
 
 from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise, triton_installed
 
@@ -881,3 +881,61 @@ def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, 
     torch.testing.assert_close(loss_c, loss_d, rtol=1e-5, atol=1e-6)
     for gc, gd in zip(grads_c, grads_d):
         torch.testing.assert_close(gc, gd, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The late-interaction-kernels backend: a peer's ColBERT score, composed into every direction
+# ----------------------------------------------------------------------------
+
+
+def _colbert_reference(q, d, q_mask, d_mask):
+    """ColBERT's score as late_interaction_kernels.maxsim computes it: (Nq, Nd), a2b, sum."""
+    sims = torch.einsum("ild,jmd->ijlm", q, d).masked_fill(~d_mask[None, :, None, :], float("-inf"))
+    return sims.amax(dim=-1).masked_fill(~q_mask[:, None, :], 0.0).sum(dim=-1)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_late_interaction_kernels_score_is_composed_into_every_direction(direction, reduction):
+    from lightning_modules import maxsim_lik
+
+    a, am, b, bm = _untied_inputs(5, 3, 4, 2, 5, 6)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    got = maxsim_lik.maxsim_matrix(a, am, b, bm, direction, reduction, colbert=_colbert_reference)
+    torch.testing.assert_close(got.double(), reference_matrix(a, am, b, bm, direction, reduction, None),
+                               rtol=1e-6, atol=1e-6)
+    want = maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(1), dtype=got.dtype)
+    for mine, theirs in zip(torch.autograd.grad(got, (a, b), weights), torch.autograd.grad(want, (a, b), weights)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_late_interaction_kernels_backend_says_what_is_missing(monkeypatch):
+    from lightning_modules import maxsim_lik
+
+    a, am, b, bm = _untied_inputs(5, 3, 4, 2, 5, 6)
+    monkeypatch.setattr(maxsim_lik, "installed", lambda: False)
+    with pytest.raises(ValueError, match="pip install late-interaction-kernels"):
+        maxsim_matrix(a, am, b, bm, backend="late-interaction-kernels")
+    # A smooth max needs every similarity: dense, as for the other lean backends.
+    smooth = maxsim_matrix(a, am, b, bm, temperature=0.1, backend="late-interaction-kernels")
+    torch.testing.assert_close(smooth, maxsim_matrix(a, am, b, bm, temperature=0.1, backend="dense"))
+    monkeypatch.setattr(maxsim_lik, "installed", lambda: True)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        maxsim_matrix(a.float(), am, b.float(), bm, backend="late-interaction-kernels")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("late_interaction_kernels") is None,
+                    reason="needs a GPU and late-interaction-kernels")
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_late_interaction_kernels_backend_matches_dense_on_a_gpu(direction):
+    am, bm = torch.rand(6, 7) > 0.3, torch.rand(5, 9) > 0.3
+    am[:, 0], bm[:, 0] = True, True
+    a, am, b, bm = _build((6, 7, 9, 32, am, bm, 2), torch.float32)
+    a, am, b, bm = a.cuda().requires_grad_(True), am.cuda(), b.cuda().requires_grad_(True), bm.cuda()
+    got = maxsim_matrix(a, am, b, bm, direction=direction, backend="late-interaction-kernels")
+    want = maxsim_matrix(a, am, b, bm, direction=direction, backend="dense")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # their float32 products may use TF32
+    for mine, theirs in zip(torch.autograd.grad(got.sum(), (a, b)), torch.autograd.grad(want.sum(), (a, b))):
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-3)
