@@ -4,7 +4,7 @@
     python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, and the peers only
 
 For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
-program, pipeline stages, tokens and warps of an atomic backward program, the
+program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic backward program, the
 deterministic path's gather and collect programs): the median time of the forward pass
 and of forward+backward, and the largest difference of its gradients from the chunked
 backend in float32 on a smaller ragged batch (direction "both", mean), so that a fast but
@@ -33,7 +33,10 @@ from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 VARIANTS = [
     ("default", {}, {}, False),
     ("deterministic", {}, {}, True),
-    ("fwd 256 rows (8 warps)", {"FORWARD_ROWS": 256}, {}, False),  # a module constant, not a config key
+    ("fwd 256 rows (8 warps)", {"FORWARD_ROWS": 256}, {}, False),  # FORWARD_*: module constants
+    ("fwd 1 b text a program", {"FORWARD_B_TEXTS": 1}, {}, False),
+    ("fwd 4 b texts a program", {"FORWARD_B_TEXTS": 4}, {}, False),
+    ("fwd 16 b texts a program", {"FORWARD_B_TEXTS": 16}, {}, False),
     ("fwd 2 stages", {"num_stages": 2}, {}, False),
     ("fwd 4 stages", {"num_stages": 4}, {}, False),
     ("fwd 128-token b tiles, 8 warps", {"BLOCK_M": 128, "num_warps": 8}, {}, False),
@@ -70,16 +73,20 @@ def timed(fn, repeats: int) -> float:
 
 
 def patched(forward: dict, backward: dict):
-    """Replace the launch settings (and ``FORWARD_ROWS``, which forward_config reads), returning
-    a function that restores the originals."""
-    originals = mt.forward_config, mt.backward_config, mt.FORWARD_ROWS
+    """Replace the launch settings (and the ``FORWARD_*`` module constants that the launch
+    reads, such as ``FORWARD_ROWS``), returning a function that restores the originals."""
     forward = dict(forward)
-    mt.FORWARD_ROWS = forward.pop("FORWARD_ROWS", mt.FORWARD_ROWS)
+    constants = {key: forward.pop(key) for key in list(forward) if key.startswith("FORWARD_")}
+    originals = mt.forward_config, mt.backward_config, {key: getattr(mt, key) for key in constants}
+    for key, value in constants.items():
+        setattr(mt, key, value)
     mt.forward_config = lambda *args, **kwargs: {**originals[0](*args, **kwargs), **forward}
     mt.backward_config = lambda *args, **kwargs: {**originals[1](*args, **kwargs), **backward}
 
     def restore():
-        mt.forward_config, mt.backward_config, mt.FORWARD_ROWS = originals
+        mt.forward_config, mt.backward_config = originals[:2]
+        for key, value in originals[2].items():
+            setattr(mt, key, value)
 
     return restore
 

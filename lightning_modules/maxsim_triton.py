@@ -1,8 +1,9 @@
 """The ``triton`` backend of ``maxsim_matrix``: fused kernels for the hard-max MaxSim.
 
-Forward, one program per (block of ``a`` texts, one ``b`` text): the ``a`` block's
-token vectors (loaded once when they fit one tile along D) meet the ``b`` text in tiles
-of ``BLOCK_M`` tokens, streamed through a pipelined loop; each tile of similarities lives
+Forward, one program per (block of ``a`` texts, group of up to ``FORWARD_B_TEXTS`` ``b``
+texts): the ``a`` block's token vectors (loaded once when they fit one tile along D) meet
+the ``b`` texts in tiles of ``BLOCK_M`` tokens, streamed through one pipelined loop over
+the tiles of every text of the group; each tile of similarities lives
 only in registers (float32 accumulation), where it updates each ``a`` token's running max
 and argmax (direction a2b) and gives each ``b`` token its max over every ``a`` text of the
 block (direction b2a). What reaches memory is the ``(Ba, Bb)`` scores and the index of
@@ -58,6 +59,8 @@ MAX_A_TOKENS = 256
 # Rows (a tokens) per program: large enough for tensor-core tiles, small enough for registers
 # and shared memory (a forward program holds whole a texts, so it may take up to 256 rows).
 FORWARD_ROWS = 128
+FORWARD_B_TEXTS = 8  # b texts a forward program scores, at most
+FORWARD_PROGRAMS = 4  # forward programs per multiprocessor, at least (when there are enough texts)
 BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
 BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); 64 for float32 operands
@@ -113,11 +116,13 @@ class TritonMaxSim(torch.autograd.Function):
         b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a and keep else None
         config = forward_config(la, lb, dim, a.dtype, direction, keep)
         with _on_device(a):
+            a_blocks = triton.cdiv(ba, config["TEXTS"])
+            b_texts = _b_texts_per_program(a, bb, a_blocks)
             # b texts on grid axis 0: a corpus may hold more than the 65535 that axis 1 allows.
-            _forward_kernel[(bb, triton.cdiv(ba, config["TEXTS"]))](
+            _forward_kernel[(triton.cdiv(bb, b_texts), a_blocks)](
                 a, b, a_mask, b_mask, a_weight, b_weight, scores,
                 scores if a_best is None else a_best, scores if b_best is None else b_best,  # unused when None
-                ba, bb, la, lb, dim, **config,
+                ba, bb, la, lb, dim, b_texts, **config,
             )  # fmt: skip
         ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
         ctx.direction = direction
@@ -134,6 +139,14 @@ class TritonMaxSim(torch.autograd.Function):
         grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
         grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
         return grad_a, grad_b, None, None, None, None, None
+
+
+def _b_texts_per_program(x: torch.Tensor, bb: int, a_blocks: int) -> int:
+    """How many b texts each forward program scores: up to ``FORWARD_B_TEXTS`` (fewer programs,
+    each loading its a block once for all of them), but never so many that fewer than
+    ``FORWARD_PROGRAMS`` programs per multiprocessor remain (small batches)."""
+    spare = (bb * a_blocks) // (FORWARD_PROGRAMS * _parallel_units(x))
+    return max(1, min(FORWARD_B_TEXTS, spare, bb))
 
 
 def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, want_a, want_b):
@@ -337,20 +350,29 @@ def _flat_rows(block, ROWS: tl.constexpr, Ba, La):
 
 
 # Sizes are not specialised on: a new batch size or text length must not mean a new compile.
-@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb"])
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "B_TEXTS"])
 def _forward_kernel(
     a_ptr, b_ptr, a_mask_ptr, b_mask_ptr, a_weight_ptr, b_weight_ptr, scores_ptr, a_best_ptr, b_best_ptr,
-    Ba, Bb, La, Lb, D,
+    Ba, Bb, La, Lb, D, B_TEXTS,
     A2B: tl.constexpr, B2A: tl.constexpr, STORE: tl.constexpr, TEXTS: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_D_TILE: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """scores[i, j] for one b text j and TEXTS a texts, and (STORE) each token's best match."""
-    j, block = tl.program_id(0), tl.program_id(1)
+    """scores[i, j] for TEXTS a texts and the B_TEXTS b texts ``j0, j0 + 1, ...``, and (STORE)
+    each token's best match.
+
+    One loop runs over every tile of every b text of the program (the tiles of text j
+    follow those of text j - 1), so the pipeline that streams b tiles does not drain
+    between texts. The running maxima restart at a text's first tile; its results are
+    written at its last (masked stores, no branch in the loop)."""
+    group, block = tl.program_id(0), tl.program_id(1)
     text, token, row_ok = _a_rows(block, TEXTS, BLOCK_L, Ba, La)
     a_row = text * La + token
     a_ok = tl.load(a_mask_ptr + a_row, mask=row_ok, other=0) != 0
+    a_weight = tl.load(a_weight_ptr + a_row, mask=row_ok, other=0.0)
     block_texts = block * TEXTS + tl.arange(0, TEXTS)
+    j0 = group * B_TEXTS
+    tiles = tl.cdiv(Lb, BLOCK_M)  # per b text
     best = tl.full((TEXTS * BLOCK_L,), float("-inf"), tl.float32)  # a2b running max per a token
     best_at = tl.zeros((TEXTS * BLOCK_L,), tl.int32)
     b2a_total = tl.zeros((TEXTS,), tl.float32)
@@ -362,7 +384,16 @@ def _forward_kernel(
         a_block = tl.load(a_ptr + a_row[:, None] * D + d[None, :], mask=row_ok[:, None] & (d < D)[None, :], other=0.0)
         if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
             a_block = a_block.to(tl.float32)
-    for m0 in range(0, Lb, BLOCK_M):
+    for step in range(0, tl.minimum(B_TEXTS, Bb - j0) * tiles):
+        j = j0 + step // tiles
+        m0 = (step % tiles) * BLOCK_M
+        first = m0 == 0
+        # The last tile of text j, as vectors (row-wise and text-wise): Triton's interpreter
+        # refuses a scalar condition inside a store mask.
+        last_row = (m0 + BLOCK_M + token * 0) >= Lb
+        last_text = (m0 + BLOCK_M + block_texts * 0) >= Lb
+        best = tl.where(first, float("-inf"), best)
+        b2a_total = tl.where(first, 0.0, b2a_total)
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < Lb
         if ONE_D_TILE:
@@ -381,6 +412,7 @@ def _forward_kernel(
                 if UPCAST:
                     a, b = a.to(tl.float32), b.to(tl.float32)
                 sims = tl.dot(a, tl.trans(b), sims, input_precision=PRECISION)
+        total = tl.zeros((TEXTS,), tl.float32)
         if A2B:
             # -inf, not 0, for masked b tokens: they must lose even against negative cosines.
             b_ok = tl.load(b_mask_ptr + j * Lb + m, mask=m_ok, other=0) != 0
@@ -388,26 +420,24 @@ def _forward_kernel(
             better = tile_best > best  # strict: the first of equal maxima wins, as in torch
             best_at = tl.where(better, tile_at + m0, best_at)
             best = tl.where(better, tile_best, best)
+            # Every b text has a real token, so a real row's max is finite by the last tile;
+            # padding rows weigh 0.
+            total += tl.sum(tl.reshape(tl.where(a_weight > 0, best, 0.0) * a_weight, (TEXTS, BLOCK_L)), axis=1)
+            if STORE:
+                tl.store(a_best_ptr + (text * Bb + j) * La + token, best_at.to(a_best_ptr.dtype.element_ty),
+                         mask=row_ok & last_row)
         if B2A:
             masked = tl.where(a_ok[:, None], sims, float("-inf"))
             col_best, col_at = tl.max(tl.reshape(masked, (TEXTS, BLOCK_L, BLOCK_M)), axis=1, return_indices=True)
             weight = tl.load(b_weight_ptr + j * Lb + m, mask=m_ok, other=0.0)
             # A masked b token, or a padding text of the block, saw only -inf: weight 0 must not make NaN.
             b2a_total += tl.sum(tl.where(weight[None, :] > 0, col_best, 0.0) * weight[None, :], axis=1)
+            total += b2a_total
             if STORE:
                 at_ptr = b_best_ptr + (block_texts[:, None] * Bb + j) * Lb + m[None, :]
                 at_ok = (block_texts < Ba)[:, None] & m_ok[None, :]
                 tl.store(at_ptr, col_at.to(b_best_ptr.dtype.element_ty), mask=at_ok)
-    total = b2a_total
-    if A2B:
-        weight = tl.load(a_weight_ptr + a_row, mask=row_ok, other=0.0)
-        # Every b text has a real token, so a real row's max is finite; padding rows weigh 0.
-        a2b = tl.where(weight > 0, best, 0.0) * weight
-        total += tl.sum(tl.reshape(a2b, (TEXTS, BLOCK_L)), axis=1)
-        if STORE:
-            at_ptr = a_best_ptr + (text * Bb + j) * La + token
-            tl.store(at_ptr, best_at.to(a_best_ptr.dtype.element_ty), mask=row_ok)
-    tl.store(scores_ptr + block_texts * Bb + j, total, mask=block_texts < Ba)
+        tl.store(scores_ptr + block_texts * Bb + j, total, mask=(block_texts < Ba) & last_text)
 
 
 @triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS"])

@@ -747,10 +747,13 @@ def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, l
     that straddle texts), b texts of 150 tokens (3 tiles of 64), D = 200 (several tiles; D =
     24 is one, with the a block loaded once), the loops over texts split over programs in the
     backward pass (as on a GPU with many multiprocessors), long lists of tokens that picked
-    one token summed in parts; and a texts of 150 tokens, one per forward program. Both
-    backward paths: atomic adds and the deterministic one."""
+    one token summed in parts; and a texts of 150 tokens, one per forward program. Forward
+    programs take several b texts each, the last group short. Both backward paths: atomic
+    adds and the deterministic one."""
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
     monkeypatch.setattr(maxsim_triton, "COLLECT_PART", 32)  # long source lists cut into parts, as on long texts
+    # Forward programs of 3 b texts (the last of 4 texts alone), as on a GPU with a large batch.
+    monkeypatch.setattr(maxsim_triton, "_b_texts_per_program", lambda x, bb, a_blocks: min(bb, 3))
     g = torch.Generator().manual_seed(7)
     am, bm = torch.rand(ba, la, generator=g) < 0.8, torch.rand(bb, lb, generator=g) < 0.8
     am[:, 3], bm[:, lb - 1] = True, True  # every text keeps a token; the last tile's last token is real
