@@ -24,6 +24,8 @@ OUT="${OUT:-benchmarks/results}"
 SITE="${SITE:-/tmp/maxsim-site}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
+# cuBLAS under torch.use_deterministic_algorithms(True) (the deterministic rows): as Lightning sets it.
+export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
 mkdir -p "$OUT" "$SITE"
 if compgen -G "benchmarks/wheels/*" > /dev/null; then
     # Into a folder of their own, --no-deps: the image's torch, triton and transformers stay as they are.

@@ -9,7 +9,8 @@ Implementations, each scoring every query against every document of the batch
 
 * ``ours-triton`` (GPU only), ``ours-chunked``, ``ours-dense``: the
   ``lightning_modules.maxsim.maxsim_matrix`` backends; ``ours-triton-deterministic``: the
-  triton backend under ``torch.use_deterministic_algorithms(True)`` (its sorted backward);
+  triton backend under ``torch.use_deterministic_algorithms(True)`` (its sorted backward;
+  that mode also fills uninitialised memory, as deterministic training would);
 * ``naive-einsum``: one einsum, max, sum (what Stanford ColBERT and PyLate's torch path do);
 * ``pylate``: ``pylate.scores.colbert_scores`` (PyLate 1.6, installed with ``--no-deps``);
 * ``sentence-transformers``: ``multi_vector_encoder.scoring.colbert.maxsim`` (v6);

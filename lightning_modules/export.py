@@ -184,7 +184,10 @@ def _load_checkpoint(path: Path) -> LateInteractionModel:
                              f"{str(error).splitlines()[0] if str(error) else ''})") from error
     if checkpoint.get("hyper_parameters", {}).get("model_name_or_path") is None:
         raise ModelLoadError(f"{path}: not a maxsim-lightning checkpoint (no MaxSimModule hyperparameters)")
-    module = MaxSimModule(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    if "maxsim_backend" in hparams:  # saved before the engine's settings moved under model.maxsim
+        hparams["maxsim"] = {"backend": hparams.pop("maxsim_backend")}
+    module = MaxSimModule(**hparams)
     module.on_load_checkpoint(checkpoint)  # fills keys that older checkpoints lack
     try:
         module.load_state_dict(checkpoint["state_dict"])

@@ -8,7 +8,9 @@ runs in-batch scoring through it, so the same training can be timed on our kerne
 theirs. The other directions and reductions are built from the same call: ``b2a`` swaps
 the sides, ``mean`` divides by each text's number of real tokens, ``both`` averages the
 two directions (two calls). CUDA tensors of float32, bf16 or fp16 only; gradients are
-theirs (their default backward strategy).
+theirs (their default backward strategy). Their kernels multiply float32 inputs in fp16
+(version 0.4.5, ``_utils.pick_compute_dtype``), where ours multiply float32 in IEEE float32:
+compare the two in bf16, the dtype of mixed-precision training.
 """
 
 from __future__ import annotations

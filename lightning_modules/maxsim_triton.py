@@ -84,12 +84,13 @@ def runs_on(x: torch.Tensor) -> bool:
 
 def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the kernels take these inputs: float32/bf16/fp16 of one dtype, a texts of at most
-    ``MAX_A_TOKENS`` tokens, and index tensors whose offsets fit int32. (The caller hands the
-    others to the chunked backend.)"""
+    ``MAX_A_TOKENS`` tokens, b texts of at most 65535, and index tensors whose offsets fit
+    int32. (The caller hands the others to the chunked backend.)"""
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
     texts = forward_config(la, lb, dim, a.dtype, "both", store=False)["TEXTS"]
-    launchable = triton.cdiv(ba, texts) <= 65535  # the forward grid's axis 1
+    # Grid axis 1 allows 65535 programs: the forward's blocks of a texts, the sorted backward's b tokens.
+    launchable = triton.cdiv(ba, texts) <= 65535 and lb <= 65535
     return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small and launchable
 
 
@@ -154,15 +155,18 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     a max reads its best match and adds its own vector to that match's gradient, with float32
     atomic adds (fast; the order of the adds, and so the last bits, vary from run to run).
 
-    Returns ``grad_a (Ba * La, D)`` and ``grad_b (Bb * Lb, D)`` float32 (zeros where not wanted).
+    Returns ``grad_a (Ba * La, D)`` and ``grad_b (Bb * Lb, D)`` float32 (``None`` where not wanted).
     """
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     config = backward_config(lb, dim, a.dtype, direction)
     rows, block_d = config["ATOMIC_ROWS"], config["BLOCK_D"]
     launch = {"num_warps": config["atomic_warps"], "num_stages": config["num_stages"]}
     d_tiles = triton.cdiv(dim, block_d)
-    grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device)
-    grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device)
+    # Only the wanted gradients get a buffer (a frozen corpus on the b side must not cost a
+    # float32 copy of itself); the kernels never touch the placeholder.
+    placeholder = torch.empty(1, dtype=torch.float32, device=a.device)
+    grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device) if want_a else placeholder
+    grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device) if want_b else placeholder
     wanted = dict(GRAD_A=want_a, GRAD_B=want_b, ROWS=rows, BLOCK_D=block_d, **launch)
     if direction in ("a2b", "both"):  # a tokens took maxima over b tokens
         blocks = triton.cdiv(ba * la, rows)
@@ -173,10 +177,11 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     if direction in ("b2a", "both"):  # b tokens took maxima over the tokens of each a text
         blocks = triton.cdiv(lb, rows)
         splits = _splits(a, bb * blocks * d_tiles, ba)
-        _atomic_b2a_kernel[(bb, blocks, splits * d_tiles)](
-            a, b, b_weight, b_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, d_tiles, **wanted,
+        # (b text, block of its tokens) flattened on axis 0, which allows 2^31 - 1 programs; axis 1 only 65535.
+        _atomic_b2a_kernel[(bb * blocks, splits * d_tiles)](
+            a, b, b_weight, b_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, d_tiles, blocks, **wanted,
         )  # fmt: skip
-    return grad_a, grad_b
+    return (grad_a if want_a else None), (grad_b if want_b else None)
 
 
 def _splits(x: torch.Tensor, programs: int, loop: int) -> int:
@@ -512,16 +517,16 @@ def _atomic_a2b_kernel(
         tl.atomic_add(grad_a_ptr + row[:, None] * D + d[None, :], acc, mask=ok, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS", "D_TILES"])
+@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS", "D_TILES", "M_TILES"])
 def _atomic_b2a_kernel(
     a_ptr, b_ptr, b_weight_ptr, b_best_ptr, grad_ptr, grad_a_ptr, grad_b_ptr, Ba, Bb, La, Lb, D, SPLITS, D_TILES,
-    GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    M_TILES, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Direction b2a, ROWS tokens of b text j, BLOCK_D dims, the a texts ``split, split + SPLITS,
     ...``: each b token reads its best token in a text i (``grad_b``) and adds its own vector to
     that token's gradient (``grad_a``), both weighted by ``grad[i, j] * b_weight``."""
-    j, m_tile = tl.program_id(0), tl.program_id(1)
-    split, d_tile = tl.program_id(2) // D_TILES, tl.program_id(2) % D_TILES
+    j, m_tile = tl.program_id(0) // M_TILES, tl.program_id(0) % M_TILES
+    split, d_tile = tl.program_id(1) // D_TILES, tl.program_id(1) % D_TILES
     m = m_tile * ROWS + tl.arange(0, ROWS)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
     b_weight = tl.load(b_weight_ptr + j * Lb + m, mask=m < Lb, other=0.0)

@@ -209,7 +209,7 @@ def test_export_cli(tmp_path, compose_cfg):
     assert not (tmp_path / f"{out.name}2").exists()
 
 
-def test_old_checkpoints_without_thresholds_load_and_overwrite_spares_other_folders(tmp_path, minilm_path, compose_cfg):
+def test_old_checkpoints_without_thresholds_or_engine_settings_load_and_overwrite_spares_other_folders(tmp_path, minilm_path, compose_cfg):
     from lightning_modules.module import MaxSimModule
 
     cfg = compose_cfg(["model=tiny"], tmp_path)
@@ -217,8 +217,11 @@ def test_old_checkpoints_without_thresholds_load_and_overwrite_spares_other_fold
     module = MaxSimModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     state = {k: v for k, v in module.state_dict().items() if k != "decision_thresholds"}  # as saved before
     saved = tmp_path / "old.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": state}, saved)
+    # As saved before model.maxsim existed: the backend as a flat key.
+    old_hparams = {k: v for k, v in module.hparams.items() if k != "maxsim"} | {"maxsim_backend": "chunked"}
+    torch.save({"hyper_parameters": old_hparams, "state_dict": state}, saved)
     model = load_pretrained(saved)
+    assert model.backend == "chunked"
     assert _max_difference(module.model.eval().encode(TEXTS), model.eval().encode(TEXTS)) == 0.0
     run_folder = tmp_path / "run"
     (run_folder / "checkpoints").mkdir(parents=True)
