@@ -1,14 +1,14 @@
 """The ``triton`` backend of ``maxsim_matrix``: fused kernels for the hard-max MaxSim.
 
 Forward, one program per (block of ``a`` texts, group of up to ``FORWARD_B_TEXTS`` ``b``
-texts): the ``a`` block's token vectors (loaded once when they fit one tile along D) meet
-the ``b`` texts in tiles of ``BLOCK_M`` tokens, streamed through one pipelined loop over
-the tiles of every text of the group; each tile of similarities lives
-only in registers (float32 accumulation), where it updates each ``a`` token's running max
-and argmax (direction a2b) and gives each ``b`` token its max over every ``a`` text of the
+texts): the ``a`` block's token vectors (loaded once when they fit one tile along D)
+meet the ``b`` texts in tiles of ``BLOCK_M`` tokens, streamed through one pipelined loop
+over the tiles of every text of the group; each tile of similarities lives only in
+registers (float32 accumulation), where it updates each ``a`` token's running max and
+argmax (direction a2b) and gives each ``b`` token its max over every ``a`` text of the
 block (direction b2a). What reaches memory is the ``(Ba, Bb)`` scores and the index of
-each token's best match: ``(Ba, Bb, La)`` and/or ``(Ba, Bb, Lb)``, int16 while the matched
-side has fewer than 2^15 tokens.
+each token's best match: ``(Ba, Bb, La)`` and/or ``(Ba, Bb, Lb)``, int16 while the
+matched side has fewer than 2^15 tokens.
 
 Backward, from those indices alone: the gradient of a max flows to the winning pair of
 tokens only, so no matrix product is needed. Two paths, as torch's own scatter-adds:
