@@ -184,10 +184,12 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     return (grad_a if want_a else None), (grad_b if want_b else None)
 
 
-def _splits(x: torch.Tensor, programs: int, loop: int) -> int:
-    """Into how many parts to split a kernel's loop over texts so that about ``ATOMIC_PROGRAMS``
-    programs per multiprocessor share the work (small batches would leave most of a GPU idle)."""
-    return max(1, min(loop, triton.cdiv(ATOMIC_PROGRAMS * _parallel_units(x), programs)))
+def _splits(x: torch.Tensor, programs: int, loop: int, per_unit: int | None = None) -> int:
+    """Into how many parts to split a kernel's loop over ``loop`` texts so that about ``per_unit``
+    (default ``ATOMIC_PROGRAMS``) programs per multiprocessor share the work (small batches
+    would leave most of a GPU idle)."""
+    per_unit = ATOMIC_PROGRAMS if per_unit is None else per_unit
+    return max(1, min(loop, triton.cdiv(per_unit * _parallel_units(x), programs)))
 
 
 def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, want_a, want_b):
@@ -211,7 +213,7 @@ def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
             row_blocks = triton.cdiv(ba * la, blocks["ROWS"])
             # Few row blocks (a small batch) would leave most of a GPU idle: split the b
             # texts across programs and add the partial sums (in a fixed order: deterministic).
-            splits = max(1, min(bb, triton.cdiv(4 * _parallel_units(a), row_blocks * d_tiles)))
+            splits = _splits(a, row_blocks * d_tiles, bb, per_unit=4)
             partial = torch.empty(splits, ba * la, dim, dtype=torch.float32, device=a.device)
             _gather_a_kernel[(row_blocks, splits, d_tiles)](
                 b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **gather,
@@ -290,7 +292,7 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     block_l = max(16, triton.next_power_of_2(la))
     texts = max(1, FORWARD_ROWS // block_l)
     fp32 = dtype == torch.float32
-    block_d = _block(dim, BLOCK_D // 2 if fp32 else BLOCK_D)
+    block_d = _block_d(dim, dtype)
     one_d_tile = dim <= block_d
     return dict(
         A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), STORE=store, TEXTS=texts,
@@ -306,17 +308,22 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
     Atomic pass (the default): ATOMIC_ROWS tokens a program, ``atomic_warps`` warps. Each
     program streams one vector per token and text, so it is narrow: late-interaction-kernels
     reports 1-2 warps as the H100 optimum for such programs, and registers grow with the
-    elements each thread holds (``triton_compile_check.py``: 56 at 4 rows, 236 at 16 rows
-    of 128 dims on 2 warps), which caps the programs a multiprocessor runs at once.
-    ``benchmarks/triton_tune.py`` sweeps these settings on a GPU. Deterministic pass: ROWS flat a tokens (``_gather_a_kernel``),
-    BLOCK_M b tokens (``_gather_b_kernel``), COLLECT_CHUNK sources a step (``_collect_kernel``).
+    elements each thread holds (``triton_compile_check.py``: 56 at 4 rows, 236 at 16 rows of
+    128 dims on 2 warps), which caps the programs a multiprocessor runs at once.
+    ``benchmarks/triton_tune.py`` sweeps these settings on a GPU. Deterministic pass: ROWS
+    flat a tokens (``_gather_a_kernel``), BLOCK_M b tokens (``_gather_b_kernel``),
+    COLLECT_CHUNK sources a step (``_collect_kernel``).
     """
-    fp32 = dtype == torch.float32
     return dict(
-        ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block(dim, BLOCK_D // 2 if fp32 else BLOCK_D),
+        ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block_d(dim, dtype),
         num_warps=4, num_stages=2, COLLECT_CHUNK=16, collect_warps=4, collect_stages=3,
         ATOMIC_ROWS=ATOMIC_ROWS, atomic_warps=2,
     )  # fmt: skip
+
+
+def _block_d(dim: int, dtype: torch.dtype) -> int:
+    """Vector dims per tile: up to 128 (ColBERT's D in one step), 64 for float32 operands (the same bytes)."""
+    return _block(dim, BLOCK_D // 2 if dtype == torch.float32 else BLOCK_D)
 
 
 def _block(n: int, cap: int) -> int:
