@@ -51,7 +51,8 @@ def pointers(dtype: str) -> dict:
 
 
 KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather_b": "_gather_b_kernel",
-           "collect": "_collect_kernel", "atomic_a2b": "_atomic_a2b_kernel", "atomic_b2a": "_atomic_b2a_kernel"}
+           "collect": "_collect_kernel", "atomic_a2b": "_atomic_a2b_kernel", "atomic_b2a": "_atomic_b2a_kernel",
+           "onehot": "_onehot_b_kernel"}
 
 
 def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
@@ -63,6 +64,10 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
         if kind == "collect":  # as _collect launches it
             config = {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
                       "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
+        elif kind == "onehot":  # as _onehot_grad_b launches it
+            config = {"TEXTS": blocks["ONEHOT_TEXTS"], "TOKENS": blocks["ONEHOT_TOKENS"],
+                      "CHUNK": mt._block(la, blocks["ONEHOT_CHUNK"]), "BLOCK_D": blocks["BLOCK_D"], "UPCAST": False,
+                      "num_warps": blocks["onehot_warps"], "num_stages": blocks["onehot_stages"]}
         elif kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
             config = {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
                       "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
@@ -111,7 +116,8 @@ def main() -> None:
     cases = [(kind, dtype, la, 300, 128, "both")
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
-             for kind in KERNELS]
+             for kind in KERNELS
+             if kind != "onehot" or mt.backward_config(300, 128, dtype, "both")["ONEHOT_A2B"]]  # 16-bit inputs only
     cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}")

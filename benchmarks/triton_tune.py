@@ -1,12 +1,13 @@
 """Launch settings of the triton MaxSim kernels, timed on a GPU against late-interaction-kernels.
 
     python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
-    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, and the peers only
+    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, atomic b side, peers
 
 For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
-program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic backward program, the
-deterministic path's gather and collect programs): the median time of the forward pass
-and of forward+backward, and the largest difference of its gradients from the chunked
+program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic
+backward program, the one-hot b-side programs or none, the deterministic path's gather and
+collect programs): the median time of the forward pass and of forward+backward, and the
+largest difference of its gradients from the chunked
 backend in float32 on a smaller ragged batch (direction "both", mean), so that a fast but
 wrong variant shows. late-interaction-kernels and the naive einsum are timed in the same
 run; the table gives each time as a ratio to late-interaction-kernels'. JSON to ``--out``.
@@ -35,6 +36,8 @@ from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 VARIANTS = [
     ("default", {}, {}, False),
     ("deterministic", {}, {}, True),
+    ("atomic b side (no one-hot)", {}, {"ONEHOT_A2B": False}, False),
+    ("deterministic, sorted b side (no one-hot)", {}, {"ONEHOT_A2B": False}, True),
     ("fwd 256 rows (8 warps)", {"FORWARD_ROWS": 256}, {}, False),  # FORWARD_*: module constants
     ("fwd 1 b text a program", {"FORWARD_B_TEXTS": 1}, {}, False),
     ("fwd 4 b texts a program", {"FORWARD_B_TEXTS": 4}, {}, False),
@@ -42,6 +45,9 @@ VARIANTS = [
     ("fwd 2 stages", {"num_stages": 2}, {}, False),
     ("fwd 4 stages", {"num_stages": 4}, {}, False),
     ("fwd 128-token b tiles, 8 warps", {"BLOCK_M": 128, "num_warps": 8}, {}, False),
+    ("one-hot 1 b text a program, 4 warps", {}, {"ONEHOT_TEXTS": 1, "onehot_warps": 4}, False),
+    ("one-hot 4 b texts a program, 64 dims a tile", {}, {"ONEHOT_TEXTS": 4, "BLOCK_D": 64}, False),
+    ("one-hot 2 stages", {}, {"onehot_stages": 2}, False),
     ("atomic 1 row, 1 warp", {}, {"ATOMIC_ROWS": 1, "atomic_warps": 1}, False),
     ("atomic 2 rows, 1 warp", {}, {"ATOMIC_ROWS": 2, "atomic_warps": 1}, False),
     ("atomic 8 rows, 4 warps", {}, {"ATOMIC_ROWS": 8, "atomic_warps": 4}, False),
@@ -51,7 +57,7 @@ VARIANTS = [
     ("deterministic, collect on 1 warp", {}, {"collect_warps": 1}, True),
     ("deterministic, collect on 2 warps, 8 a step", {}, {"collect_warps": 2, "COLLECT_CHUNK": 8}, True),
 ]
-QUICK = ("default", "deterministic")
+QUICK = ("default", "deterministic", "atomic b side (no one-hot)")
 # A GPU; or, for a smoke run of this script, the CPU under TRITON_INTERPRET=1 with tiny shapes.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -119,7 +125,7 @@ def main() -> None:
     parser.add_argument("--query-tokens", type=int, default=32)
     parser.add_argument("--document-tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="only the default settings, both backward paths")
+    parser.add_argument("--quick", action="store_true", help="only the defaults (both backward paths) and the atomic b side")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_tune.json"))
     args = parser.parse_args()
     variants = [v for v in VARIANTS if v[0] in QUICK] if args.quick else VARIANTS

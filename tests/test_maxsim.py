@@ -832,6 +832,56 @@ def test_triton_backward_against_a_frozen_side(frozen, exact_order, backend):
 
 
 @pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_triton_one_hot_b_gradient_is_exact_for_16_bit_inputs(dtype, exact_order, backend, monkeypatch):
+    """Direction a2b's b side for 16-bit inputs: each b token's gradient as products of exact 0/1
+    matrices with the a vectors (``_onehot_b_kernel``), taken by both backward paths. Its float32
+    result, before the cast to the inputs' dtype, must be the float64 sum over the same 16-bit
+    values to float32 accuracy. The shapes cover 3 b texts in programs of 2 (the last group
+    short), 150 tokens in tiles of 64 (the last partial), a texts of 40 tokens in chunks of 16
+    (the last partial), masked a tokens (which must add nothing), the mean's per-text weights,
+    D = 200 in tiles of 128, and the a texts split over programs (as on a GPU with many
+    multiprocessors)."""
+    monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
+    config = maxsim_triton.backward_config
+    monkeypatch.setattr(maxsim_triton, "backward_config", lambda *args: {**config(*args), "ONEHOT_CHUNK": 16})
+    results = []
+    original = maxsim_triton._onehot_grad_b
+    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: results.append(original(*args)) or results[-1])
+    ba, la, bb, lb, d = 5, 40, 3, 150, 200
+    g = torch.Generator().manual_seed(11)
+    am, bm = torch.rand(ba, la, generator=g) < 0.7, torch.rand(bb, lb, generator=g) < 0.8
+    am[:, 0], bm[:, 0] = True, True
+    a = random_vectors((ba, la, d), am, 5, torch.float64).to(dtype)  # garbage in masked tokens: it must not count
+    b = random_vectors((bb, lb, d), bm, 6, torch.float64).to(dtype)
+    weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
+    x, y = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    with deterministic(exact_order):
+        got = maxsim_matrix(x, am.to(DEVICE), y, bm.to(DEVICE), direction="a2b", reduction="mean", backend=backend)
+        (grad_b,) = torch.autograd.grad(got, y, weights.float().to(DEVICE))
+    assert len(results) == 1, "the one-hot kernel was not used"
+    x64, y64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
+    want = maxsim_matrix(x64, am, y64, bm, direction="a2b", reduction="mean", backend="dense")
+    (want_b,) = torch.autograd.grad(want, y64, weights)
+    torch.testing.assert_close(results[0].cpu().double().view_as(want_b), want_b, **TOL[torch.float32])
+    assert grad_b.dtype == dtype
+    torch.testing.assert_close(grad_b.cpu(), results[0].cpu().view_as(want_b).to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_float32_gradients_do_not_take_the_one_hot_kernel(backend, monkeypatch):
+    # Tensor cores would take float32 vectors as TF32 (or be slow in IEEE float32): atomic adds or sorted sums instead.
+    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: pytest.fail("one-hot kernel on float32 input"))
+    a, am, b, bm = _build((3, 4, 5, 16, torch.ones(3, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool), 4),
+                          torch.float32)
+    a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    for exact_order in (False, True):
+        with deterministic(exact_order):
+            torch.autograd.grad(maxsim_matrix(a, am.to(DEVICE), b, bm.to(DEVICE), backend=backend).sum(), (a, b))
+
+
+@pytest.mark.parametrize("backend", [TRITON])
 def test_triton_gradients_are_deterministic(backend):
     # On a GPU, a shape where atomics would race (64 texts of 300 tokens); tiny in the interpreter.
     ba, la, bb, lb, d = (64, 32, 64, 300, 128) if DEVICE == "cuda" else (5, 7, 6, 9, 16)
