@@ -50,6 +50,7 @@ test: install interop-env
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
 	$(PY) benchmarks/triton_compile_check.py
+	$(PY) benchmarks/triton_sass.py  # ours; late-interaction-kernels' too where it imports
 	-$(PY) benchmarks/contrastive_batch.py  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 

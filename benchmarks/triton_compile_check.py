@@ -55,38 +55,48 @@ KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather
            "onehot": "_onehot_b_kernel"}
 
 
-def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
-    kernel = getattr(mt, KERNELS[kind])
+def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str) -> dict:
+    """The constants and launch options the backend gives kernel ``kind`` for these shapes."""
     if kind == "forward":
-        config = mt.forward_config(la, lb, dim, dtype, direction, store=True)
-    else:
-        blocks = mt.backward_config(lb, dim, dtype, direction)
-        if kind == "collect":  # as _collect launches it
-            config = {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
-                      "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
-        elif kind == "onehot":  # as _onehot_grad_b launches it
-            config = {"TEXTS": blocks["ONEHOT_TEXTS"], "TOKENS": blocks["ONEHOT_TOKENS"],
-                      "CHUNK": mt._block(la, blocks["ONEHOT_CHUNK"]), "BLOCK_D": blocks["BLOCK_D"], "UPCAST": False,
-                      "num_warps": blocks["onehot_warps"], "num_stages": blocks["onehot_stages"]}
-        elif kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
-            config = {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
-                      "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
-        else:
-            config = {k: blocks[k] for k in ("ROWS", "BLOCK_M", "BLOCK_D", "num_warps", "num_stages")}
-    constants = {k: v for k, v in config.items() if k not in LAUNCH}
-    types = pointers(TYPES[dtype])
+        return mt.forward_config(la, lb, dim, dtype, direction, store=True)
+    blocks = mt.backward_config(lb, dim, dtype, direction)
+    if kind == "collect":  # as _collect launches it
+        return {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
+                "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
+    if kind == "onehot":  # as _onehot_grad_b launches it
+        return {"TEXTS": blocks["ONEHOT_TEXTS"], "TOKENS": blocks["ONEHOT_TOKENS"],
+                "CHUNK": mt._block(la, blocks["ONEHOT_CHUNK"]), "BLOCK_D": blocks["BLOCK_D"], "UPCAST": False,
+                "num_warps": blocks["onehot_warps"], "num_stages": blocks["onehot_stages"]}
+    if kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
+        return {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
+                "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
+    return {k: blocks[k] for k in ("ROWS", "BLOCK_M", "BLOCK_D", "num_warps", "num_stages")}
+
+
+def build(kernel, config: dict, types: dict, arch: int, aligned=("D",), ones=()):
+    """Compile a ``@triton.jit`` kernel ahead of time: ``config`` holds its constants and launch
+    options, ``types`` the element types of its pointer arguments (any other argument is an
+    int32). As Triton specialises at run time: pointers are 16-byte aligned, so are the integer
+    arguments named in ``aligned`` (D = 128 divides by 16; our kernels do not specialise on
+    sizes), and those named in ``ones`` are the constant 1 (a contiguous tensor's last stride)."""
+    constants = {**{k: v for k, v in config.items() if k not in LAUNCH}, **{name: 1 for name in ones}}
     signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in kernel.arg_names}
-    # As at run time: pointers are 16-byte aligned, D = 128 divides by 16 (sizes are not specialised on).
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
-             if name.endswith("_ptr") or (name == "D" and dim % 16 == 0)}
+             if name.endswith("_ptr") or name in aligned}
     source = ASTSource(fn=kernel, signature=signature, attrs=attrs,
                        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 128 if arch >= 90 else 32),
+                          options={k: config[k] for k in LAUNCH})
+
+
+def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
+    config = launch_config(kind, dtype, la, lb, dim, direction)
     row = {"kernel": kind, "dtype": TYPES[dtype], "La": la, "Lb": lb, "D": dim, "direction": direction,
            **{k: config[k] for k in LAUNCH}}
     start = time.perf_counter()
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 128 if arch >= 90 else 32),
-                                  options={k: config[k] for k in LAUNCH})
+        compiled = build(getattr(mt, KERNELS[kind]), config, pointers(TYPES[dtype]), arch,
+                         aligned=("D",) if dim % 16 == 0 else ())
     except Exception as error:  # the compiler's refusal is the finding
         return {**row, "status": f"compile error: {type(error).__name__}: {str(error)[:300]}"}
     shared = compiled.metadata.shared
