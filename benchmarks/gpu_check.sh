@@ -3,12 +3,14 @@
 #
 #   make gpu-wheels                         # here: what the GPU image lacks -> benchmarks/wheels/, .carry/minilm
 #   bash benchmarks/gpu_check.sh            # there, with benchmarks/wheels and .carry/minilm carried along
-#   bash benchmarks/gpu_check.sh quick tests bench   # some steps, in the order given (fits one 10-minute call)
+#   bash benchmarks/gpu_check.sh quick tests        # some steps, in the order given
 #
 # Steps (all by default, most decisive first, each under its own time limit; the six limits add
-# up to 20 minutes, so where a call may run 10 minutes, name the steps):
+# up to 20 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
+# "quick tests" (390 s), then "bench" (400 s), then "shapes ties tune" (450 s)):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
-#          default and deterministic backward against late-interaction-kernels (limit 150 s)
+#          default and deterministic backward, and the atomic b side instead of the one-hot
+#          products, against late-interaction-kernels (limit 150 s)
 #   tests  the MaxSim tests on CUDA (conftest.py leaves TRITON_INTERPRET unset on a GPU): the
 #          triton backend's, the lean backends' and the LightningModule's training step (limit 240 s)
 #   bench  benchmarks/maxsim.py in bf16: our backends, the naive einsum, sentence-transformers,

@@ -26,7 +26,8 @@ one process (a CUDA start per case would cost more than the cases) and peak extr
 memory is ``torch.cuda.max_memory_allocated`` above the inputs; an out-of-memory error
 is reported as such. Ratios compare with PyLate on CPU, and on a GPU the time with
 late-interaction-kernels and the memory with the naive einsum. Figures print as a
-table and go to ``benchmarks/results/maxsim[-cuda].json``. Timings are the median of ``--repeats``.
+table and go to ``benchmarks/results/maxsim[-cuda].json``. Timings are the median of ``--repeats``
+(on CPU, a single run at B = 512 unless ``--repeats`` is given).
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B in {32, 128}, Lb in {32, 180}")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (3 on CPU, 10 on a GPU)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per case (default 3 on CPU, 10 on a GPU); on CPU the B = 512 cases "
+                             "run once unless this is given (each takes seconds to minutes)")
     parser.add_argument("--budget-gb", type=float, default=16.0, help="CPU: the memory budget of the large cases")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/maxsim[-cuda].json)")
     args = parser.parse_args()
@@ -253,7 +256,8 @@ def main() -> None:
                 if device == "cuda":
                     rows.append(run_on_gpu(name, batch, lb, repeats, dtype))
                 else:
-                    rows.append(run_in_child(name, batch, lb, 1 if batch >= 512 else repeats, args.budget_gb))
+                    once = batch >= 512 and args.repeats is None
+                    rows.append(run_in_child(name, batch, lb, 1 if once else repeats, args.budget_gb))
                 print(format_table(rows[-1:], REFERENCES[device]).splitlines()[-1], flush=True)
     print()
     print(format_table(rows, REFERENCES[device]))

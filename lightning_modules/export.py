@@ -18,6 +18,7 @@ name beside ``DIR`` and renamed at the end, so a failure leaves nothing half-wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import string
@@ -35,6 +36,11 @@ from lightning_modules.model import LateInteractionModel, TextSettings
 OUR_CONFIG = "maxsim_lightning.json"
 FORMAT_VERSION = 1
 DENSE_DIR = "1_Dense"
+# In-batch engine backends that run only on a GPU with their package: a checkpoint that saved
+# one loads with auto (see _load_checkpoint).
+GPU_BACKENDS = ("triton", "late-interaction-kernels")
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -140,6 +146,10 @@ def _write_json(path: Path, value) -> None:
 def load_pretrained(path: str | Path) -> LateInteractionModel:
     """A ``LateInteractionModel`` from an exported directory or a ``.ckpt`` of a training run.
 
+    A checkpoint keeps the in-batch engine backend it was trained with, except a GPU-only one
+    (``GPU_BACKENDS``), which loads as ``auto``: that takes the fused kernels on a GPU and
+    still scores on a machine without one (set ``model.backend`` to choose).
+
     Raises:
         ModelLoadError: the path does not exist, is neither of ours, or its weights are
             corrupt or truncated; the message says what was expected.
@@ -187,6 +197,12 @@ def _load_checkpoint(path: Path) -> LateInteractionModel:
     hparams = dict(checkpoint["hyper_parameters"])
     if "maxsim_backend" in hparams:  # saved before the engine's settings moved under model.maxsim
         hparams["maxsim"] = {"backend": hparams.pop("maxsim_backend")}
+    engine = dict(hparams.get("maxsim") or {})
+    if engine.get("backend") in GPU_BACKENDS:
+        # How the training run computed, on its GPU: auto takes the fused kernels wherever a GPU
+        # is, and loads (and scores) on a machine without one or without the package.
+        log.info("%s: trained with model.maxsim.backend=%s; loaded with auto", path, engine["backend"])
+        hparams["maxsim"] = {**engine, "backend": "auto"}
     module = MaxSimModule(**hparams)
     module.on_load_checkpoint(checkpoint)  # fills keys that older checkpoints lack
     try:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lightning_modules.data.collate import pad_token_ids
 from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
-from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
+from lightning_modules.maxsim import BACKENDS, maxsim_matrix, maxsim_pairwise
 
 # Inputs longer than this many texts show a progress bar (unless told otherwise).
 PROGRESS_THRESHOLD = 1024
@@ -48,8 +48,9 @@ class LateInteractionModel(nn.Module):
         direction: ``"both"`` (symmetric, for STS), ``"a2b"`` (ColBERT) or ``"b2a"``.
         reduction: ``"mean"`` (bounded in [-1, 1]) or ``"sum"`` (ColBERT).
         temperature: ``None`` for the hard max, or the smooth-max temperature.
-        backend: how ``score_matrix`` computes MaxSim: ``"auto"``, ``"dense"`` or
-            ``"chunked"`` (see ``lightning_modules.maxsim``).
+        backend: how ``score_matrix`` computes MaxSim, one of ``maxsim.BACKENDS``: ``"auto"``,
+            ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"`` (see
+            ``lightning_modules.maxsim``).
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
     """
 
@@ -68,6 +69,8 @@ class LateInteractionModel(nn.Module):
         self.reduction = reduction
         self.temperature = temperature
         self.text_settings = text_settings or TextSettings()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
 
     @classmethod

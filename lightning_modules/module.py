@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,7 +15,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
-from lightning_modules.maxsim import BACKENDS
+from lightning_modules import maxsim_lik
+from lightning_modules.maxsim import BACKENDS, triton_installed
 from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 from lightning_modules.model import LateInteractionModel
 
@@ -40,8 +42,9 @@ class MaxSimModule(pl.LightningModule):
     MaxSim (see ``lightning_modules.maxsim``): what the score is, ``direction``,
     ``reduction``, ``temperature``; and how the engine computes in-batch score matrices,
     ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys that change the scores by rounding at
-    most: ``backend`` (``auto``: the fused triton kernels on a GPU; on CPU dense for
-    small matrices and the memory-lean chunked backend for large ones). The triton
+    most: ``backend`` (``auto``: the fused triton kernels on a GPU of compute capability 8.0
+    or newer, when Triton is installed and the kernels take the inputs; otherwise dense
+    for small matrices and the memory-lean chunked backend for large ones). The triton
     backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
@@ -305,14 +308,24 @@ def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tupl
 
 
 def _engine_settings(maxsim: dict[str, Any] | None) -> dict[str, Any]:
-    """``ENGINE_DEFAULTS`` updated with ``maxsim``; unknown keys and backends are refused here,
-    at construction, rather than at the first in-batch step."""
+    """``ENGINE_DEFAULTS`` updated with ``maxsim``. Refused here, at construction rather than at
+    the first in-batch step: anything but a mapping, unknown keys and backend names, and a
+    backend whose package is not installed. (Whether the tensors are on a GPU, which the
+    triton and late-interaction-kernels backends need, is known only when they are scored.)"""
+    if maxsim is not None and not isinstance(maxsim, Mapping):
+        raise ValueError(f"model.maxsim must be a mapping of engine settings such as {{backend: auto}}, got "
+                         f"{maxsim!r}; to choose a backend: model.maxsim.backend=<name>")
     settings = {**ENGINE_DEFAULTS, **(maxsim or {})}
     unknown = sorted(set(settings) - set(ENGINE_DEFAULTS))
     if unknown:
         raise ValueError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
     if settings["backend"] not in BACKENDS:
         raise ValueError(f"model.maxsim.backend must be one of {BACKENDS}, got {settings['backend']!r}")
+    if settings["backend"] == "triton" and not triton_installed():
+        raise ValueError("model.maxsim.backend=triton needs the triton package: pip install 'maxsim-lightning[triton]'")
+    if settings["backend"] == "late-interaction-kernels" and not maxsim_lik.installed():
+        raise ValueError("model.maxsim.backend=late-interaction-kernels needs that package: "
+                         "pip install late-interaction-kernels")
     return settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import hydra
@@ -178,10 +179,19 @@ def test_maxsim_backend_is_chosen_in_config_and_reaches_the_model(compose_cfg, t
 
 
 @pytest.mark.parametrize("override, message", [("model.maxsim.backend=fused", "must be one of"),
-                                               ("+model.maxsim.chunk=1", "unknown key")])
+                                               ("+model.maxsim.chunk=1", "unknown key"),
+                                               ("model.maxsim=dense", "must be a mapping.*model.maxsim.backend=")])
 def test_bad_maxsim_engine_settings_fail_at_instantiation(compose_cfg, tmp_path, override, message):
     cfg = compose_cfg(["model=tiny", override], tmp_path)
     with pytest.raises(InstantiationException, match=message):
+        hydra.utils.instantiate(cfg.model)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("late_interaction_kernels") is not None,
+                    reason="late-interaction-kernels is installed here")
+def test_a_backend_whose_package_is_missing_fails_at_instantiation(compose_cfg, tmp_path):
+    cfg = compose_cfg(["model=tiny", "model.maxsim.backend=late-interaction-kernels"], tmp_path)
+    with pytest.raises(InstantiationException, match="pip install late-interaction-kernels"):
         hydra.utils.instantiate(cfg.model)
 
 

@@ -222,6 +222,13 @@ def test_old_checkpoints_without_thresholds_or_engine_settings_load_and_overwrit
     torch.save({"hyper_parameters": old_hparams, "state_dict": state}, saved)
     model = load_pretrained(saved)
     assert model.backend == "chunked"
+    # A run trained with a GPU-only backend loads with auto, and scores here, on the CPU.
+    gpu_run = tmp_path / "gpu.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams) | {"maxsim": {"backend": "triton"}}, "state_dict": state},
+               gpu_run)
+    on_cpu = load_pretrained(gpu_run)
+    assert on_cpu.backend == "auto"
+    assert on_cpu.eval().similarity_matrix(TEXTS, TEXTS).shape == (len(TEXTS), len(TEXTS))
     assert _max_difference(module.model.eval().encode(TEXTS), model.eval().encode(TEXTS)) == 0.0
     run_folder = tmp_path / "run"
     (run_folder / "checkpoints").mkdir(parents=True)
