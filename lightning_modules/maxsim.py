@@ -26,7 +26,9 @@ Options shared by both:
 Masks are boolean, ``True`` for tokens that take part in matching. A masked token
 can never win a max (it is filled with ``-inf``, not ``0``: with ``0`` a padding
 token would win whenever every real cosine is negative) and never counts in a mean.
-Every text needs at least one unmasked token, else a ``ValueError`` says which.
+A masked token's vector is never read into a score or a gradient, whatever it holds
+(even inf or NaN). Every text needs at least one unmasked token, else a ``ValueError``
+says which; ``a`` and ``b`` must be floating point, of one dtype outside autocast.
 Maxima are taken in the input dtype (exact; the triton backend takes them on its float32
 accumulations) and summed in float32 (float64 for float64 inputs), so bf16 autocast does
 not lose precision in the aggregation.
@@ -67,6 +69,7 @@ Backends of ``maxsim_matrix`` (``backend=``):
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 
@@ -107,6 +110,7 @@ def maxsim_pairwise(
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=True)
     _check_backend(backend)
+    a, b = _zero_masked(a, a_mask), _zero_masked(b, b_mask)
     sims = torch.einsum("bld,bmd->blm", a, b)  # (B, La, Lb)
     return _combine_directions(sims, a_mask, b_mask, direction, reduction, temperature)
 
@@ -138,6 +142,7 @@ def maxsim_matrix(
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=False)
     _check_backend(backend)
     backend = _resolve_backend(backend, a, b, temperature)
+    a, b = _zero_masked(a, a_mask), _zero_masked(b, b_mask)
     if backend == "triton":
         from lightning_modules.maxsim_triton import TritonMaxSim
 
@@ -154,6 +159,13 @@ def maxsim_matrix(
         return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
     sims = torch.einsum("ild,jmd->ijlm", a, b)  # (Ba, Bb, La, Lb)
     return _combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
+
+
+def _zero_masked(x, mask):
+    """``x (B, L, D)`` with its masked tokens' vectors zeroed: whatever padding holds (even
+    inf or NaN) then reaches neither a score nor a gradient, in any backend (a product with
+    a zero weight is still NaN there). The masks still decide what counts."""
+    return x.masked_fill(~mask[..., None], 0.0)
 
 
 def _autocast_operands(a, b):
@@ -212,11 +224,14 @@ class ChunkedMaxSim(torch.autograd.Function):
     """``maxsim_matrix`` with a hard max, in memory ``O(Ba * Bb * (La + Lb))``.
 
     ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), direction,
-    reduction, budget_bytes) -> (Ba, Bb)``. The ``b`` texts are walked in chunks whose
-    working memory stays under ``budget_bytes``. Saved for backward: the inputs and,
-    per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
-    ``(Ba, Bb, Lb)`` int32. Masks get no gradient. On CUDA, ``index_add_`` sums with
-    atomics, so the last bits of a gradient can differ between runs.
+    reduction, budget_bytes) -> (Ba, Bb)``. The ``b`` texts are walked in chunks of as
+    many texts as keep the working memory under ``budget_bytes``, and at least one (whose
+    working set, ``Ba * La * Lb`` similarities, may alone exceed it: chunks run along ``b``
+    only). Saved for backward: the inputs and, per direction, the index of each token's best
+    match, ``(Ba, Bb, La)`` and/or ``(Ba, Bb, Lb)`` int32 (none when no gradient is wanted);
+    only the wanted gradients are computed. Masks get no gradient. On CUDA, ``index_add_``
+    sums with atomics, so the last bits of a gradient can differ between runs, except under
+    ``torch.use_deterministic_algorithms(True)``, where torch makes it deterministic.
     """
 
     @staticmethod
@@ -226,8 +241,9 @@ class ChunkedMaxSim(torch.autograd.Function):
         a_weight = _token_weights(a_mask, reduction, direction, accumulate) if direction != "b2a" else None
         b_weight = _token_weights(b_mask, reduction, direction, accumulate) if direction != "a2b" else None
         scores = torch.zeros(ba, bb, dtype=accumulate, device=a.device)
-        a_best = torch.empty(ba, bb, la, dtype=torch.int32, device=a.device) if a_weight is not None else None
-        b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None else None
+        keep = any(ctx.needs_input_grad[:2])  # scoring a corpus (no gradient) keeps no indices
+        a_best = torch.empty(ba, bb, la, dtype=torch.int32, device=a.device) if a_weight is not None and keep else None
+        b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None and keep else None
         chunk = _chunk_size(ba, la, lb, dim, a.element_size(), budget_bytes)
         for start in range(0, bb, chunk):
             part = slice(start, start + chunk)
@@ -235,17 +251,19 @@ class ChunkedMaxSim(torch.autograd.Function):
             # Masked tokens are filled with -inf in place (no copy): they can never win a max.
             sims.masked_fill_(~b_mask[None, part, None, :], float("-inf"))
             if a_weight is not None:  # each token of a: its best token of b
-                best, index = sims.max(dim=-1)
+                best, index = sims.max(dim=-1) if keep else (sims.amax(dim=-1), None)
                 # A masked token of a has weight 0; its max is finite (every text has a token).
                 scores[:, part] += (best.to(accumulate) * a_weight[:, None, :]).sum(-1)
-                a_best[:, part] = index
+                if keep:
+                    a_best[:, part] = index
             if b_weight is not None:  # each token of b: its best token of a
                 sims.masked_fill_(~a_mask[:, None, :, None], float("-inf"))
-                best, index = sims.max(dim=-2)
+                best, index = sims.max(dim=-2) if keep else (sims.amax(dim=-2), None)
                 # A masked token of b saw only -inf: zero it before the weight 0 makes it NaN.
                 best = best.masked_fill(~b_mask[None, part, :], 0.0)
                 scores[:, part] += (best.to(accumulate) * b_weight[None, part, :]).sum(-1)
-                b_best[:, part] = index
+                if keep:
+                    b_best[:, part] = index
             del sims
         ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
         ctx.budget_bytes = budget_bytes
@@ -255,9 +273,12 @@ class ChunkedMaxSim(torch.autograd.Function):
     def backward(ctx, grad):
         a, b, a_weight, b_weight, a_best, b_best = ctx.saved_tensors
         (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+        want_a, want_b = ctx.needs_input_grad[:2]
         accumulate = grad.dtype
-        grad_a = torch.zeros(ba * la, dim, dtype=accumulate, device=a.device)
-        grad_b = torch.zeros(bb * lb, dim, dtype=accumulate, device=a.device)
+        # Only the wanted gradients are summed (a frozen side costs nothing); the other is a
+        # one-element stand-in that nothing reads.
+        grad_a = torch.zeros(ba * la if want_a else 1, dim, dtype=accumulate, device=a.device)
+        grad_b = torch.zeros(bb * lb if want_b else 1, dim, dtype=accumulate, device=a.device)
         a_flat, b_flat = a.reshape(ba * la, dim).to(accumulate), b.reshape(bb * lb, dim).to(accumulate)
         chunk = _chunk_size(ba, la, lb, dim, grad.element_size(), ctx.budget_bytes)
         for start in range(0, bb, chunk):
@@ -269,15 +290,22 @@ class ChunkedMaxSim(torch.autograd.Function):
                 # and b[j, best] gets w * g * a[i, l] (a scatter-add: many a tokens may pick one b token).
                 weight = grad[:, part, None] * a_weight[:, None, :]  # (Ba, n, La)
                 rows = docs[None, :, None] * lb + a_best[:, part].long()  # (Ba, n, La) rows of b_flat
-                grad_a += torch.einsum("ijl,ijld->ild", weight, b_flat[rows]).reshape(ba * la, dim)
-                grad_b.index_add_(0, rows.flatten(), (weight[..., None] * a[:, None].to(accumulate)).reshape(-1, dim))
+                if want_a:
+                    grad_a += torch.einsum("ijl,ijld->ild", weight, b_flat[rows]).reshape(ba * la, dim)
+                if want_b:
+                    grad_b.index_add_(0, rows.flatten(), (weight[..., None] * a[:, None].to(accumulate)).reshape(-1, dim))
             if b_weight is not None:
                 weight = grad[:, part, None] * b_weight[None, part, :]  # (Ba, n, Lb)
                 rows = torch.arange(ba, device=a.device)[:, None, None] * la + b_best[:, part].long()  # rows of a_flat
-                gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[rows])  # (n, Lb, D)
-                grad_b[start * lb : (start + n) * lb] += gathered.reshape(n * lb, dim)
-                grad_a.index_add_(0, rows.flatten(), (weight[..., None] * b[None, part].to(accumulate)).reshape(-1, dim))
-        return grad_a.view_as(a).to(a.dtype), grad_b.view_as(b).to(b.dtype), None, None, None, None, None
+                if want_b:
+                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[rows])  # (n, Lb, D)
+                    grad_b[start * lb : (start + n) * lb] += gathered.reshape(n * lb, dim)
+                if want_a:
+                    grad_a.index_add_(0, rows.flatten(),
+                                      (weight[..., None] * b[None, part].to(accumulate)).reshape(-1, dim))
+        grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
+        grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
+        return grad_a, grad_b, None, None, None, None, None
 
 
 def _token_weights(mask, reduction, direction, dtype):
@@ -292,7 +320,7 @@ def _chunk_size(ba, la, lb, dim, element_size, budget_bytes):
     """``b`` texts per chunk: the largest per-text working set (similarities, or gathered
     vectors in backward) times the chunk stays within the budget; at least one text."""
     per_text = ba * max(la * lb, la * dim, lb * dim) * max(element_size, 4)
-    return max(1, budget_bytes // per_text)
+    return max(1, budget_bytes // max(per_text, 1))  # an empty a (Ba = 0) costs nothing
 
 
 def _resolve_backend(backend, a, b, temperature):
@@ -339,8 +367,9 @@ def _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paire
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if temperature is not None and not temperature > 0:
-        raise ValueError(f"temperature must be None (hard max) or > 0, got {temperature!r}")
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if temperature is not None and not (number and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be None (hard max) or a finite number > 0, got {temperature!r}")
     for name, x, m in (("a", a, a_mask), ("b", b, b_mask)):
         if x.dim() != 3:
             raise ValueError(f"{name} must be (B, L, D) token vectors, got shape {tuple(x.shape)}")
@@ -354,7 +383,14 @@ def _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paire
                 f"text(s) {empty.tolist()} of {name} have no token left to match (every position is masked); "
                 "MaxSim is undefined for an empty text"
             )
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must hold floating-point token vectors, got {x.dtype}")
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"a and b must share the vector size D, got {a.shape[-1]} and {b.shape[-1]}")
+    if a.shape[-1] == 0:
+        raise ValueError("token vectors must have at least one dimension, got D = 0")
+    # Under autocast the products run in its dtype whatever the inputs' (as the einsum would).
+    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
+        raise ValueError(f"a and b must share a dtype (or run under torch.autocast), got {a.dtype} and {b.dtype}")
     if paired and a.shape[0] != b.shape[0]:
         raise ValueError(f"maxsim_pairwise needs as many texts in a as in b, got {a.shape[0]} and {b.shape[0]}")

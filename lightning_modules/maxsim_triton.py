@@ -639,8 +639,9 @@ def _onehot_b_kernel(
         picks = tl.load(a_best_ptr + (i * Bb + texts[:, None]) * La + s[None, :],
                         mask=(texts < Bb)[:, None] & (weight > 0)[None, :], other=-1).to(tl.int32)
         picks = tl.reshape(tl.broadcast_to(picks[:, None, :], (TEXTS, TOKENS, CHUNK)), (TEXTS * TOKENS, CHUNK))
-        vectors = tl.load(a_ptr + (i * La + s)[:, None] * D + d[None, :], mask=s_ok[:, None] & (d < D)[None, :],
-                          other=0.0)
+        # Masked tokens' vectors stay unread: 0 x padding must not be 0 x inf.
+        vectors = tl.load(a_ptr + (i * La + s)[:, None] * D + d[None, :],
+                          mask=(weight > 0)[:, None] & (d < D)[None, :], other=0.0)
         if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
             vectors = vectors.to(tl.float32)
         summed = tl.dot((picks == t[:, None]).to(vectors.dtype), vectors, out_dtype=tl.float32)
