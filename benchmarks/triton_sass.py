@@ -43,9 +43,16 @@ PICKS = B * B * LA
 ISSUE_PER_CYCLE, H100_SMS = 4, 132
 
 
-def hot_loop(cubin: bytes) -> tuple[int, dict]:
-    """Instructions of the largest innermost loop (a backward branch's range holding no other),
-    and the count of each opcode in it, most frequent first."""
+MEMORY_OPS = ("LDG", "STG", "ATOMG", "REDG", "LDGSTS")  # global loads, stores and atomics
+
+
+def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
+    """The largest innermost loop (a backward branch's range holding no other): its instruction
+    count, the count of each opcode in it (most frequent first), and how many trips of the
+    source loop one of its trips makes. The compiler may unroll a loop with a run-time bound
+    k times: it then also emits the body once more, for the remaining trips. An innermost loop
+    whose global loads, stores and atomics times k are the hot loop's is taken to be that
+    remainder, and k the unrolling."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -63,10 +70,22 @@ def hot_loop(cubin: bytes) -> tuple[int, dict]:
             loops.append((int(target.group(1), 16), address))
     innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
     if not innermost:
-        return 0, {}
-    lo, hi = max(innermost, key=lambda loop: loop[1] - loop[0])
-    body = [text.split()[0].split(".")[0] for address, text in code if lo <= address <= hi]
-    return len(body), dict(collections.Counter(body).most_common())
+        return 0, {}, 1
+
+    def body(loop):
+        return [text.split()[0] for address, text in code if loop[0] <= address <= loop[1]]
+
+    def memory(ops):
+        return collections.Counter(op for op in ops if op.split(".")[0] in MEMORY_OPS)
+
+    hot = max(innermost, key=lambda loop: loop[1] - loop[0])
+    ops, unroll = body(hot), 1
+    for other in innermost:
+        rest = memory(body(other))
+        for k in range(2, 17):
+            if other != hot and rest and all(memory(ops)[op] == k * rest[op] for op in memory(ops) | rest):
+                unroll = max(unroll, k)
+    return len(ops), dict(collections.Counter(op.split(".")[0] for op in ops).most_common()), unroll
 
 
 def ours(arch: int) -> list[dict]:
@@ -138,19 +157,20 @@ def theirs(arch: int) -> list[dict]:
 
 def measure(name, kernel, config, types, trips, units, arch, aligned=("D",), ones=()) -> dict:
     """Compile one kernel and read its hot loop: warp-instructions in all (the loop's count, times
-    its warps, times the trips it makes at this shape) and per unit of work."""
+    its warps, times the trips of the source loop at this shape, over the trips one compiled trip
+    makes) and per unit of work."""
     row = {"kernel": name, "num_warps": config["num_warps"], "trips": trips}
     try:
         compiled = build(kernel, config, types, arch, aligned=[n for n in aligned if n in kernel.arg_names],
                          ones=[n for n in ones if n in kernel.arg_names])
     except Exception as error:  # the compiler's refusal is the finding
         return {**row, "error": f"{type(error).__name__}: {str(error)[:200]}"}
-    count, opcodes = hot_loop(compiled.asm["cubin"])
-    total = count * config["num_warps"] * trips
+    count, opcodes, unroll = hot_loop(compiled.asm["cubin"])
+    total = count * config["num_warps"] * trips / unroll
     # Tensor-core instructions: Hopper's warpgroup products (HGMMA, 64 rows and up) or the older per-warp HMMA.
     tensor = "HGMMA" if "HGMMA" in opcodes else "HMMA" if "HMMA" in opcodes else "-"
-    return {**row, "loop_instructions": count, "tensor_cores": tensor, "warp_instructions_per_unit": total / units,
-            "total_g_warp_instructions": total / 1e9,
+    return {**row, "loop_instructions": count, "unrolled": unroll, "tensor_cores": tensor,
+            "warp_instructions_per_unit": total / units, "total_g_warp_instructions": total / 1e9,
             "issue_floor_mcycles_h100": total / (ISSUE_PER_CYCLE * H100_SMS) / 1e6,
             "top_opcodes": dict(list(opcodes.items())[:8])}
 
@@ -162,13 +182,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = ours(args.arch) + theirs(args.arch)
     print(f"\ntriton {triton.__version__}, sm_{args.arch}; B = {B}, {LA} x {LB} tokens, D = {DIM}, bf16, a2b")
-    print(f"{'kernel':<52} {'warps':>5} {'mma':>5} {'loop':>5} {'trips M':>8} {'per unit':>9} {'total G':>8} "
-          f"{'floor Mcyc':>10}")
+    print(f"{'kernel':<52} {'warps':>5} {'mma':>5} {'loop':>5} {'unroll':>6} {'trips M':>8} {'per unit':>9} "
+          f"{'total G':>8} {'floor Mcyc':>10}")
     for r in rows:
         if "error" in r:
             print(f"{r['kernel']:<52} {r['error']}")
             continue
-        print(f"{r['kernel']:<52} {r['num_warps']:>5} {r['tensor_cores']:>5} {r['loop_instructions']:>5} {r['trips'] / 1e6:>8.3f} "
+        print(f"{r['kernel']:<52} {r['num_warps']:>5} {r['tensor_cores']:>5} {r['loop_instructions']:>5} "
+              f"{r['unrolled']:>6} {r['trips'] / 1e6:>8.3f} "
               f"{r['warp_instructions_per_unit']:>9.3f} {r['total_g_warp_instructions']:>8.2f} "
               f"{r['issue_floor_mcycles_h100']:>10.2f}")
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "B": B, "La": LA, "Lb": LB, "D": DIM,

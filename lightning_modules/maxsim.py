@@ -142,18 +142,18 @@ def maxsim_matrix(
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=False)
     _check_backend(backend)
     backend = _resolve_backend(backend, a, b, temperature)
+    if backend in ("triton", "late-interaction-kernels"):
+        a, b = _autocast_operands(a, b)  # before the copy below, which is then in the autocast dtype
     a, b = _zero_masked(a, a_mask), _zero_masked(b, b_mask)
     if backend == "triton":
         from lightning_modules.maxsim_triton import TritonMaxSim
 
-        a, b = _autocast_operands(a, b)
         a_weight = _token_weights(a_mask, reduction, direction, torch.float32)
         b_weight = _token_weights(b_mask, reduction, direction, torch.float32)
         return TritonMaxSim.apply(a, b, a_mask, b_mask, a_weight, b_weight, direction)
     if backend == "late-interaction-kernels":
         from lightning_modules import maxsim_lik
 
-        a, b = _autocast_operands(a, b)
         return maxsim_lik.maxsim_matrix(a, a_mask, b, b_mask, direction, reduction)
     if backend == "chunked":
         return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)

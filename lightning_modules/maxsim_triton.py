@@ -31,7 +31,8 @@ the a tokens of a batch add to the few hundred tokens of each b text: the atomic
 worst contention) is ``_onehot_b_kernel``: each program owns a tile of b tokens and, a text
 of a at a time, multiplies an exact 0/1 matrix (which of the text's tokens picked which of
 its b tokens) with that text's vectors on the tensor cores, in float32, scaling each product
-by ``grad[i, j]`` times the text's token weight in float32. Nothing is rounded; no atomics.
+by ``grad[i, j]`` times the text's token weight in float32: the 0/1 products are exact, the
+weights are not rounded to the inputs' dtype, the sums are float32; no atomics.
 (late-interaction-kernels' ``lowmem`` backward is this design, with the weights rounded to
 the inputs' dtype inside the product; its authors measured it the faster of their two at
 large square batches of short queries.) ``backward_config(...)["ONEHOT_A2B"]`` turns it off.
@@ -93,10 +94,12 @@ def runs_on(x: torch.Tensor) -> bool:
 
 
 def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the kernels take these inputs: float32/bf16/fp16 of one dtype, a texts of at most
-    ``MAX_A_TOKENS`` tokens, b texts of at most 65535, and index tensors whose offsets fit
-    int32. (The caller hands the others to the chunked backend.)"""
+    """Whether the kernels take these inputs: float32/bf16/fp16 of one dtype, non-empty batches,
+    a texts of at most ``MAX_A_TOKENS`` tokens, b texts of at most 65535, and index tensors whose
+    offsets fit int32. (The caller hands the others to the chunked backend.)"""
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
+    if ba == 0 or bb == 0:
+        return False  # nothing to launch: an empty score matrix is chunked's
     small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
     texts = forward_config(la, lb, dim, a.dtype, "both", store=False)["TEXTS"]
     # Grid axis 1 allows 65535 programs: the forward's blocks of a texts, the sorted backward's b tokens.
@@ -109,9 +112,11 @@ class TritonMaxSim(torch.autograd.Function):
 
     ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), a_weight (Ba, La),
     b_weight (Bb, Lb), direction) -> (Ba, Bb)`` float32. ``a_weight``/``b_weight`` are what
-    each token's best match adds to the score (``1``, ``1/count``, halved for "both"; 0 for
-    masked tokens), float32. Masks and weights get no gradient. Without a gradient to
-    compute (inference, scoring a corpus) the argmax indices are neither written nor kept.
+    each token's best match adds to the score: one value per text (``1``, ``1/count``, halved
+    for "both") on its real tokens, 0 on masked ones, float32. Masked tokens' vectors must be
+    zero (``maxsim_matrix`` zeroes them): a product with weight 0 is still NaN on inf padding.
+    Masks and weights get no gradient. Without a gradient to compute (inference, scoring a
+    corpus) the argmax indices are neither written nor kept.
     """
 
     @staticmethod
@@ -619,7 +624,7 @@ def _onehot_b_kernel(
     where ``c_i`` is the weight of text i's real tokens (every weight ``maxsim_matrix`` builds is
     one value per text times its mask). The inner sum is the product of an exact 0/1 matrix
     (rows: this program's b tokens; columns: CHUNK tokens of a text) with those tokens' vectors:
-    tensor cores, float32 accumulation, nothing rounded; ``grad[i, j] * c_i`` then scales it in
+    tensor cores, float32 accumulation, exact products; ``grad[i, j] * c_i`` then scales it in
     float32. One pipelined loop runs over every chunk of every a text of the split; each
     program owns its rows, so no atomics, and the sums run in a fixed order."""
     group, tile = tl.program_id(0), tl.program_id(1)
@@ -639,9 +644,9 @@ def _onehot_b_kernel(
         picks = tl.load(a_best_ptr + (i * Bb + texts[:, None]) * La + s[None, :],
                         mask=(texts < Bb)[:, None] & (weight > 0)[None, :], other=-1).to(tl.int32)
         picks = tl.reshape(tl.broadcast_to(picks[:, None, :], (TEXTS, TOKENS, CHUNK)), (TEXTS * TOKENS, CHUNK))
-        # Masked tokens' vectors stay unread: 0 x padding must not be 0 x inf.
-        vectors = tl.load(a_ptr + (i * La + s)[:, None] * D + d[None, :],
-                          mask=(weight > 0)[:, None] & (d < D)[None, :], other=0.0)
+        # Masked tokens pick nothing, but 0 x inf is NaN: maxsim_matrix zeroes padding vectors.
+        vectors = tl.load(a_ptr + (i * La + s)[:, None] * D + d[None, :], mask=s_ok[:, None] & (d < D)[None, :],
+                          other=0.0)
         if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
             vectors = vectors.to(tl.float32)
         summed = tl.dot((picks == t[:, None]).to(vectors.dtype), vectors, out_dtype=tl.float32)

@@ -623,9 +623,9 @@ def test_mismatched_dtypes_and_non_float_vectors_raise(fn):
     assert torch.isfinite(mixed).all()
 
 
-@pytest.mark.parametrize("backend", ["dense", "chunked"])
+@pytest.mark.parametrize("backend", ["dense", "chunked", TRITON])
 def test_empty_batches_give_empty_score_matrices(backend):
-    a, am, b, bm = _ok_inputs(ba=2, bb=3)
+    a, am, b, bm = (x.to(DEVICE) if backend == "triton" else x for x in _ok_inputs(ba=2, bb=3))
     for x, xm, y, ym, shape in ((a[:0], am[:0], b, bm, (0, 3)), (a, am, b[:0], bm[:0], (2, 0))):
         x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
         scores = maxsim_matrix(x, xm, y, ym, backend=backend)
@@ -937,6 +937,19 @@ def test_triton_backward_path_follows_torch_deterministic_mode(backend, monkeypa
         torch.testing.assert_close(atomic, ordered, rtol=1e-6, atol=1e-6)  # the same sums, in another order
 
 
+def test_chunked_keeps_no_indices_without_a_gradient(monkeypatch):
+    # Scoring a corpus (no gradient wanted): the int32 argmax indices, (Ba, Bb, La + Lb), are not even allocated.
+    a, am, b, bm = _ok_inputs(ba=3, bb=4)
+    indices = []
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *args, **kw: indices.append(kw.get("dtype")) or empty(*args, **kw))
+    with torch.no_grad():
+        maxsim_matrix(a, am, b, bm, backend="chunked")
+    assert torch.int32 not in indices
+    maxsim_matrix(a, am, b.requires_grad_(True), bm, backend="chunked")
+    assert indices.count(torch.int32) == 2  # the check can see them: one tensor per direction ("both")
+
+
 @pytest.mark.parametrize("backend", ["chunked", TRITON])
 @pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("frozen", ["a", "b"])
@@ -954,48 +967,82 @@ def test_lean_backward_against_a_frozen_side(frozen, exact_order, backend):
         (got,) = torch.autograd.grad(scores.sum(), trained)
     (want,) = torch.autograd.grad(maxsim_matrix(on["a"], am, on["b"], bm, backend="dense").sum(), trained)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
-    with torch.no_grad():  # nothing to differentiate: no indices kept, the same scores
+    with torch.no_grad():  # nothing to differentiate: the same scores
         torch.testing.assert_close(maxsim_matrix(on["a"], am, on["b"], bm, backend=backend), scores.detach())
 
 
 @pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_triton_one_hot_b_gradient_is_exact_for_16_bit_inputs(dtype, exact_order, backend, monkeypatch):
-    """Direction a2b's b side for 16-bit inputs: each b token's gradient as products of exact 0/1
-    matrices with the a vectors (``_onehot_b_kernel``), taken by both backward paths. Its float32
-    result, before the cast to the inputs' dtype, must be the float64 sum over the same 16-bit
-    values to float32 accuracy. The shapes cover 3 b texts in programs of 2 (the last group
-    short), 150 tokens in tiles of 64 (the last partial), a texts of 40 tokens in chunks of 16
-    (the last partial), masked a tokens holding NaN (which must add nothing), the mean's
-    per-text weights,
-    D = 200 in tiles of 128, and the a texts split over programs (as on a GPU with many
-    multiprocessors)."""
+@pytest.mark.parametrize("direction, dtype", [("a2b", torch.bfloat16), ("a2b", torch.float16), ("both", torch.bfloat16)],
+                         ids=["a2b-bf16", "a2b-fp16", "both-bf16"])
+def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_b_side(direction, dtype, exact_order, backend,
+                                                                          monkeypatch):
+    """16-bit inputs: direction a2b's b side as products of exact 0/1 matrices with the a vectors
+    (``_onehot_b_kernel``), on both backward paths; in "both", b2a's sums added to it. The
+    backward's float32 gradients, before the cast to the inputs' dtype, must be the float64
+    sums over the same 16-bit values to float32 accuracy. The shapes cover 3 b texts in programs
+    of 2 (the last group short), 150 tokens in tiles of 64 (the last partial), a texts of 40
+    tokens in chunks of 16 (the last partial), NaN padding on both sides, the mean's per-text
+    weights, D = 200 in tiles of 128, and the a texts split over programs (as on a GPU with
+    many multiprocessors)."""
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
     config = maxsim_triton.backward_config
     monkeypatch.setattr(maxsim_triton, "backward_config", lambda *args: {**config(*args), "ONEHOT_CHUNK": 16})
-    results = []
+    calls, results = [], []
     original = maxsim_triton._onehot_grad_b
-    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: results.append(original(*args)) or results[-1])
+    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: calls.append(1) or original(*args))
+    for name in ("_atomic_backward", "_sorted_backward"):  # their float32 results, before the cast
+        path = getattr(maxsim_triton, name)
+        monkeypatch.setattr(maxsim_triton, name, lambda *args, _f=path: results.append(_f(*args)) or results[-1])
     ba, la, bb, lb, d = 5, 40, 3, 150, 200
     g = torch.Generator().manual_seed(11)
     am, bm = torch.rand(ba, la, generator=g) < 0.7, torch.rand(bb, lb, generator=g) < 0.8
     am[:, 0], bm[:, 0] = True, True
     a = random_vectors((ba, la, d), am, 5, torch.float64).to(dtype)
-    a[~am] = float("nan")  # padding that must never be read: 0 x NaN would poison the sums
     b = random_vectors((bb, lb, d), bm, 6, torch.float64).to(dtype)
+    a[~am], b[~bm] = float("nan"), float("nan")  # padding that must never be read: 0 x NaN is NaN
     weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
     x, y = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
     with deterministic(exact_order):
-        got = maxsim_matrix(x, am.to(DEVICE), y, bm.to(DEVICE), direction="a2b", reduction="mean", backend=backend)
-        (grad_b,) = torch.autograd.grad(got, y, weights.float().to(DEVICE))
-    assert len(results) == 1, "the one-hot kernel was not used"
+        got = maxsim_matrix(x, am.to(DEVICE), y, bm.to(DEVICE), direction=direction, reduction="mean",
+                            backend=backend)
+        grads = torch.autograd.grad(got, (x, y), weights.float().to(DEVICE))
+    assert len(calls) == 1, "the one-hot kernel was not used"
     x64, y64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
-    want = maxsim_matrix(x64, am, y64, bm, direction="a2b", reduction="mean", backend="dense")
-    (want_b,) = torch.autograd.grad(want, y64, weights)
-    torch.testing.assert_close(results[0].cpu().double().view_as(want_b), want_b, **TOL[torch.float32])
-    assert grad_b.dtype == dtype
-    torch.testing.assert_close(grad_b.cpu(), results[0].cpu().view_as(want_b).to(dtype), rtol=0, atol=0)
+    want = maxsim_matrix(x64, am, y64, bm, direction=direction, reduction="mean", backend="dense")
+    for mine, full, theirs in zip(grads, results[0], torch.autograd.grad(want, (x64, y64), weights)):
+        torch.testing.assert_close(full.cpu().double().view_as(theirs), theirs, **TOL[torch.float32])
+        assert mine.dtype == dtype
+        torch.testing.assert_close(mine.cpu(), full.cpu().view_as(theirs).to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("units", [1, 2, 3, 16])
+def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_past_the_inputs(units, backend,
+                                                                                              monkeypatch):
+    # _onehot_grad_b alone against a float64 loop: with 1, 2, 3 or 16 multiprocessors the 5 a
+    # texts fall into 1 to 5 splits, several texts a split; every input is a view into a larger
+    # buffer whose tail holds huge values, so a read past its end shows.
+    monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: units)
+    g = torch.Generator().manual_seed(units)
+    ba, la, bb, lb, d, spare = 5, 40, 3, 70, 24, 2
+    mask = torch.rand(ba + spare, la, generator=g) < 0.7
+    mask[:, 0] = True
+    weight = mask.float() / mask.float().sum(-1, keepdim=True)
+    vectors = torch.randn(ba + spare, la, d, generator=g).where(mask[..., None], 0.0).bfloat16()  # zeroed padding
+    picks = torch.randint(0, lb, (ba + spare, bb, la), generator=g, dtype=torch.int16)
+    grad = torch.randn(ba + spare, bb, generator=g)
+    weight[ba:], vectors[ba:], grad[ba:] = 1e3, 1e3, 1e3
+    a, w, best, gr = (x[:ba].to(DEVICE) for x in (vectors, weight, picks, grad))
+    config = {**maxsim_triton.backward_config(lb, d, torch.bfloat16, "a2b"), "ONEHOT_CHUNK": 16}
+    got = maxsim_triton._onehot_grad_b(a, w, best, gr, bb, lb, config).cpu()
+    want = torch.zeros(bb, lb, d, dtype=torch.float64)
+    for i in range(ba):
+        for j in range(bb):
+            for s_ in range(la):
+                if mask[i, s_]:
+                    want[j, int(picks[i, j, s_])] += float(grad[i, j]) * float(weight[i, s_]) * vectors[i, s_].double()
+    torch.testing.assert_close(got.double(), want.view(bb * lb, d), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", [TRITON])
