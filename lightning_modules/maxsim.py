@@ -124,6 +124,7 @@ def maxsim_matrix(
     reduction: str = "mean",
     temperature: float | None = None,
     backend: str = "auto",
+    chunk_budget_bytes: int = CHUNK_BUDGET_BYTES,
 ) -> torch.Tensor:
     """MaxSim of every text of ``a`` against every text of ``b``.
 
@@ -135,12 +136,15 @@ def maxsim_matrix(
         direction, reduction, temperature: see the module docstring.
         backend: ``"auto"``, ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"``
             (see the module docstring).
+        chunk_budget_bytes: the chunked backend's working memory a chunk (see ``ChunkedMaxSim``).
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
     """
     _check_inputs(a, a_mask, b, b_mask, direction, reduction, temperature, paired=False)
     _check_backend(backend)
+    if isinstance(chunk_budget_bytes, bool) or not isinstance(chunk_budget_bytes, int) or chunk_budget_bytes <= 0:
+        raise ValueError(f"chunk_budget_bytes must be a positive integer, got {chunk_budget_bytes!r}")
     backend = _resolve_backend(backend, a, b, temperature)
     if backend in ("triton", "late-interaction-kernels"):
         a, b = _autocast_operands(a, b)  # before the copy below, which is then in the autocast dtype
@@ -156,7 +160,7 @@ def maxsim_matrix(
 
         return maxsim_lik.maxsim_matrix(a, a_mask, b, b_mask, direction, reduction)
     if backend == "chunked":
-        return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, CHUNK_BUDGET_BYTES)
+        return ChunkedMaxSim.apply(a, b, a_mask, b_mask, direction, reduction, chunk_budget_bytes)
     sims = torch.einsum("ild,jmd->ijlm", a, b)  # (Ba, Bb, La, Lb)
     return _combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
 

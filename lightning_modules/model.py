@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lightning_modules.data.collate import pad_token_ids
 from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
-from lightning_modules.maxsim import BACKENDS, maxsim_matrix, maxsim_pairwise
+from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, maxsim_matrix, maxsim_pairwise
 
 # Inputs longer than this many texts show a progress bar (unless told otherwise).
 PROGRESS_THRESHOLD = 1024
@@ -51,6 +51,7 @@ class LateInteractionModel(nn.Module):
         backend: how ``score_matrix`` computes MaxSim, one of ``maxsim.BACKENDS``: ``"auto"``,
             ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"`` (see
             ``lightning_modules.maxsim``).
+        chunk_budget_bytes: the chunked backend's working memory a chunk.
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
     """
 
@@ -62,6 +63,7 @@ class LateInteractionModel(nn.Module):
         temperature: float | None = None,
         text_settings: TextSettings | None = None,
         backend: str = "auto",
+        chunk_budget_bytes: int = CHUNK_BUDGET_BYTES,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -72,6 +74,7 @@ class LateInteractionModel(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        self.chunk_budget_bytes = chunk_budget_bytes
 
     @classmethod
     def from_pretrained(cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -97,7 +100,8 @@ class LateInteractionModel(nn.Module):
 
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """MaxSim of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
-        return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend, **self._options())
+        return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,
+                             chunk_budget_bytes=self.chunk_budget_bytes, **self._options())
 
     def _options(self) -> dict:
         return {"direction": self.direction, "reduction": self.reduction, "temperature": self.temperature}

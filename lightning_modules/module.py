@@ -21,7 +21,7 @@ from lightning_modules.metrics import best_threshold_metrics, metrics_at_thresho
 from lightning_modules.model import LateInteractionModel
 
 # How the MaxSim engine computes in-batch score matrices (``model.maxsim`` in config).
-ENGINE_DEFAULTS = {"backend": "auto"}
+ENGINE_DEFAULTS = {"backend": "auto", "chunk_budget_mb": 16}
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class MaxSimModule(pl.LightningModule):
     ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys that change the scores by rounding at
     most: ``backend`` (``auto``: the fused triton kernels on a GPU of compute capability 8.0
     or newer, when Triton is installed and the kernels take the inputs; otherwise dense
-    for small matrices and the memory-lean chunked backend for large ones). The triton
-    backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
+    for small matrices and the memory-lean chunked backend for large ones), and
+    ``chunk_budget_mb``, the working memory of one chunk of the chunked backend (16 MB: a
+    chunk is still a large matrix product; more on a GPU means fewer, larger chunks). The
+    triton backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
 
@@ -112,7 +114,8 @@ class MaxSimModule(pl.LightningModule):
         if gradient_checkpointing:
             _enable_checkpointing(encoder.backbone)
         engine = _engine_settings(maxsim)
-        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=engine["backend"])
+        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=engine["backend"],
+                                          chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
         # the dropout probabilities, 0 included).
@@ -321,6 +324,9 @@ def _engine_settings(maxsim: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
     if settings["backend"] not in BACKENDS:
         raise ValueError(f"model.maxsim.backend must be one of {BACKENDS}, got {settings['backend']!r}")
+    budget = settings["chunk_budget_mb"]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget * 2**20 >= 1:
+        raise ValueError(f"model.maxsim.chunk_budget_mb must be a number of megabytes > 0, got {budget!r}")
     if settings["backend"] == "triton" and not triton_installed():
         raise ValueError("model.maxsim.backend=triton needs the triton package: pip install 'maxsim-lightning[triton]'")
     if settings["backend"] == "late-interaction-kernels" and not maxsim_lik.installed():

@@ -169,10 +169,12 @@ def test_appended_unknown_model_key_fails_at_instantiation(compose_cfg, tmp_path
 
 
 def test_maxsim_backend_is_chosen_in_config_and_reaches_the_model(compose_cfg, tmp_path):
-    cfg = compose_cfg(["+experiment=sts", "model=tiny", "model.maxsim.backend=chunked"], tmp_path)
+    cfg = compose_cfg(["+experiment=sts", "model=tiny", "model.maxsim.backend=chunked",
+                       "model.maxsim.chunk_budget_mb=0.5"], tmp_path)
     module = hydra.utils.instantiate(cfg.model)
     assert module.model.backend == "chunked"
-    assert module.hparams.maxsim == {"backend": "chunked"}  # a plain dict in the checkpoint
+    assert module.model.chunk_budget_bytes == 2**19
+    assert module.hparams.maxsim == {"backend": "chunked", "chunk_budget_mb": 0.5}  # a plain dict in the checkpoint
     assert hydra.utils.instantiate(compose_cfg(["model=tiny"], tmp_path).model).model.backend == "auto"
     peer = compose_cfg(["model=tiny", "model.maxsim.backend=late-interaction-kernels"], tmp_path)
     assert peer.model.maxsim.backend == "late-interaction-kernels"  # the hyphens parse as one string
@@ -180,7 +182,9 @@ def test_maxsim_backend_is_chosen_in_config_and_reaches_the_model(compose_cfg, t
 
 @pytest.mark.parametrize("override, message", [("model.maxsim.backend=fused", "must be one of"),
                                                ("+model.maxsim.chunk=1", "unknown key"),
-                                               ("model.maxsim=dense", "must be a mapping.*model.maxsim.backend=")])
+                                               ("model.maxsim=dense", "must be a mapping.*model.maxsim.backend="),
+                                               ("model.maxsim.chunk_budget_mb=0", "chunk_budget_mb must be"),
+                                               ("model.maxsim.chunk_budget_mb=lots", "chunk_budget_mb must be")])
 def test_bad_maxsim_engine_settings_fail_at_instantiation(compose_cfg, tmp_path, override, message):
     cfg = compose_cfg(["model=tiny", override], tmp_path)
     with pytest.raises(InstantiationException, match=message):

@@ -634,6 +634,23 @@ def test_empty_batches_give_empty_score_matrices(backend):
         assert all(g is None or not g.any() for g in grads)
 
 
+def test_chunk_budget_sets_the_chunks_and_not_the_scores(monkeypatch):
+    a, am, b, bm = _ok_inputs(ba=3, bb=5, la=4, lb=6, d=8)
+    chunks = []
+    einsum = torch.einsum
+    monkeypatch.setattr(torch, "einsum", lambda *args: chunks.append(args[2].shape[0]) or einsum(*args))
+    # A text of b costs Ba * max(La Lb, La D, Lb D) * 4 bytes (similarities, or gathered vectors): 576 here.
+    small = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=1200)
+    assert chunks == [2, 2, 1]
+    chunks.clear()
+    large = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=10**6)
+    assert chunks == [5]
+    torch.testing.assert_close(small, large, **TOL[torch.float32])  # products of other shapes: last bits
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_budget_bytes must be a positive integer"):
+            maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=bad)
+
+
 @pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
 def test_mismatched_vector_size_raises(fn):
     a, am, _, _ = _ok_inputs()
