@@ -106,13 +106,18 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
             "registers": registers, "spill_bytes": spill, "compile_s": round(time.perf_counter() - start, 1)}
 
 
-def _resources(cubin: bytes) -> tuple[int | None, int | None]:
-    """Registers per thread and spilled bytes, from cuobjdump's resource usage."""
+def cuobjdump(cubin: bytes, option: str) -> str:
+    """What Triton's own cuobjdump prints for a compiled kernel (``--dump-resource-usage``, ``-sass``)."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool), option, f.name], capture_output=True, text=True).stdout
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """Registers per thread and spilled bytes, from cuobjdump's resource usage."""
+    text = cuobjdump(cubin, "--dump-resource-usage")
     fields = dict(part.split(":") for part in text.replace(",", " ").split() if part.count(":") == 1)
     number = lambda key: int(fields[key]) if fields.get(key, "").isdigit() else None  # noqa: E731
     return number("REG"), number("STACK")

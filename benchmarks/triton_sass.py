@@ -25,9 +25,7 @@ import argparse
 import collections
 import json
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from triton_compile_check import ROOT, build, launch_config, mt, pointers  # noqa: E402
+from triton_compile_check import ROOT, build, cuobjdump, launch_config, mt, pointers  # noqa: E402
 
 B, LA, LB, DIM = 512, 32, 300, 128
 SIMILARITIES = B * B * LA * LB  # also the (document token, query token) pairs of a one-hot backward
@@ -53,11 +51,7 @@ def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
     k times: it then also emits the body once more, for the remaining trips. An innermost loop
     whose global loads, stores and atomics times k are the hot loop's is taken to be that
     remainder, and k the unrolling."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+    sass = cuobjdump(cubin, "-sass")
     code = []  # (address, instruction without its predicate)
     for line in sass.splitlines():
         found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
