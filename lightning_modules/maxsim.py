@@ -38,7 +38,9 @@ Backends of ``maxsim_matrix`` (``backend=``):
 * ``"dense"``: the readable reference; autograd keeps the ``(Ba, Bb, La, Lb)``
   similarity tensor for the backward pass.
 * ``"chunked"``: ``ChunkedMaxSim``, a custom autograd function. Its forward walks
-  the ``b`` texts in chunks sized from a memory budget and keeps only each token's
+  the score matrix in blocks of text pairs sized from a memory budget (``b`` texts
+  against every ``a`` text, or against part of ``a`` when one ``b`` text against
+  all of it does not fit) and keeps only each token's
   best similarity and the index of its best match; its backward rebuilds the
   gradients from those indices with a gather (for the side whose tokens took the
   max) and a scatter-add, ``index_add_`` (for the side whose tokens were picked):
@@ -228,13 +230,17 @@ class ChunkedMaxSim(torch.autograd.Function):
     """``maxsim_matrix`` with a hard max, in memory ``O(Ba * Bb * (La + Lb))``.
 
     ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), direction,
-    reduction, budget_bytes) -> (Ba, Bb)``. The ``b`` texts are walked in chunks of as
-    many texts as keep the working memory under ``budget_bytes``, and at least one (whose
-    working set, ``Ba * La * Lb`` similarities, may alone exceed it: chunks run along ``b``
-    only). Saved for backward: the inputs and, per direction, the index of each token's best
-    match, ``(Ba, Bb, La)`` and/or ``(Ba, Bb, Lb)`` int32 (none when no gradient is wanted);
-    only the wanted gradients are computed. Masks get no gradient. On CUDA, ``index_add_``
-    sums with atomics, so the last bits of a gradient can differ between runs, except under
+    reduction, budget_bytes) -> (Ba, Bb)``. The score matrix is walked in blocks of text
+    pairs (``_chunk_plan``) whose working memory, ``La * Lb`` similarities a pair (or the
+    gathered vectors of the backward pass), stays under ``budget_bytes``: whole columns of
+    ``b`` texts against every text of ``a`` while one column fits (the largest products),
+    else a column cut into blocks of ``a`` texts (scoring many queries against a corpus); at
+    least one pair, which alone may exceed a budget smaller than its ``La * Lb``. Every max
+    is within one pair of texts, so the blocks change no score. Saved for backward: the
+    inputs and, per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
+    ``(Ba, Bb, Lb)`` int32 (none when no gradient is wanted); only the wanted gradients are
+    computed. Masks get no gradient. On CUDA, ``index_add_`` sums with atomics, so the last
+    bits of a gradient can differ between runs, except under
     ``torch.use_deterministic_algorithms(True)``, where torch makes it deterministic.
     """
 
@@ -248,26 +254,24 @@ class ChunkedMaxSim(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:2])  # scoring a corpus (no gradient) keeps no indices
         a_best = torch.empty(ba, bb, la, dtype=torch.int32, device=a.device) if a_weight is not None and keep else None
         b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None and keep else None
-        chunk = _chunk_size(ba, la, lb, dim, a.element_size(), budget_bytes)
-        for start in range(0, bb, chunk):
-            part = slice(start, start + chunk)
-            sims = torch.einsum("ild,jmd->ijlm", a, b[part])  # (Ba, chunk, La, Lb): the only big tensor
+        for rows, part in _chunks(ba, bb, _chunk_plan(ba, bb, la, lb, dim, a.element_size(), budget_bytes)):
+            sims = torch.einsum("ild,jmd->ijlm", a[rows], b[part])  # (na, nb, La, Lb): the only big tensor
             # Masked tokens are filled with -inf in place (no copy): they can never win a max.
             sims.masked_fill_(~b_mask[None, part, None, :], float("-inf"))
             if a_weight is not None:  # each token of a: its best token of b
                 best, index = sims.max(dim=-1) if keep else (sims.amax(dim=-1), None)
                 # A masked token of a has weight 0; its max is finite (every text has a token).
-                scores[:, part] += (best.to(accumulate) * a_weight[:, None, :]).sum(-1)
+                scores[rows, part] += (best.to(accumulate) * a_weight[rows, None, :]).sum(-1)
                 if keep:
-                    a_best[:, part] = index
+                    a_best[rows, part] = index
             if b_weight is not None:  # each token of b: its best token of a
-                sims.masked_fill_(~a_mask[:, None, :, None], float("-inf"))
+                sims.masked_fill_(~a_mask[rows, None, :, None], float("-inf"))
                 best, index = sims.max(dim=-2) if keep else (sims.amax(dim=-2), None)
                 # A masked token of b saw only -inf: zero it before the weight 0 makes it NaN.
                 best = best.masked_fill(~b_mask[None, part, :], 0.0)
-                scores[:, part] += (best.to(accumulate) * b_weight[None, part, :]).sum(-1)
+                scores[rows, part] += (best.to(accumulate) * b_weight[None, part, :]).sum(-1)
                 if keep:
-                    b_best[:, part] = index
+                    b_best[rows, part] = index
             del sims
         ctx.save_for_backward(a, b, a_weight, b_weight, a_best, b_best)
         ctx.budget_bytes = budget_bytes
@@ -284,28 +288,29 @@ class ChunkedMaxSim(torch.autograd.Function):
         grad_a = torch.zeros(ba * la if want_a else 1, dim, dtype=accumulate, device=a.device)
         grad_b = torch.zeros(bb * lb if want_b else 1, dim, dtype=accumulate, device=a.device)
         a_flat, b_flat = a.reshape(ba * la, dim).to(accumulate), b.reshape(bb * lb, dim).to(accumulate)
-        chunk = _chunk_size(ba, la, lb, dim, grad.element_size(), ctx.budget_bytes)
-        for start in range(0, bb, chunk):
-            part = slice(start, start + chunk)
-            n = min(chunk, bb - start)
-            docs = torch.arange(start, start + n, device=a.device)
+        plan = _chunk_plan(ba, bb, la, lb, dim, grad.element_size(), ctx.budget_bytes)
+        for rows, part in _chunks(ba, bb, plan):
+            texts_a = torch.arange(rows.start, rows.stop, device=a.device)  # (na,)
+            texts_b = torch.arange(part.start, part.stop, device=a.device)  # (nb,)
             if a_weight is not None:
                 # score[i, j] += w[i, l] * <a[i, l], b[j, best]>: a[i, l] gets w * g * b[j, best] (a gather),
                 # and b[j, best] gets w * g * a[i, l] (a scatter-add: many a tokens may pick one b token).
-                weight = grad[:, part, None] * a_weight[:, None, :]  # (Ba, n, La)
-                rows = docs[None, :, None] * lb + a_best[:, part].long()  # (Ba, n, La) rows of b_flat
+                weight = grad[rows, part, None] * a_weight[rows, None, :]  # (na, nb, La)
+                picked = texts_b[None, :, None] * lb + a_best[rows, part].long()  # (na, nb, La) rows of b_flat
                 if want_a:
-                    grad_a += torch.einsum("ijl,ijld->ild", weight, b_flat[rows]).reshape(ba * la, dim)
+                    gathered = torch.einsum("ijl,ijld->ild", weight, b_flat[picked])  # (na, La, D)
+                    grad_a[rows.start * la : rows.stop * la] += gathered.reshape(-1, dim)
                 if want_b:
-                    grad_b.index_add_(0, rows.flatten(), (weight[..., None] * a[:, None].to(accumulate)).reshape(-1, dim))
+                    grad_b.index_add_(0, picked.flatten(),
+                                      (weight[..., None] * a[rows, None].to(accumulate)).reshape(-1, dim))
             if b_weight is not None:
-                weight = grad[:, part, None] * b_weight[None, part, :]  # (Ba, n, Lb)
-                rows = torch.arange(ba, device=a.device)[:, None, None] * la + b_best[:, part].long()  # rows of a_flat
+                weight = grad[rows, part, None] * b_weight[None, part, :]  # (na, nb, Lb)
+                picked = texts_a[:, None, None] * la + b_best[rows, part].long()  # (na, nb, Lb) rows of a_flat
                 if want_b:
-                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[rows])  # (n, Lb, D)
-                    grad_b[start * lb : (start + n) * lb] += gathered.reshape(n * lb, dim)
+                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[picked])  # (nb, Lb, D)
+                    grad_b[part.start * lb : part.stop * lb] += gathered.reshape(-1, dim)
                 if want_a:
-                    grad_a.index_add_(0, rows.flatten(),
+                    grad_a.index_add_(0, picked.flatten(),
                                       (weight[..., None] * b[None, part].to(accumulate)).reshape(-1, dim))
         grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
         grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
@@ -320,11 +325,25 @@ def _token_weights(mask, reduction, direction, dtype):
     return 0.5 * weight if direction == "both" else weight
 
 
-def _chunk_size(ba, la, lb, dim, element_size, budget_bytes):
-    """``b`` texts per chunk: the largest per-text working set (similarities, or gathered
-    vectors in backward) times the chunk stays within the budget; at least one text."""
-    per_text = ba * max(la * lb, la * dim, lb * dim) * max(element_size, 4)
-    return max(1, budget_bytes // max(per_text, 1))  # an empty a (Ba = 0) costs nothing
+def _chunk_plan(ba, bb, la, lb, dim, element_size, budget_bytes):
+    """``(a texts, b texts)`` per block of ``ChunkedMaxSim``: as many pairs as keep their
+    working set (similarities, or gathered vectors in backward, ``max(La Lb, La D, Lb D)``
+    values in at least float32 a pair) within the budget; every a text against as many b
+    texts as fit, else one b text against as many a texts as fit; at least one pair."""
+    per_pair = max(la * lb, la * dim, lb * dim) * max(element_size, 4)
+    pairs = max(1, budget_bytes // max(per_pair, 1))
+    if pairs >= ba:
+        return max(ba, 1), max(1, min(bb, pairs // max(ba, 1)))  # an empty a (Ba = 0) has no blocks
+    return pairs, 1
+
+
+def _chunks(ba, bb, plan):
+    """The blocks of the ``(Ba, Bb)`` score matrix, as ``(slice of a texts, slice of b texts)``,
+    column by column (a column's a blocks share its b texts)."""
+    a_step, b_step = plan
+    for b_start in range(0, bb, b_step):
+        for a_start in range(0, ba, a_step):
+            yield slice(a_start, min(a_start + a_step, ba)), slice(b_start, min(b_start + b_step, bb))
 
 
 def _resolve_backend(backend, a, b, temperature):

@@ -636,19 +636,52 @@ def test_empty_batches_give_empty_score_matrices(backend):
 
 def test_chunk_budget_sets_the_chunks_and_not_the_scores(monkeypatch):
     a, am, b, bm = _ok_inputs(ba=3, bb=5, la=4, lb=6, d=8)
-    chunks = []
+    blocks = []
     einsum = torch.einsum
-    monkeypatch.setattr(torch, "einsum", lambda *args: chunks.append(args[2].shape[0]) or einsum(*args))
-    # A text of b costs Ba * max(La Lb, La D, Lb D) * 4 bytes (similarities, or gathered vectors): 576 here.
-    small = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=1200)
-    assert chunks == [2, 2, 1]
-    chunks.clear()
+    monkeypatch.setattr(torch, "einsum", lambda *args: blocks.append((args[1].shape[0], args[2].shape[0])) or einsum(*args))
+    # A pair of texts costs max(La Lb, La D, Lb D) * 4 bytes (similarities, or gathered vectors): 192 here.
+    small = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=1200)  # 6 pairs: all a, 2 b texts
+    assert blocks == [(3, 2), (3, 2), (3, 1)]
+    blocks.clear()
     large = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=10**6)
-    assert chunks == [5]
+    assert blocks == [(3, 5)]
+    blocks.clear()
+    # Under one column of b (3 pairs, 576 bytes) the columns are cut along a: 2 pairs a block.
+    cut = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=400)
+    assert blocks == [(2, 1), (1, 1)] * 5
     torch.testing.assert_close(small, large, **TOL[torch.float32])  # products of other shapes: last bits
+    torch.testing.assert_close(cut, large, **TOL[torch.float32])
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="chunk_budget_bytes must be a positive integer"):
             maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=bad)
+
+
+@pytest.mark.parametrize("budget", [1, 700, 7000])
+def test_chunked_working_set_stays_within_the_budget(monkeypatch, budget):
+    # Many queries against a few documents (scoring a corpus): no block, forward or backward,
+    # builds more than the budget, down to one pair of texts (here 4 x 9 x 4 bytes = 144).
+    a, am, b, bm = _ok_inputs(ba=11, bb=3, la=4, lb=9, d=4)
+    am[3, 2:], bm[1, 5:] = False, False
+    a.requires_grad_(True), b.requires_grad_(True)
+    sizes = []
+    einsum = torch.einsum
+
+    def recording_einsum(*args):
+        out = einsum(*args)
+        sizes.append(max(x.numel() for x in (out, *args[1:])))
+        return out
+
+    monkeypatch.setattr(torch, "einsum", recording_einsum)
+    scores = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=budget)
+    scores.square().sum().backward()
+    assert max(sizes) * 4 <= max(budget, 4 * 9 * 4)
+    monkeypatch.setattr(torch, "einsum", einsum)
+    a_want, b_want = a.grad.clone(), b.grad.clone()
+    a.grad, b.grad = None, None
+    maxsim_matrix(a, am, b, bm, backend="dense").square().sum().backward()
+    torch.testing.assert_close(scores, maxsim_matrix(a, am, b, bm, backend="dense"), **TOL[torch.float32])
+    torch.testing.assert_close(a_want, a.grad, **TOL[torch.float32])
+    torch.testing.assert_close(b_want, b.grad, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
