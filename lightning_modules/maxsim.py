@@ -80,9 +80,9 @@ REDUCTIONS = ("mean", "sum")
 BACKENDS = ("auto", "dense", "chunked", "triton", "late-interaction-kernels")
 # auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
-# chunked: the working memory of one chunk (similarities, or gathered vectors in backward).
-# Small enough that a chunk's working set is a few times this (forward and backward),
-# large enough that each chunk is still a big matrix product.
+# chunked: the largest tensor of one block of text pairs (similarities, or gathered vectors in
+# backward). Small enough that a block's working set is a few times this (forward and
+# backward), large enough that each block is still a big matrix product.
 CHUNK_BUDGET_BYTES = 16 * 2**20
 
 
@@ -138,7 +138,7 @@ def maxsim_matrix(
         direction, reduction, temperature: see the module docstring.
         backend: ``"auto"``, ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"``
             (see the module docstring).
-        chunk_budget_bytes: the chunked backend's working memory a chunk (see ``ChunkedMaxSim``).
+        chunk_budget_bytes: the chunked backend's budget for a block's largest tensor (see ``ChunkedMaxSim``).
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
@@ -231,13 +231,15 @@ class ChunkedMaxSim(torch.autograd.Function):
 
     ``apply(a (Ba, La, D), b (Bb, Lb, D), a_mask (Ba, La), b_mask (Bb, Lb), direction,
     reduction, budget_bytes) -> (Ba, Bb)``. The score matrix is walked in blocks of text
-    pairs (``_chunk_plan``) whose working memory, ``La * Lb`` similarities a pair (or the
-    gathered vectors of the backward pass), stays under ``budget_bytes``: whole columns of
-    ``b`` texts against every text of ``a`` while one column fits (the largest products),
-    else a column cut into blocks of ``a`` texts (scoring many queries against a corpus); at
-    least one pair, which alone may exceed a budget smaller than its ``La * Lb``. Every max
-    is within one pair of texts, so the blocks change no score. Saved for backward: the
-    inputs and, per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
+    pairs (``_chunk_plan``) so that the largest tensor a block builds stays within
+    ``budget_bytes``: the similarities, ``La * Lb`` a pair in the inputs' dtype, in the
+    forward pass; the gathered or scaled vectors, ``max(La, Lb) * D`` a pair in float32
+    (float64 for float64 inputs), in the backward pass; a block holds a few such tensors
+    at once. A block is whole columns of ``b`` texts against every text of ``a`` while one
+    column fits (the largest products), else one column cut into even blocks of ``a`` texts
+    (many queries against a corpus); at least one pair, whatever the budget. Every max is
+    within one pair of texts, so the blocks change no score. Saved for backward: the inputs
+    and, per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
     ``(Ba, Bb, Lb)`` int32 (none when no gradient is wanted); only the wanted gradients are
     computed. Masks get no gradient. On CUDA, ``index_add_`` sums with atomics, so the last
     bits of a gradient can differ between runs, except under
@@ -254,7 +256,9 @@ class ChunkedMaxSim(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:2])  # scoring a corpus (no gradient) keeps no indices
         a_best = torch.empty(ba, bb, la, dtype=torch.int32, device=a.device) if a_weight is not None and keep else None
         b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None and keep else None
-        for rows, part in _chunks(ba, bb, _chunk_plan(ba, bb, la, lb, dim, a.element_size(), budget_bytes)):
+        # A pair's largest tensor: its similarities (or, for one-token texts, int64 argmax indices).
+        pair_bytes = max(la * lb * a.element_size(), max(la, lb) * 8)
+        for rows, part in _chunks(ba, bb, _chunk_plan(ba, bb, pair_bytes, budget_bytes)):
             sims = torch.einsum("ild,jmd->ijlm", a[rows], b[part])  # (na, nb, La, Lb): the only big tensor
             # Masked tokens are filled with -inf in place (no copy): they can never win a max.
             sims.masked_fill_(~b_mask[None, part, None, :], float("-inf"))
@@ -284,34 +288,34 @@ class ChunkedMaxSim(torch.autograd.Function):
         want_a, want_b = ctx.needs_input_grad[:2]
         accumulate = grad.dtype
         # Only the wanted gradients are summed (a frozen side costs nothing); the other is a
-        # one-element stand-in that nothing reads.
+        # one-element stand-in that nothing reads. A side's vectors are read (in the
+        # accumulation dtype: a copy for 16-bit inputs) only by the other side's gradient.
         grad_a = torch.zeros(ba * la if want_a else 1, dim, dtype=accumulate, device=a.device)
         grad_b = torch.zeros(bb * lb if want_b else 1, dim, dtype=accumulate, device=a.device)
-        a_flat, b_flat = a.reshape(ba * la, dim).to(accumulate), b.reshape(bb * lb, dim).to(accumulate)
-        plan = _chunk_plan(ba, bb, la, lb, dim, grad.element_size(), ctx.budget_bytes)
-        for rows, part in _chunks(ba, bb, plan):
-            texts_a = torch.arange(rows.start, rows.stop, device=a.device)  # (na,)
-            texts_b = torch.arange(part.start, part.stop, device=a.device)  # (nb,)
+        a_vectors = a.to(accumulate) if want_b else None  # (Ba, La, D)
+        b_vectors = b.to(accumulate) if want_a else None  # (Bb, Lb, D)
+        a_texts = torch.arange(ba, device=a.device)
+        b_texts = torch.arange(bb, device=a.device)
+        pair_bytes = max(la, lb) * dim * grad.element_size()  # gathered or scaled vectors, (na, nb, L, D)
+        for rows, part in _chunks(ba, bb, _chunk_plan(ba, bb, pair_bytes, ctx.budget_bytes)):
             if a_weight is not None:
                 # score[i, j] += w[i, l] * <a[i, l], b[j, best]>: a[i, l] gets w * g * b[j, best] (a gather),
                 # and b[j, best] gets w * g * a[i, l] (a scatter-add: many a tokens may pick one b token).
                 weight = grad[rows, part, None] * a_weight[rows, None, :]  # (na, nb, La)
-                picked = texts_b[None, :, None] * lb + a_best[rows, part].long()  # (na, nb, La) rows of b_flat
+                picked = b_texts[part, None] * lb + a_best[rows, part].long()  # (na, nb, La) tokens of b, flat
                 if want_a:
-                    gathered = torch.einsum("ijl,ijld->ild", weight, b_flat[picked])  # (na, La, D)
-                    grad_a[rows.start * la : rows.stop * la] += gathered.reshape(-1, dim)
+                    gathered = torch.einsum("ijl,ijld->ild", weight, b_vectors.view(bb * lb, dim)[picked])
+                    grad_a[rows.start * la : rows.stop * la] += gathered.reshape(-1, dim)  # (na La, D)
                 if want_b:
-                    grad_b.index_add_(0, picked.flatten(),
-                                      (weight[..., None] * a[rows, None].to(accumulate)).reshape(-1, dim))
+                    grad_b.index_add_(0, picked.flatten(), (weight[..., None] * a_vectors[rows, None]).reshape(-1, dim))
             if b_weight is not None:
                 weight = grad[rows, part, None] * b_weight[None, part, :]  # (na, nb, Lb)
-                picked = texts_a[:, None, None] * la + b_best[rows, part].long()  # (na, nb, Lb) rows of a_flat
+                picked = a_texts[rows, None, None] * la + b_best[rows, part].long()  # (na, nb, Lb) tokens of a, flat
                 if want_b:
-                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_flat[picked])  # (nb, Lb, D)
-                    grad_b[part.start * lb : part.stop * lb] += gathered.reshape(-1, dim)
+                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_vectors.view(ba * la, dim)[picked])
+                    grad_b[part.start * lb : part.stop * lb] += gathered.reshape(-1, dim)  # (nb Lb, D)
                 if want_a:
-                    grad_a.index_add_(0, picked.flatten(),
-                                      (weight[..., None] * b[None, part].to(accumulate)).reshape(-1, dim))
+                    grad_a.index_add_(0, picked.flatten(), (weight[..., None] * b_vectors[None, part]).reshape(-1, dim))
         grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
         grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
         return grad_a, grad_b, None, None, None, None, None
@@ -325,16 +329,14 @@ def _token_weights(mask, reduction, direction, dtype):
     return 0.5 * weight if direction == "both" else weight
 
 
-def _chunk_plan(ba, bb, la, lb, dim, element_size, budget_bytes):
-    """``(a texts, b texts)`` per block of ``ChunkedMaxSim``: as many pairs as keep their
-    working set (similarities, or gathered vectors in backward, ``max(La Lb, La D, Lb D)``
-    values in at least float32 a pair) within the budget; every a text against as many b
-    texts as fit, else one b text against as many a texts as fit; at least one pair."""
-    per_pair = max(la * lb, la * dim, lb * dim) * max(element_size, 4)
-    pairs = max(1, budget_bytes // max(per_pair, 1))
+def _chunk_plan(ba, bb, pair_bytes, budget_bytes):
+    """``(a texts, b texts)`` a block of ``ChunkedMaxSim``, for blocks of at most
+    ``budget_bytes // pair_bytes`` pairs (at least one): every a text against as many b texts
+    as fit, else one b text against an even share of the a texts (fewest blocks)."""
+    pairs = max(1, budget_bytes // max(pair_bytes, 1))
     if pairs >= ba:
         return max(ba, 1), max(1, min(bb, pairs // max(ba, 1)))  # an empty a (Ba = 0) has no blocks
-    return pairs, 1
+    return math.ceil(ba / math.ceil(ba / pairs)), 1
 
 
 def _chunks(ba, bb, plan):

@@ -51,7 +51,7 @@ class LateInteractionModel(nn.Module):
         backend: how ``score_matrix`` computes MaxSim, one of ``maxsim.BACKENDS``: ``"auto"``,
             ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"`` (see
             ``lightning_modules.maxsim``).
-        chunk_budget_bytes: the chunked backend's working memory a chunk.
+        chunk_budget_bytes: the chunked backend's budget for a block's largest tensor.
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
     """
 

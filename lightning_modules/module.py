@@ -45,8 +45,9 @@ class MaxSimModule(pl.LightningModule):
     most: ``backend`` (``auto``: the fused triton kernels on a GPU of compute capability 8.0
     or newer, when Triton is installed and the kernels take the inputs; otherwise dense
     for small matrices and the memory-lean chunked backend for large ones), and
-    ``chunk_budget_mb``, the working memory of one chunk of the chunked backend (16 MB: a
-    chunk is still a large matrix product; more on a GPU means fewer, larger chunks). The
+    ``chunk_budget_mb``, the chunked backend's budget for the largest tensor of one block
+    of text pairs (16 MB: a block is still a large matrix product; more on a GPU means
+    fewer, larger blocks). The
     triton backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):

@@ -7,6 +7,7 @@ vectorised code cannot also be in the reference.
 
 from __future__ import annotations
 
+from collections import Counter
 import contextlib
 from functools import partial
 import importlib.util
@@ -16,6 +17,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, maxsim_pairwise, triton_installed
 
@@ -635,20 +638,20 @@ def test_empty_batches_give_empty_score_matrices(backend):
 
 
 def test_chunk_budget_sets_the_chunks_and_not_the_scores(monkeypatch):
-    a, am, b, bm = _ok_inputs(ba=3, bb=5, la=4, lb=6, d=8)
+    a, am, b, bm = _ok_inputs(ba=7, bb=5, la=4, lb=6, d=8)
     blocks = []
     einsum = torch.einsum
     monkeypatch.setattr(torch, "einsum", lambda *args: blocks.append((args[1].shape[0], args[2].shape[0])) or einsum(*args))
-    # A pair of texts costs max(La Lb, La D, Lb D) * 4 bytes (similarities, or gathered vectors): 192 here.
-    small = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=1200)  # 6 pairs: all a, 2 b texts
-    assert blocks == [(3, 2), (3, 2), (3, 1)]
+    # A pair of texts costs La * Lb * 4 bytes of float32 similarities in the forward pass: 96 here.
+    small = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=14 * 96)  # all of a, 2 b texts
+    assert blocks == [(7, 2), (7, 2), (7, 1)]
     blocks.clear()
     large = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=10**6)
-    assert blocks == [(3, 5)]
+    assert blocks == [(7, 5)]
     blocks.clear()
-    # Under one column of b (3 pairs, 576 bytes) the columns are cut along a: 2 pairs a block.
-    cut = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=400)
-    assert blocks == [(2, 1), (1, 1)] * 5
+    # Under one column of b (7 pairs) each column is cut along a, evenly: 4 + 3 for 5 pairs, not 5 + 2.
+    cut = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=5 * 96)
+    assert blocks == [(4, 1), (3, 1)] * 5
     torch.testing.assert_close(small, large, **TOL[torch.float32])  # products of other shapes: last bits
     torch.testing.assert_close(cut, large, **TOL[torch.float32])
     for bad in (0, -1, 1.5, True):
@@ -656,32 +659,54 @@ def test_chunk_budget_sets_the_chunks_and_not_the_scores(monkeypatch):
             maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=bad)
 
 
-@pytest.mark.parametrize("budget", [1, 700, 7000])
-def test_chunked_working_set_stays_within_the_budget(monkeypatch, budget):
-    # Many queries against a few documents (scoring a corpus): no block, forward or backward,
-    # builds more than the budget, down to one pair of texts (here 4 x 9 x 4 bytes = 144).
-    a, am, b, bm = _ok_inputs(ba=11, bb=3, la=4, lb=9, d=4)
-    am[3, 2:], bm[1, 5:] = False, False
-    a.requires_grad_(True), b.requires_grad_(True)
-    sizes = []
-    einsum = torch.einsum
+class _Allocations(TorchDispatchMode):
+    """Records ``(shape, bytes)`` of every tensor an operation allocates: not views, not in-place results."""
 
-    def recording_einsum(*args):
-        out = einsum(*args)
-        sizes.append(max(x.numel() for x in (out, *args[1:])))
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func._schema.is_mutable and all(r.alias_info is None for r in func._schema.returns):
+            self.made += [(tuple(t.shape), t.numel() * t.element_size())
+                          for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         return out
 
-    monkeypatch.setattr(torch, "einsum", recording_einsum)
-    scores = maxsim_matrix(a, am, b, bm, backend="chunked", chunk_budget_bytes=budget)
-    scores.square().sum().backward()
-    assert max(sizes) * 4 <= max(budget, 4 * 9 * 4)
-    monkeypatch.setattr(torch, "einsum", einsum)
-    a_want, b_want = a.grad.clone(), b.grad.clone()
-    a.grad, b.grad = None, None
-    maxsim_matrix(a, am, b, bm, backend="dense").square().sum().backward()
-    torch.testing.assert_close(scores, maxsim_matrix(a, am, b, bm, backend="dense"), **TOL[torch.float32])
-    torch.testing.assert_close(a_want, a.grad, **TOL[torch.float32])
-    torch.testing.assert_close(b_want, b.grad, **TOL[torch.float32])
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frozen", [None, "a", "b"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("budget", [1, 700])
+def test_chunked_stays_within_the_budget(budget, direction, frozen, dtype):
+    # Many queries against a few documents (scoring a corpus cuts columns along a). Every tensor
+    # a block allocates, forward or backward, stays within the budget, down to one pair of texts;
+    # tensors over it are the few whole-batch ones (scores, indices, gradient sums), made once.
+    (ba, la, dim), (bb, lb) = (11, 4, 6), (5, 9)
+    a, am, b, bm = (x.to(dtype) if x.is_floating_point() else x for x in _ok_inputs(ba, bb, la, lb, dim))
+    am[3, 2:], bm[1, 5:] = False, False
+    a.requires_grad_(frozen != "a"), b.requires_grad_(frozen != "b")
+    forward, backward = _Allocations(), _Allocations()
+    with forward:
+        scores = ChunkedMaxSim.apply(a, b, am, bm, direction, "mean", budget)
+    weights = torch.randn(ba, bb)
+    trained = [x for x in (a, b) if x.requires_grad]
+    with backward:
+        grads = torch.autograd.grad(scores, trained, weights)
+    pair_bytes = {forward: la * lb * a.element_size(), backward: max(la, lb) * dim * 4}  # similarities; vectors
+    whole_batch = {(ba, bb), (ba, bb, la), (ba, bb, lb), (ba * la, dim), (bb * lb, dim), (ba, la, dim), (bb, lb, dim),
+                   (ba, la), (bb, lb)}
+    for record, pair in pair_bytes.items():
+        over = Counter(shape for shape, size in record.made if size > max(budget, pair))
+        assert set(over) <= whole_batch, over
+        # At most 3 of a shape (the token weights take three operations): one made per block would
+        # appear 55 times at budget 1 (11 x 5 pairs), one made per column of b 5 times.
+        assert max(over.values(), default=0) <= 3, over
+    if dtype == torch.float32:  # against dense: the same scores and gradients
+        want_scores = maxsim_matrix(a, am, b, bm, direction=direction, backend="dense")
+        torch.testing.assert_close(scores, want_scores, **TOL[dtype])
+        for got, want in zip(grads, torch.autograd.grad(want_scores, trained, weights)):
+            torch.testing.assert_close(got, want, **TOL[dtype])
 
 
 @pytest.mark.parametrize("fn", [maxsim_pairwise, maxsim_matrix], ids=["pairwise", "matrix"])
@@ -727,8 +752,8 @@ def test_bad_shapes_raise(fn):
 # ----------------------------------------------------------------------------
 
 def _lean(backend, a, am, b, bm, direction, reduction, budget=1):
-    """The backend under test: ChunkedMaxSim with a tiny budget by default (one b text per
-    chunk, so chunking is exercised), the dense einsum, or the triton kernels on DEVICE.
+    """The backend under test: ChunkedMaxSim with a tiny budget by default (one pair of texts
+    a block, so the blocks are exercised), the dense einsum, or the triton kernels on DEVICE.
     Returns CPU tensors."""
     if backend == "dense":
         return maxsim_matrix(a, am, b, bm, direction=direction, reduction=reduction, backend="dense")
