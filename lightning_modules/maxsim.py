@@ -148,7 +148,7 @@ def maxsim_matrix(
     if isinstance(chunk_budget_bytes, bool) or not isinstance(chunk_budget_bytes, int) or chunk_budget_bytes <= 0:
         raise ValueError(f"chunk_budget_bytes must be a positive integer, got {chunk_budget_bytes!r}")
     backend = _resolve_backend(backend, a, b, temperature)
-    if backend in ("triton", "late-interaction-kernels"):
+    if backend != "dense":  # (the dense einsum is autocast's own)
         a, b = _autocast_operands(a, b)  # before the copy below, which is then in the autocast dtype
     a, b = _zero_masked(a, a_mask), _zero_masked(b, b_mask)
     if backend == "triton":
@@ -177,7 +177,8 @@ def _zero_masked(x, mask):
 def _autocast_operands(a, b):
     """``a`` and ``b`` in the autocast dtype when autocast is on, as the dense einsum would
     multiply them (token vectors leave F.normalize in float32 even under autocast): for
-    the fused kernels, which autocast does not reach."""
+    the fused kernels, which autocast does not reach, and the chunked backend's products
+    into a buffer (``out=``, which autocast leaves alone)."""
     if torch.is_autocast_enabled(a.device.type):
         low = torch.get_autocast_dtype(a.device.type)
         return a.to(low), b.to(low)
@@ -258,8 +259,12 @@ class ChunkedMaxSim(torch.autograd.Function):
         b_best = torch.empty(ba, bb, lb, dtype=torch.int32, device=a.device) if b_weight is not None and keep else None
         # A pair's largest tensor: its similarities (or, for one-token texts, int64 argmax indices).
         pair_bytes = max(la * lb * a.element_size(), max(la, lb) * 8)
-        for rows, part in _chunks(ba, bb, _chunk_plan(ba, bb, pair_bytes, budget_bytes)):
-            sims = torch.einsum("ild,jmd->ijlm", a[rows], b[part])  # (na, nb, La, Lb): the only big tensor
+        plan = _chunk_plan(ba, bb, pair_bytes, budget_bytes)
+        # Every block's similarities go to one buffer: a fresh block-sized tensor each time would
+        # leave the allocator holding several (glibc's malloc kept 99 MB resident for 14 MB blocks).
+        buffer = torch.empty(min(ba, plan[0]) * min(bb, plan[1]) * la * lb, dtype=a.dtype, device=a.device)
+        for rows, part in _chunks(ba, bb, plan):
+            sims = _similarities(a[rows], b[part], buffer)  # (na, nb, La, Lb): the only big tensor
             # Masked tokens are filled with -inf in place (no copy): they can never win a max.
             sims.masked_fill_(~b_mask[None, part, None, :], float("-inf"))
             if a_weight is not None:  # each token of a: its best token of b
@@ -319,6 +324,15 @@ class ChunkedMaxSim(torch.autograd.Function):
         grad_a = grad_a.view_as(a).to(a.dtype) if want_a else None
         grad_b = grad_b.view_as(b).to(b.dtype) if want_b else None
         return grad_a, grad_b, None, None, None, None, None
+
+
+def _similarities(a, b, out):
+    """``a (na, La, D)`` against ``b (nb, Lb, D)``: ``(na, nb, La, Lb)`` cosines, as the
+    einsum ``"ild,jmd->ijlm"``, computed into the front of the flat buffer ``out`` (a view of it)."""
+    (na, la, dim), (nb, lb, _) = a.shape, b.shape
+    flat = out[: na * la * nb * lb].view(na * la, nb * lb)
+    torch.mm(a.reshape(na * la, dim), b.reshape(nb * lb, dim).T, out=flat)
+    return flat.view(na, la, nb, lb).transpose(1, 2)
 
 
 def _token_weights(mask, reduction, direction, dtype):
