@@ -49,6 +49,7 @@ test: install interop-env
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
+	$(PY) benchmarks/auto_limit.py
 	$(PY) benchmarks/triton_compile_check.py
 	$(PY) benchmarks/triton_sass.py  # ours; late-interaction-kernels' too where it imports
 	-$(PY) benchmarks/contrastive_batch.py  # reads ../shared/data/stsb; without it, the others still run

@@ -62,8 +62,9 @@ Backends of ``maxsim_matrix`` (``backend=``):
   tensors of float32/bf16/fp16; a smooth max goes to dense. Never chosen by ``auto``.
 * ``"auto"`` (default): triton on CUDA (compute capability 8.0 or newer: bf16 tensor
   cores) when Triton is installed and the kernel applies; otherwise dense while the
-  similarity tensor is small (it is the fastest there), chunked above
-  ``AUTO_DENSE_LIMIT_BYTES``.
+  similarity tensor is small, chunked above ``AUTO_DENSE_LIMIT_BYTES`` (12 MB on a CPU:
+  ``benchmarks/auto_limit.py`` finds chunked faster from 16 MB on; 64 MB on a GPU
+  without the kernels, ``AUTO_DENSE_LIMIT_BYTES_GPU``, not measured).
 
 ``maxsim_pairwise`` builds only ``(B, La, Lb)`` and takes ``backend`` for symmetry.
 """
@@ -78,8 +79,10 @@ import torch
 DIRECTIONS = ("a2b", "b2a", "both")
 REDUCTIONS = ("mean", "sum")
 BACKENDS = ("auto", "dense", "chunked", "triton", "late-interaction-kernels")
-# auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised.
-AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
+# auto: above this size the (Ba, Bb, La, Lb) similarity tensor is not materialised (CPU:
+# benchmarks/auto_limit.py; a GPU without the triton kernels keeps the older, unmeasured 64 MB).
+AUTO_DENSE_LIMIT_BYTES = 12 * 2**20
+AUTO_DENSE_LIMIT_BYTES_GPU = 64 * 2**20
 # chunked: the largest tensor of one block of text pairs (similarities, or gathered vectors in
 # backward). Small enough that a block's working set is a few times this (forward and
 # backward), large enough that each block is still a big matrix product.
@@ -178,10 +181,11 @@ def _autocast_operands(a, b):
     """``a`` and ``b`` in the autocast dtype when autocast is on, as the dense einsum would
     multiply them (token vectors leave F.normalize in float32 even under autocast): for
     the fused kernels, which autocast does not reach, and the chunked backend's products
-    into a buffer (``out=``, which autocast leaves alone)."""
+    into a buffer (``out=``, which autocast leaves alone). float64 stays float64, as
+    autocast leaves it."""
     if torch.is_autocast_enabled(a.device.type):
         low = torch.get_autocast_dtype(a.device.type)
-        return a.to(low), b.to(low)
+        return (x if x.dtype == torch.float64 else x.to(low) for x in (a, b))
     return a, b
 
 
@@ -237,7 +241,7 @@ class ChunkedMaxSim(torch.autograd.Function):
     forward pass; the gathered or scaled vectors, ``max(La, Lb) * D`` a pair in float32
     (float64 for float64 inputs), in the backward pass; a block holds a few such tensors
     at once. A block is whole columns of ``b`` texts against every text of ``a`` while one
-    column fits (the largest products), else one column cut into even blocks of ``a`` texts
+    column fits (the largest products), else one column cut into near-equal blocks of ``a`` texts
     (many queries against a corpus); at least one pair, whatever the budget. Every max is
     within one pair of texts, so the blocks change no score. Saved for backward: the inputs
     and, per direction, the index of each token's best match, ``(Ba, Bb, La)`` and/or
@@ -261,8 +265,8 @@ class ChunkedMaxSim(torch.autograd.Function):
         pair_bytes = max(la * lb * a.element_size(), max(la, lb) * 8)
         plan = _chunk_plan(ba, bb, pair_bytes, budget_bytes)
         # Every block's similarities go to one buffer: a fresh block-sized tensor each time would
-        # leave the allocator holding several (glibc's malloc kept 99 MB resident for 14 MB blocks).
-        buffer = torch.empty(min(ba, plan[0]) * min(bb, plan[1]) * la * lb, dtype=a.dtype, device=a.device)
+        # leave the allocator holding several (glibc's malloc kept about 100 MB resident for 14 MB blocks).
+        buffer = torch.empty(math.ceil(ba / plan[0]) * min(bb, plan[1]) * la * lb, dtype=a.dtype, device=a.device)
         for rows, part in _chunks(ba, bb, plan):
             sims = _similarities(a[rows], b[part], buffer)  # (na, nb, La, Lb): the only big tensor
             # Masked tokens are filled with -inf in place (no copy): they can never win a max.
@@ -309,7 +313,7 @@ class ChunkedMaxSim(torch.autograd.Function):
                 weight = grad[rows, part, None] * a_weight[rows, None, :]  # (na, nb, La)
                 picked = b_texts[part, None] * lb + a_best[rows, part].long()  # (na, nb, La) tokens of b, flat
                 if want_a:
-                    gathered = torch.einsum("ijl,ijld->ild", weight, b_vectors.view(bb * lb, dim)[picked])
+                    gathered = torch.einsum("ijl,ijld->ild", weight, b_vectors.reshape(bb * lb, dim)[picked])
                     grad_a[rows.start * la : rows.stop * la] += gathered.reshape(-1, dim)  # (na La, D)
                 if want_b:
                     grad_b.index_add_(0, picked.flatten(), (weight[..., None] * a_vectors[rows, None]).reshape(-1, dim))
@@ -317,7 +321,7 @@ class ChunkedMaxSim(torch.autograd.Function):
                 weight = grad[rows, part, None] * b_weight[None, part, :]  # (na, nb, Lb)
                 picked = a_texts[rows, None, None] * la + b_best[rows, part].long()  # (na, nb, Lb) tokens of a, flat
                 if want_b:
-                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_vectors.view(ba * la, dim)[picked])
+                    gathered = torch.einsum("ijm,ijmd->jmd", weight, a_vectors.reshape(ba * la, dim)[picked])
                     grad_b[part.start * lb : part.stop * lb] += gathered.reshape(-1, dim)  # (nb Lb, D)
                 if want_a:
                     grad_a.index_add_(0, picked.flatten(), (weight[..., None] * b_vectors[None, part]).reshape(-1, dim))
@@ -344,22 +348,25 @@ def _token_weights(mask, reduction, direction, dtype):
 
 
 def _chunk_plan(ba, bb, pair_bytes, budget_bytes):
-    """``(a texts, b texts)`` a block of ``ChunkedMaxSim``, for blocks of at most
-    ``budget_bytes // pair_bytes`` pairs (at least one): every a text against as many b texts
-    as fit, else one b text against an even share of the a texts (fewest blocks)."""
+    """``(blocks of a texts a column, b texts a column)`` of ``ChunkedMaxSim``, for blocks of
+    at most ``budget_bytes // pair_bytes`` pairs (at least one): every a text against as many b
+    texts as fit, else one b text against the fewest near-equal blocks of a texts that fit."""
     pairs = max(1, budget_bytes // max(pair_bytes, 1))
     if pairs >= ba:
-        return max(ba, 1), max(1, min(bb, pairs // max(ba, 1)))  # an empty a (Ba = 0) has no blocks
-    return math.ceil(ba / math.ceil(ba / pairs)), 1
+        return 1, max(1, min(bb, pairs // max(ba, 1)))
+    return math.ceil(ba / pairs), 1
 
 
 def _chunks(ba, bb, plan):
     """The blocks of the ``(Ba, Bb)`` score matrix, as ``(slice of a texts, slice of b texts)``,
-    column by column (a column's a blocks share its b texts)."""
-    a_step, b_step = plan
+    column by column; a column's ``a`` blocks differ in size by one text at most, the first
+    the largest (``ceil(Ba / blocks)``)."""
+    a_blocks, b_step = plan
+    bounds = [-(-ba * k // a_blocks) for k in range(a_blocks + 1)]  # ceil(Ba k / blocks)
     for b_start in range(0, bb, b_step):
-        for a_start in range(0, ba, a_step):
-            yield slice(a_start, min(a_start + a_step, ba)), slice(b_start, min(b_start + b_step, bb))
+        for a_start, a_stop in zip(bounds, bounds[1:]):
+            if a_stop > a_start:
+                yield slice(a_start, a_stop), slice(b_start, min(b_start + b_step, bb))
 
 
 def _resolve_backend(backend, a, b, temperature):
@@ -387,7 +394,8 @@ def _resolve_backend(backend, a, b, temperature):
             return "triton"
     if backend == "auto":
         size = a.shape[0] * b.shape[0] * a.shape[1] * b.shape[1] * a.element_size()
-        return "chunked" if size > AUTO_DENSE_LIMIT_BYTES else "dense"
+        limit = AUTO_DENSE_LIMIT_BYTES_GPU if a.is_cuda else AUTO_DENSE_LIMIT_BYTES
+        return "chunked" if size > limit else "dense"
     return backend
 
 

@@ -1170,6 +1170,35 @@ def test_auto_uses_chunked_for_large_similarity_tensors_and_dense_for_small(monk
         maxsim_matrix(a, am, b, bm, backend="fused")
 
 
+@pytest.mark.parametrize("backend", ["dense", "chunked", TRITON])
+def test_float64_stays_float64_under_autocast(backend):
+    # Autocast leaves float64 alone (the dense einsum stays float64), and so must the
+    # backends that cast for it themselves (triton hands float64 to chunked).
+    a, am, b, bm = (x.to(DEVICE) for x in _untied_inputs(100, 2, 3, 3, 4, 3))  # float64
+    a.requires_grad_(True)
+    want = maxsim_matrix(a, am, b, bm, backend=backend)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        got = maxsim_matrix(a, am, b, bm, backend=backend)
+        (grad,) = torch.autograd.grad(got.sum(), a)
+    assert got.dtype == grad.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_chunked_takes_non_contiguous_vectors(direction):
+    # ChunkedMaxSim.apply on views (maxsim_matrix hands it contiguous copies; a direct caller may not).
+    a, am, b, bm = _ok_inputs(ba=3, bb=4, la=5, lb=6, d=7)
+    a_view = a.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)  # (3, 5, 7), strides of (5, 3, 7)
+    b_view = b.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)  # (4, 6, 7), strides of (42, 1, 6)
+    assert not a_view.is_contiguous() and not b_view.is_contiguous()
+    got = ChunkedMaxSim.apply(a_view, b_view, am, bm, direction, "mean", 1)
+    grads = torch.autograd.grad(got.square().sum(), (a_view, b_view))
+    want = maxsim_matrix(a_view, am, b_view, bm, direction=direction, backend="dense")
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    for g, w in zip(grads, torch.autograd.grad(want.square().sum(), (a_view, b_view))):
+        torch.testing.assert_close(g, w, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("backend", [TRITON])
 def test_triton_hands_over_what_the_kernels_do_not_take(backend, monkeypatch):
     a, am, b, bm = _untied_inputs(100, 2, 3, 3, 4, 3)  # float64: handed to chunked
