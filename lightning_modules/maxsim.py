@@ -185,7 +185,7 @@ def _autocast_operands(a, b):
     autocast leaves it."""
     if torch.is_autocast_enabled(a.device.type):
         low = torch.get_autocast_dtype(a.device.type)
-        return (x if x.dtype == torch.float64 else x.to(low) for x in (a, b))
+        return tuple(x if x.dtype == torch.float64 else x.to(low) for x in (a, b))
     return a, b
 
 

@@ -47,8 +47,8 @@ class MaxSimModule(pl.LightningModule):
     for small matrices and the memory-lean chunked backend for large ones), and
     ``chunk_budget_mb``, the chunked backend's budget for the largest tensor of one block
     of text pairs (16 MB: a block is still a large matrix product; more on a GPU means
-    fewer, larger blocks). The
-    triton backward is deterministic when Lightning's ``Trainer(deterministic=True)`` is set.
+    fewer, larger blocks). The triton backward is deterministic when Lightning's
+    ``Trainer(deterministic=True)`` is set.
 
     What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
 
