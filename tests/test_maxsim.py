@@ -1188,7 +1188,7 @@ def test_float64_stays_float64_under_autocast(backend):
 def test_chunked_takes_non_contiguous_vectors(direction):
     # ChunkedMaxSim.apply on views (maxsim_matrix hands it contiguous copies; a direct caller may not).
     a, am, b, bm = _ok_inputs(ba=3, bb=4, la=5, lb=6, d=7)
-    a_view = a.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)  # (3, 5, 7), strides of (5, 3, 7)
+    a_view = a.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)  # (3, 5, 7), strides of (7, 21, 1)
     b_view = b.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)  # (4, 6, 7), strides of (42, 1, 6)
     assert not a_view.is_contiguous() and not b_view.is_contiguous()
     got = ChunkedMaxSim.apply(a_view, b_view, am, bm, direction, "mean", 1)
