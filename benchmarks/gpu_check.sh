@@ -5,9 +5,9 @@
 #   bash benchmarks/gpu_check.sh            # there, with benchmarks/wheels and .carry/minilm carried along
 #   bash benchmarks/gpu_check.sh quick tests        # some steps, in the order given
 #
-# Steps (all by default, most decisive first, each under its own time limit; the six limits add
-# up to 20 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
-# "quick tests" (390 s), then "bench" (400 s), then "shapes ties tune" (450 s)):
+# Steps (all by default, most decisive first, each under its own time limit; the seven limits add
+# up to 22 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
+# "quick tests" (390 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
 #          default and deterministic backward, and the atomic b side instead of the one-hot
 #          products, against late-interaction-kernels (limit 150 s)
@@ -19,6 +19,8 @@
 #          autocast (limit 120 s)
 #   ties   benchmarks/maxsim_ties.py --device cuda: gradient differences against near-ties (limit 90 s)
 #   tune   benchmarks/triton_tune.py: every launch-setting variant (limit 240 s)
+#   fp32   benchmarks/triton_tune.py --dtype float32: the float32 forward's settings, v6's among
+#          them (CUDA cores; limit 150 s)
 # Everything also goes to $OUT (default benchmarks/results/). Exit status: the first failing step's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +57,7 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, remember the 
     local rc=$?
     [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; [ "$status" -ne 0 ] || status=$rc; }
 }
-for name in "${@:-quick tests bench shapes ties tune}"; do
+for name in "${@:-quick tests bench shapes ties tune fp32}"; do
     for name in $name; do
         case $name in
             quick)
@@ -74,10 +76,14 @@ for name in "${@:-quick tests bench shapes ties tune}"; do
             tune)
                 step tune 240 "$PY" benchmarks/triton_tune.py --out "$OUT/triton_tune.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_tune.txt" | grep -v '^{' ;;
+            fp32)
+                step fp32 150 "$PY" benchmarks/triton_tune.py --dtype float32 --repeats 10 \
+                    --out "$OUT/triton_tune_fp32.json"
+                sed -n '/^$/,/^{/p' "$OUT/gpu_fp32.txt" | grep -v '^{' ;;
             bench)
                 step bench 400 "$PY" benchmarks/maxsim.py --device cuda --out "$OUT/maxsim-cuda.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_bench.txt" | head -90 ;;
-            *) echo "unknown step: $name (quick, tests, shapes, ties, tune, bench)"; status=2 ;;
+            *) echo "unknown step: $name (quick, tests, shapes, ties, tune, bench, fp32)"; status=2 ;;
         esac
     done
 done

@@ -9,15 +9,19 @@ each kernel ahead of time, with Triton's own ptxas, for the configurations that
 ``lightning_modules.maxsim_triton`` would launch (``forward_config``/``backward_config``),
 and reads the resources off the binary: a program that needs more shared memory than a
 block may have (227 KB on sm_90, 163 KB on sm_80) would fail at its first launch, and
-spilled registers cost speed. Nothing runs; no GPU is needed. Prints a table and JSON
-(``benchmarks/results/triton_compile.json``).
+spilled registers cost speed, most where the hot loop (the largest innermost loop of the
+SASS) reads and writes them: "loop LDL/STL" counts its local loads and stores, and any is
+a failure. Nothing runs; no GPU is needed. Prints a table and JSON
+(``benchmarks/results/triton_compile.json``); exits 1 when a program fails either check.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -101,9 +105,13 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
         return {**row, "status": f"compile error: {type(error).__name__}: {str(error)[:300]}"}
     shared = compiled.metadata.shared
     registers, spill = _resources(compiled.asm["cubin"])
+    # Spilled registers cost most where they are read and written on every trip of the hot loop.
+    _, opcodes, _ = hot_loop(compiled.asm["cubin"])
+    loop_local = opcodes.get("LDL", 0) + opcodes.get("STL", 0)
     fits = shared <= SHARED_LIMIT.get(arch, 101376)
-    return {**row, "status": "ok" if fits else "too much shared memory", "shared_bytes": shared,
-            "registers": registers, "spill_bytes": spill, "compile_s": round(time.perf_counter() - start, 1)}
+    status = "too much shared memory" if not fits else "spills in the hot loop" if loop_local else "ok"
+    return {**row, "status": status, "shared_bytes": shared, "registers": registers, "spill_bytes": spill,
+            "loop_local_ops": loop_local, "compile_s": round(time.perf_counter() - start, 1)}
 
 
 def cuobjdump(cubin: bytes, option: str) -> str:
@@ -123,27 +131,72 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
     return number("REG"), number("STACK")
 
 
+MEMORY_OPS = ("LDG", "STG", "ATOMG", "REDG", "LDGSTS")  # global loads, stores and atomics
+
+
+def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
+    """The largest innermost loop (a backward branch's range holding no other): its instruction
+    count, the count of each opcode in it (most frequent first), and how many trips of the
+    source loop one of its trips makes. The compiler may unroll a loop with a run-time bound
+    k times: it then also emits the body once more, for the remaining trips. An innermost loop
+    whose global loads, stores and atomics times k are the hot loop's is taken to be that
+    remainder, and k the unrolling."""
+    sass = cuobjdump(cubin, "-sass")
+    code = []  # (address, instruction without its predicate)
+    for line in sass.splitlines():
+        found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if found:
+            code.append((int(found.group(1), 16), re.sub(r"^@!?U?P[T0-9]+\s+", "", found.group(2).strip())))
+    loops = []
+    for address, text in code:
+        target = re.match(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < address:
+            loops.append((int(target.group(1), 16), address))
+    innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+    if not innermost:
+        return 0, {}, 1
+
+    def body(loop):
+        return [text.split()[0] for address, text in code if loop[0] <= address <= loop[1]]
+
+    def memory(ops):
+        return collections.Counter(op for op in ops if op.split(".")[0] in MEMORY_OPS)
+
+    hot = max(innermost, key=lambda loop: loop[1] - loop[0])
+    ops, unroll = body(hot), 1
+    for other in innermost:
+        rest = memory(body(other))
+        for k in range(2, 17):
+            if other != hot and rest and all(memory(ops)[op] == k * rest[op] for op in memory(ops) | rest):
+                unroll = max(unroll, k)
+    return len(ops), dict(collections.Counter(op.split(".")[0] for op in ops).most_common()), unroll
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 (H100), 80 (A100)")
+    parser.add_argument("--kernels", nargs="+", choices=sorted(KERNELS), default=list(KERNELS),
+                        help="only these kernels (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_compile.json"))
     args = parser.parse_args()
     cases = [(kind, dtype, la, 300, 128, "both")
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
-             for kind in KERNELS
+             for kind in args.kernels
              if kind != "onehot" or mt.backward_config(300, 128, dtype, "both")["ONEHOT_A2B"]]  # 16-bit inputs only
-    cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
+    if "forward" in args.kernels:
+        cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}")
     print(f"{'kernel':<8} {'dtype':<5} {'La':>4} {'dir':<5} {'warps':>5} {'stages':>6} {'shared B':>9} {'regs':>5} "
-          f"{'spill B':>8}  status")
+          f"{'spill B':>8} {'loop LDL/STL':>12}  status")
     for case in cases:
         row = compile_one(*case, arch=args.arch)
         rows.append(row)
         print(f"{row['kernel']:<8} {row['dtype']:<5} {row['La']:>4} {row['direction']:<5} {row['num_warps']:>5} "
               f"{row['num_stages']:>6} {row.get('shared_bytes', '-'):>9} {row.get('registers') or '-':>5} "
-              f"{row.get('spill_bytes', '-') if row.get('spill_bytes') is not None else '-':>8}  {row['status']}",
+              f"{row.get('spill_bytes', '-') if row.get('spill_bytes') is not None else '-':>8} "
+              f"{row.get('loop_local_ops', '-'):>12}  {row['status']}",
               flush=True)
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,15 @@ on memory) needs at least total / (4 x 132) cycles. A count, not a timing: where
 waits on memory or the tensor cores, it runs slower than its count says. Prints a table and
 JSON (``benchmarks/results/triton_sass.json``). late-interaction-kernels autotunes its
 launch settings at run time; each of the settings it may pick at this shape is a row.
+"LDL/STL" counts the local loads and stores (spilled registers) in the hot loop. Two more
+rows give our forward on float32 vectors (CUDA cores, the loop over D), with its setting
+and with v6's (``--arch 80`` with triton 3.9 shows why it changed).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -33,53 +34,12 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from triton_compile_check import ROOT, build, cuobjdump, launch_config, mt, pointers  # noqa: E402
+from triton_compile_check import ROOT, build, hot_loop, launch_config, mt, pointers  # noqa: E402
 
 B, LA, LB, DIM = 512, 32, 300, 128
 SIMILARITIES = B * B * LA * LB  # also the (document token, query token) pairs of a one-hot backward
 PICKS = B * B * LA
 ISSUE_PER_CYCLE, H100_SMS = 4, 132
-
-
-MEMORY_OPS = ("LDG", "STG", "ATOMG", "REDG", "LDGSTS")  # global loads, stores and atomics
-
-
-def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
-    """The largest innermost loop (a backward branch's range holding no other): its instruction
-    count, the count of each opcode in it (most frequent first), and how many trips of the
-    source loop one of its trips makes. The compiler may unroll a loop with a run-time bound
-    k times: it then also emits the body once more, for the remaining trips. An innermost loop
-    whose global loads, stores and atomics times k are the hot loop's is taken to be that
-    remainder, and k the unrolling."""
-    sass = cuobjdump(cubin, "-sass")
-    code = []  # (address, instruction without its predicate)
-    for line in sass.splitlines():
-        found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if found:
-            code.append((int(found.group(1), 16), re.sub(r"^@!?U?P[T0-9]+\s+", "", found.group(2).strip())))
-    loops = []
-    for address, text in code:
-        target = re.match(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) < address:
-            loops.append((int(target.group(1), 16), address))
-    innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
-    if not innermost:
-        return 0, {}, 1
-
-    def body(loop):
-        return [text.split()[0] for address, text in code if loop[0] <= address <= loop[1]]
-
-    def memory(ops):
-        return collections.Counter(op for op in ops if op.split(".")[0] in MEMORY_OPS)
-
-    hot = max(innermost, key=lambda loop: loop[1] - loop[0])
-    ops, unroll = body(hot), 1
-    for other in innermost:
-        rest = memory(body(other))
-        for k in range(2, 17):
-            if other != hot and rest and all(memory(ops)[op] == k * rest[op] for op in memory(ops) | rest):
-                unroll = max(unroll, k)
-    return len(ops), dict(collections.Counter(op.split(".")[0] for op in ops).most_common()), unroll
 
 
 def ours(arch: int) -> list[dict]:
@@ -99,8 +59,15 @@ def ours(arch: int) -> list[dict]:
         ("ours atomic a2b, both sides", mt._atomic_a2b_kernel, atomic,
          cdiv(B * LA, atomic["ROWS"]) * cdiv(DIM, atomic["BLOCK_D"]) * B, PICKS),
     ]
-    return [measure(name, kernel, config, pointers("bf16"), trips, units, arch)
+    rows = [measure(name, kernel, config, pointers("bf16"), trips, units, arch)
             for name, kernel, config, trips, units in cases]
+    # float32 (CUDA cores): the hot loop is the one over D, a trip per BLOCK_D dims of a b tile.
+    fp32 = launch_config("forward", torch.float32, LA, LB, DIM, "a2b")
+    v6 = {**fp32, "num_warps": 4, "BLOCK_D": 64, "BLOCK_M": 64}  # the setting before FP32_FORWARD_DIMS
+    for name, config in (("ours forward fp32 (a2b)", fp32), ("ours forward fp32, v6 setting", v6)):
+        trips = cdiv(B, config["TEXTS"]) * B * cdiv(LB, config["BLOCK_M"]) * cdiv(DIM, config["BLOCK_D"])
+        rows.append(measure(name, mt._forward_kernel, config, pointers("fp32"), trips, SIMILARITIES, arch))
+    return rows
 
 
 def theirs(arch: int) -> list[dict]:
@@ -166,6 +133,7 @@ def measure(name, kernel, config, types, trips, units, arch, aligned=("D",), one
     return {**row, "loop_instructions": count, "unrolled": unroll, "tensor_cores": tensor,
             "warp_instructions_per_unit": total / units, "total_g_warp_instructions": total / 1e9,
             "issue_floor_mcycles_h100": total / (ISSUE_PER_CYCLE * H100_SMS) / 1e6,
+            "loop_local_ops": opcodes.get("LDL", 0) + opcodes.get("STL", 0),  # spilled registers, every trip
             "top_opcodes": dict(list(opcodes.items())[:8])}
 
 
@@ -175,15 +143,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_sass.json"))
     args = parser.parse_args()
     rows = ours(args.arch) + theirs(args.arch)
-    print(f"\ntriton {triton.__version__}, sm_{args.arch}; B = {B}, {LA} x {LB} tokens, D = {DIM}, bf16, a2b")
-    print(f"{'kernel':<52} {'warps':>5} {'mma':>5} {'loop':>5} {'unroll':>6} {'trips M':>8} {'per unit':>9} "
-          f"{'total G':>8} {'floor Mcyc':>10}")
+    print(f"\ntriton {triton.__version__}, sm_{args.arch}; B = {B}, {LA} x {LB} tokens, D = {DIM}, "
+          f"bf16 (but the fp32 rows), a2b")
+    print(f"{'kernel':<52} {'warps':>5} {'mma':>5} {'loop':>5} {'LDL/STL':>7} {'unroll':>6} {'trips M':>8} "
+          f"{'per unit':>9} {'total G':>8} {'floor Mcyc':>10}")
     for r in rows:
         if "error" in r:
             print(f"{r['kernel']:<52} {r['error']}")
             continue
         print(f"{r['kernel']:<52} {r['num_warps']:>5} {r['tensor_cores']:>5} {r['loop_instructions']:>5} "
-              f"{r['unrolled']:>6} {r['trips'] / 1e6:>8.3f} "
+              f"{r['loop_local_ops']:>7} {r['unrolled']:>6} {r['trips'] / 1e6:>8.3f} "
               f"{r['warp_instructions_per_unit']:>9.3f} {r['total_g_warp_instructions']:>8.2f} "
               f"{r['issue_floor_mcycles_h100']:>10.2f}")
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "B": B, "La": LA, "Lb": LB, "D": DIM,

@@ -74,7 +74,8 @@ FORWARD_B_TEXTS = 8  # b texts a forward program scores, at most
 FORWARD_PROGRAMS = 4  # forward programs per multiprocessor, at least (when there are enough texts)
 BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
-BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); 64 for float32 operands
+BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); float32 backward: 64
+FP32_FORWARD_DIMS = 32  # dims per step of a float32 forward program (CUDA cores: see forward_config)
 COLLECT_PART = 256  # sources a backward collect program sums, at most about
 # Tokens per program of the atomic backward pass: with 2 warps, 8 dims of D = 128 per thread,
 # about 56 registers on sm_90, so many programs share a multiprocessor and hide the gathers' latency.
@@ -333,19 +334,28 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     long text. Programs of 256 rows get 8 warps. Vectors of at most BLOCK_D dims (ColBERT's
     128 in bf16) are one tile: the a block is loaded once and three pipeline stages stream
     the b tiles (at most 64 KB + 3 x 16 KB of shared memory, within an A100's 163 KB).
-    Wider vectors tile along D with two stages. float32 operands take 64 dims a step, half
-    of bf16's, for the same bytes.
+    Wider vectors tile along D with two stages.
+
+    float32 operands multiply on the CUDA cores, where each thread holds its share of the
+    rows x BLOCK_M tile of similarities and of both operand tiles in registers: they take
+    ``FP32_FORWARD_DIMS`` dims a step on 8 warps, and 32-token b tiles when a program holds
+    256 rows, so each thread holds 32 of the tile's similarities. v6's 4 warps, 64 dims and
+    64 tokens spilled registers, with triton 3.9 on sm_80 inside the hot loop, at 2.4x the
+    instructions per similarity (``benchmarks/RESULTS.md``, "float32 forward";
+    ``tests/test_triton_compile.py`` keeps spills out of the hot loops).
     """
     block_l = max(16, triton.next_power_of_2(la))
     texts = max(1, FORWARD_ROWS // block_l)
+    rows = texts * block_l
     fp32 = dtype == torch.float32
-    block_d = _block_d(dim, dtype)
+    block_d = _block(dim, FP32_FORWARD_DIMS) if fp32 else _block_d(dim, dtype)
+    block_m = _block(lb, BLOCK_M if rows <= 128 or not fp32 else BLOCK_M // 2)
     one_d_tile = dim <= block_d
     return dict(
         A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), STORE=store, TEXTS=texts,
-        BLOCK_L=block_l, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=block_d, ONE_D_TILE=one_d_tile,
+        BLOCK_L=block_l, BLOCK_M=block_m, BLOCK_D=block_d, ONE_D_TILE=one_d_tile,
         PRECISION="ieee", UPCAST=interpreting() and not fp32,
-        num_warps=8 if texts * block_l > 128 else 4, num_stages=3 if one_d_tile else 2,
+        num_warps=8 if rows > 128 or fp32 else 4, num_stages=3 if one_d_tile else 2,
     )  # fmt: skip
 
 

@@ -948,8 +948,9 @@ def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, l
                                                                    monkeypatch):
     """Shapes beyond one tile in every dimension: several blocks of a texts (backward blocks
     that straddle texts), b texts of 150 tokens (3 tiles of 64, the last partial; in the
-    second case 64 tokens, exactly one tile), D = 200 (several tiles; D =
-    24 is one, with the a block loaded once), the loops over texts split over programs in the
+    second case 64 tokens, two tiles of 32 for a float32 program of 256 rows, the last one
+    full), D = 200 (float32 forward: 7 tiles of 32, the last partial; D = 24 is one, with the
+    a block loaded once), the loops over texts split over programs in the
     backward pass (as on a GPU with many multiprocessors), long lists of tokens that picked
     one token summed in parts; and a texts of 150 tokens, one per forward program. Forward
     programs take several b texts each, the last group short. Both backward paths: atomic
