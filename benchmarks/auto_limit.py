@@ -15,7 +15,6 @@ which backend ``auto`` picks there. Prints a table and JSON
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_json  # noqa: E402
+
 from lightning_modules import maxsim  # noqa: E402
 
 LA, DIM = 32, 128
@@ -73,10 +74,7 @@ def main() -> None:
     result = {"device": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "dtype": "float32", "limit_mb": maxsim.AUTO_DENSE_LIMIT_BYTES / 2**20,
               "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, Path(args.out))
 
 
 if __name__ == "__main__":

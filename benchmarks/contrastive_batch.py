@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_TRAIN = ROOT / ".." / "shared" / "data" / "stsb" / "train.csv"
@@ -111,9 +112,7 @@ def main() -> None:
         print(f"{backend:<9} {row['B']:>4} {row['La']:>4} {row['Lb']:>4} {row['budget_gb']:>5.0f}GB  {detail}", flush=True)
     result = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

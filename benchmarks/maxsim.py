@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_IMPLEMENTATIONS = ("ours-chunked", "ours-dense", "naive-einsum", "pylate", "sentence-transformers")
@@ -266,10 +267,7 @@ def main() -> None:
     else:
         where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result = {"device": where, "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "rows": rows}
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"maxsim{'-cuda' if device == 'cuda' else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, Path(args.out or ROOT / "benchmarks" / "results" / f"maxsim{'-cuda' if device == 'cuda' else ''}.json"))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ is a speed figure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_json  # noqa: E402
+
 from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 
 # Margins below which float32 summation may reorder two cosines: one unit in the last place of
@@ -138,9 +139,7 @@ def main() -> None:
               "Lb": args.document_tokens, "D": args.dim, "tolerance": args.tolerance, "rows": rows,
               "max_abs_diff": {"grad_a": float((got_a - exact_a).abs().max()),
                                "grad_b": float((got_b - exact_b).abs().max())}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

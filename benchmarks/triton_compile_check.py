@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import subprocess
@@ -37,6 +36,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_json  # noqa: E402
+
 from lightning_modules import maxsim_triton as mt  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes of shared memory per block
@@ -199,9 +200,7 @@ def main() -> None:
               f"{row.get('loop_local_ops', '-'):>12}  {row['status']}",
               flush=True)
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, args.out)
     if any(row["status"] != "ok" for row in rows):
         sys.exit(1)
 

@@ -25,7 +25,6 @@ and with v6's (``--arch 80`` with triton 3.9 shows why it changed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_json  # noqa: E402
 from triton_compile_check import ROOT, build, hot_loop, launch_config, mt, pointers  # noqa: E402
 
 B, LA, LB, DIM = 512, 32, 300, 128
@@ -157,9 +157,7 @@ def main() -> None:
               f"{r['issue_floor_mcycles_h100']:>10.2f}")
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "B": B, "La": LA, "Lb": LB, "D": DIM,
               "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ uninitialised memory (``torch.empty``) as training under ``Trainer(deterministic
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_json  # noqa: E402
+
 from lightning_modules import maxsim_triton as mt  # noqa: E402
 from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 
@@ -216,9 +217,7 @@ def main() -> None:
               f"{ratio('forward_backward_ms'):>9} {r['peak_mb']:>8.0f} {r.get('gradient_error', float('nan')):>9.1e}")
     result = {"device": device, "torch": torch.__version__, "dtype": args.dtype, "B": B, "La": La, "Lb": Lb,
               "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":
