@@ -3,14 +3,16 @@
 #
 #   make gpu-wheels                         # here: what the GPU image lacks -> benchmarks/wheels/, .carry/minilm
 #   bash benchmarks/gpu_check.sh            # there, with benchmarks/wheels and .carry/minilm carried along
-#   bash benchmarks/gpu_check.sh quick tests        # some steps, in the order given
+#   bash benchmarks/gpu_check.sh quick default tests  # some steps, in the order given
 #
-# Steps (all by default, most decisive first, each under its own time limit; the seven limits add
-# up to 22 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
-# "quick tests" (390 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
+# Steps (all by default, most decisive first, each under its own time limit; the eight limits
+# add up to 25 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
+# "quick default tests" (510 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
 #          default and deterministic backward, and the atomic b side instead of the one-hot
 #          products, against late-interaction-kernels (limit 150 s)
+#   default the same for the training module's default score (both/mean), with the atomic a
+#          side of b2a instead of its one-hot products too (limit 120 s)
 #   tests  the MaxSim tests on CUDA (conftest.py leaves TRITON_INTERPRET unset on a GPU): the
 #          triton backend's, the lean backends' and the LightningModule's training step (limit 240 s)
 #   bench  benchmarks/maxsim.py in bf16: our backends, the naive einsum, sentence-transformers,
@@ -57,12 +59,16 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, remember the 
     local rc=$?
     [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; [ "$status" -ne 0 ] || status=$rc; }
 }
-for name in "${@:-quick tests bench shapes ties tune fp32}"; do
+for name in "${@:-quick default tests bench shapes ties tune fp32}"; do
     for name in $name; do
         case $name in
             quick)
                 step quick 150 "$PY" benchmarks/triton_tune.py --quick --out "$OUT/triton_tune_quick.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_quick.txt" | grep -v '^{' ;;
+            default)
+                step default 120 "$PY" benchmarks/triton_tune.py --quick --direction both --reduction mean \
+                    --out "$OUT/triton_tune_both_mean.json"
+                sed -n '/^$/,/^{/p' "$OUT/gpu_default.txt" | grep -v '^{' ;;
             tests)
                 step tests 240 "$PY" -m pytest -q -rs -rf -p no:cacheprovider tests/test_maxsim.py \
                     -k "triton or lean or training_step or fully_masked or in_place or late_interaction"
@@ -83,7 +89,7 @@ for name in "${@:-quick tests bench shapes ties tune fp32}"; do
             bench)
                 step bench 400 "$PY" benchmarks/maxsim.py --device cuda --out "$OUT/maxsim-cuda.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_bench.txt" | head -90 ;;
-            *) echo "unknown step: $name (quick, tests, shapes, ties, tune, bench, fp32)"; status=2 ;;
+            *) echo "unknown step: $name (quick, default, tests, shapes, ties, tune, bench, fp32)"; status=2 ;;
         esac
     done
 done

@@ -47,17 +47,18 @@ LAUNCH = ("num_warps", "num_stages")
 
 def pointers(dtype: str) -> dict:
     """Element types of the kernel's pointer arguments; every other argument is an int32."""
-    floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "grad_ptr": "*fp32",
+    floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "source_weight_ptr": "*fp32",
+              "grad_ptr": "*fp32",
               "out_ptr": "*fp32", "scores_ptr": "*fp32", "grad_a_ptr": "*fp32", "grad_b_ptr": "*fp32"}
     vectors = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "sources_ptr": f"*{dtype}"}
-    indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "order_ptr": "*i32", "offsets_ptr": "*i32",
+    indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "best_ptr": "*i16", "order_ptr": "*i32", "offsets_ptr": "*i32",
                "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
     return {**floats, **vectors, **indices}
 
 
 KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather_b": "_gather_b_kernel",
            "collect": "_collect_kernel", "atomic_a2b": "_atomic_a2b_kernel", "atomic_b2a": "_atomic_b2a_kernel",
-           "onehot": "_onehot_b_kernel"}
+           "onehot_b": "_onehot_kernel", "onehot_a": "_onehot_kernel"}
 
 
 def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str) -> dict:
@@ -68,10 +69,12 @@ def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, dir
     if kind == "collect":  # as _collect launches it
         return {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
                 "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
-    if kind == "onehot":  # as _onehot_grad_b launches it
-        return {"TEXTS": blocks["ONEHOT_TEXTS"], "TOKENS": blocks["ONEHOT_TOKENS"],
-                "CHUNK": mt._block(la, blocks["ONEHOT_CHUNK"]), "BLOCK_D": blocks["BLOCK_D"], "UPCAST": False,
-                "num_warps": blocks["onehot_warps"], "num_stages": blocks["onehot_stages"]}
+    # The one-hot sums as _onehot_grad launches them, with the grad stride that is 1 (Triton
+    # specialises on it): a2b's b side (sources a, targets b), b2a's a side (sources b, targets a).
+    if kind == "onehot_b":
+        return {**mt.onehot_launch(la, lb, blocks), "UPCAST": False, "grad_target_stride": 1}
+    if kind == "onehot_a":
+        return {**mt.onehot_launch(lb, la, blocks), "UPCAST": False, "grad_source_stride": 1}
     if kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
         return {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
                 "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
@@ -184,7 +187,7 @@ def main() -> None:
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
              for kind in args.kernels
-             if kind != "onehot" or mt.backward_config(300, 128, dtype, "both")["ONEHOT_A2B"]]  # 16-bit inputs only
+             if not kind.startswith("onehot") or mt.backward_config(300, 128, dtype, "both")["ONEHOT_A2B"]]  # 16-bit
     if "forward" in args.kernels:
         cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []

@@ -45,19 +45,29 @@ ISSUE_PER_CYCLE, H100_SMS = 4, 132
 def ours(arch: int) -> list[dict]:
     """Our kernels as the backend launches them at this shape, with the trips their hot loops make in all."""
     forward = launch_config("forward", torch.bfloat16, LA, LB, DIM, "a2b")
-    onehot = launch_config("onehot", torch.bfloat16, LA, LB, DIM, "a2b")
+    onehot = launch_config("onehot_b", torch.bfloat16, LA, LB, DIM, "a2b")
+    onehot_a = launch_config("onehot_a", torch.bfloat16, LA, LB, DIM, "both")
     atomic = launch_config("atomic_a2b", torch.bfloat16, LA, LB, DIM, "a2b")
     cdiv = triton.cdiv
+    d_tiles = cdiv(DIM, atomic["BLOCK_D"])
     cases = [  # (name, kernel, config, trips: programs x trips each, units of work)
         ("ours forward (a2b)", mt._forward_kernel, forward,
          cdiv(B, forward["TEXTS"]) * B * cdiv(LB, forward["BLOCK_M"]), SIMILARITIES),
-        ("ours one-hot b side", mt._onehot_b_kernel, onehot,
+        ("ours one-hot b side", mt._onehot_kernel, onehot,
          cdiv(B, onehot["TEXTS"]) * cdiv(LB, onehot["TOKENS"]) * cdiv(DIM, onehot["BLOCK_D"]) * B
          * cdiv(LA, onehot["CHUNK"]), SIMILARITIES),
         ("ours atomic a2b, a side only (with one-hot)", mt._atomic_a2b_kernel, {**atomic, "GRAD_B": False},
-         cdiv(B * LA, atomic["ROWS"]) * cdiv(DIM, atomic["BLOCK_D"]) * B, PICKS),
+         cdiv(B * LA, atomic["ROWS"]) * d_tiles * B, PICKS),
         ("ours atomic a2b, both sides", mt._atomic_a2b_kernel, atomic,
-         cdiv(B * LA, atomic["ROWS"]) * cdiv(DIM, atomic["BLOCK_D"]) * B, PICKS),
+         cdiv(B * LA, atomic["ROWS"]) * d_tiles * B, PICKS),
+        # Direction b2a (half of the module's default score "both"): b tokens pick a tokens.
+        ("ours one-hot a side (b2a)", mt._onehot_kernel, onehot_a,
+         cdiv(B, onehot_a["TEXTS"]) * cdiv(LA, onehot_a["TOKENS"]) * cdiv(DIM, onehot_a["BLOCK_D"]) * B
+         * cdiv(LB, onehot_a["CHUNK"]), SIMILARITIES),
+        ("ours atomic b2a, b side only (with one-hot)", mt._atomic_b2a_kernel, {**atomic, "GRAD_A": False},
+         B * cdiv(LB, atomic["ROWS"]) * d_tiles * B, B * B * LB),
+        ("ours atomic b2a, both sides", mt._atomic_b2a_kernel, atomic,
+         B * cdiv(LB, atomic["ROWS"]) * d_tiles * B, B * B * LB),
     ]
     rows = [measure(name, kernel, config, pointers("bf16"), trips, units, arch)
             for name, kernel, config, trips, units in cases]

@@ -2,18 +2,21 @@
 
     python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
     python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, atomic b side, peers
+    python benchmarks/triton_tune.py --quick --direction both --reduction mean   # the training default's score
     python benchmarks/triton_tune.py --dtype float32  # float32 vectors: the forward's CUDA-core settings
 
 For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
 program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic
-backward program, the one-hot b-side programs or none, the deterministic path's gather and
-collect programs): the median time of the forward pass and of forward+backward, and the
-largest difference of its gradients from the chunked
-backend in float32 on a smaller ragged batch (direction "both", mean), so that a fast but
-wrong variant shows. late-interaction-kernels and the naive einsum are timed in the same
-run; the table gives each time as a ratio to late-interaction-kernels'. JSON to ``--out``.
-Deterministic rows run under ``torch.use_deterministic_algorithms(True)``, which also fills
-uninitialised memory (``torch.empty``) as training under ``Trainer(deterministic=True)`` would.
+backward program, the one-hot programs of each direction's picked side or atomic adds
+instead, the deterministic path's gather and collect programs): the median time of the
+forward pass and of forward+backward, and the largest difference of its gradients from the
+chunked backend in float32 on a smaller ragged batch (direction "both", mean), so that a
+fast but wrong variant shows. late-interaction-kernels and the naive einsum (for another
+score than ColBERT's: our composition of late-interaction-kernels' calls and our dense
+einsum) are timed in the same run; the table gives each time as a ratio to
+late-interaction-kernels'. JSON to ``--out``. Deterministic rows run under
+``torch.use_deterministic_algorithms(True)``, which also fills uninitialised memory
+(``torch.empty``) as training under ``Trainer(deterministic=True)`` would.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 VARIANTS = [
     ("default", {}, {}, False),
     ("deterministic", {}, {}, True),
-    ("atomic b side (no one-hot)", {}, {"ONEHOT_A2B": False}, False),
+    ("atomic b side (no one-hot)", {}, {"ONEHOT_A2B": False}, False),  # a2b's picked side
     ("deterministic, sorted b side (no one-hot)", {}, {"ONEHOT_A2B": False}, True),
+    ("atomic a side of b2a (no one-hot)", {}, {"ONEHOT_B2A": False}, False),  # b2a's picked side
+    ("deterministic, sorted a side of b2a (no one-hot)", {}, {"ONEHOT_B2A": False}, True),
     ("fwd 256 rows (8 warps)", {"FORWARD_ROWS": 256}, {}, False),  # FORWARD_*: module constants
     ("fwd 1 b text a program", {"FORWARD_B_TEXTS": 1}, {}, False),
     ("fwd 4 b texts a program", {"FORWARD_B_TEXTS": 4}, {}, False),
@@ -47,8 +52,8 @@ VARIANTS = [
     ("fwd 2 stages", {"num_stages": 2}, {}, False),
     ("fwd 4 stages", {"num_stages": 4}, {}, False),
     ("fwd 128-token b tiles, 8 warps", {"BLOCK_M": 128, "num_warps": 8}, {}, False),
-    ("one-hot 1 b text a program, 4 warps", {}, {"ONEHOT_TEXTS": 1, "onehot_warps": 4}, False),
-    ("one-hot 4 b texts a program, 64 dims a tile", {}, {"ONEHOT_TEXTS": 4, "BLOCK_D": 64}, False),
+    ("one-hot 64 rows a program, 4 warps", {}, {"ONEHOT_ROWS": 64, "onehot_warps": 4}, False),
+    ("one-hot 256 rows a program, 64 dims a tile", {}, {"ONEHOT_ROWS": 256, "BLOCK_D": 64}, False),
     ("one-hot 2 stages", {}, {"onehot_stages": 2}, False),
     ("atomic 1 row, 1 warp", {}, {"ATOMIC_ROWS": 1, "atomic_warps": 1}, False),
     ("atomic 2 rows, 1 warp", {}, {"ATOMIC_ROWS": 2, "atomic_warps": 1}, False),
@@ -59,7 +64,7 @@ VARIANTS = [
     ("deterministic, collect on 1 warp", {}, {"collect_warps": 1}, True),
     ("deterministic, collect on 2 warps, 8 a step", {}, {"collect_warps": 2, "COLLECT_CHUNK": 8}, True),
 ]
-QUICK = ("default", "deterministic", "atomic b side (no one-hot)")
+QUICK = ("default", "deterministic", "atomic b side (no one-hot)", "atomic a side of b2a (no one-hot)")
 # float32 vectors multiply on the CUDA cores, in programs of their own settings (forward_config).
 FP32_VARIANTS = [
     ("default", {}, {}, False),
@@ -137,6 +142,9 @@ def main() -> None:
     parser.add_argument("--document-tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="only the defaults (both backward paths) and the atomic b side")
+    parser.add_argument("--direction", choices=("a2b", "b2a", "both"), default="a2b",
+                        help="the score: a2b/sum is ColBERT's and the issue's; both/mean the training module's default")
+    parser.add_argument("--reduction", choices=("sum", "mean"), default="sum")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="the vectors' type; float32 times the float32 forward settings instead")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_tune.json"))
@@ -146,6 +154,9 @@ def main() -> None:
         variants = FP32_VARIANTS[:1] if args.quick else FP32_VARIANTS
     else:
         variants = [v for v in VARIANTS if v[0] in QUICK] if args.quick else VARIANTS
+    # A setting of a direction the score does not have changes nothing: not timed.
+    absent = {"a2b": "ONEHOT_B2A", "b2a": "ONEHOT_A2B"}.get(args.direction)
+    variants = [v for v in variants if absent not in v[2]]
     B, La, Lb = args.batch, args.query_tokens, args.document_tokens
     q = F.normalize(torch.randn(B, La, 128, device=DEVICE), dim=-1).to(dtype)
     d = F.normalize(torch.randn(B, Lb, 128, device=DEVICE), dim=-1).to(dtype)
@@ -169,11 +180,21 @@ def main() -> None:
 
     rows = []
     # Peers first: a variant's ratio is printed as soon as it is measured.
-    peers = {"naive-einsum": lambda x, y: torch.einsum("ild,jmd->ijlm", x, y).amax(-1).sum(-1)}
+    colbert = (args.direction, args.reduction) == ("a2b", "sum")
+
+    def score_with(backend):
+        return lambda x, y: maxsim_matrix(x, qm, y, dm, direction=args.direction, reduction=args.reduction,
+                                          backend=backend)
+
+    # ColBERT's score: the naive einsum and late-interaction-kernels' own call; other scores:
+    # our dense einsum and our composition of their calls (the late-interaction-kernels backend).
+    naive = lambda x, y: torch.einsum("ild,jmd->ijlm", x, y).amax(-1).sum(-1)  # noqa: E731
+    peers = {"naive-einsum": naive} if colbert else {"dense (einsum)": score_with("dense")}
     try:
         from late_interaction_kernels import maxsim as lik_maxsim
 
-        peers["late-interaction-kernels"] = lambda x, y: lik_maxsim(x, y, qm, dm)
+        peers["late-interaction-kernels"] = (lambda x, y: lik_maxsim(x, y, qm, dm)) if colbert else \
+            score_with("late-interaction-kernels")
     except ImportError:
         print("late-interaction-kernels is not installed: no ratios", flush=True)
     for name, score in peers.items():
@@ -184,7 +205,7 @@ def main() -> None:
             rows.append({"name": name, "error": f"{type(error).__name__}: {error}"[:200]})
         print(rows[-1], flush=True)
     lik = next((r for r in rows if r["name"] == "late-interaction-kernels" and "error" not in r), None)
-    ours = lambda x, y: maxsim_matrix(x, qm, y, dm, direction="a2b", reduction="sum", backend="triton")  # noqa: E731
+    ours = score_with("triton")
     for name, forward, backward, exact_order in variants:
         restore = patched(forward, backward)
         before = torch.are_deterministic_algorithms_enabled()
@@ -205,7 +226,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     device = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (Triton's interpreter: not a timing)"
-    print(f"\n{device}, B={B}, {La} x {Lb} tokens, D=128, {args.dtype}, a2b/sum; "
+    print(f"\n{device}, B={B}, {La} x {Lb} tokens, D=128, {args.dtype}, {args.direction}/{args.reduction}; "
           f"ratios to late-interaction-kernels' time")
     print(f"{'':<50} {'fwd ms':>8} {'fwd+bwd ms':>10} {'fwd x':>6} {'fwd+bwd x':>9} {'peak MB':>8} {'grad err':>9}")
     for r in rows:
@@ -215,7 +236,8 @@ def main() -> None:
         ratio = (lambda key: f"{r[key] / lik[key]:.2f}") if lik else (lambda key: "-")
         print(f"{r['name']:<50} {r['forward_ms']:>8.2f} {r['forward_backward_ms']:>10.2f} {ratio('forward_ms'):>6} "
               f"{ratio('forward_backward_ms'):>9} {r['peak_mb']:>8.0f} {r.get('gradient_error', float('nan')):>9.1e}")
-    result = {"device": device, "torch": torch.__version__, "dtype": args.dtype, "B": B, "La": La, "Lb": Lb,
+    result = {"device": device, "torch": torch.__version__, "dtype": args.dtype, "direction": args.direction,
+              "reduction": args.reduction, "B": B, "La": La, "Lb": Lb,
               "rows": rows}
     write_json(result, args.out)
 

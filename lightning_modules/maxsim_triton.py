@@ -26,16 +26,20 @@ tokens only. Two paths, as torch's own scatter-adds:
   and a program per target token (and per part of a long list) sums it. Bit for bit the
   same from run to run.
 
-On both paths, for 16-bit inputs, the b side of direction a2b (ColBERT's score, where all
-the a tokens of a batch add to the few hundred tokens of each b text: the atomic adds'
-worst contention) is ``_onehot_b_kernel``: each program owns a tile of b tokens and, a text
-of a at a time, multiplies an exact 0/1 matrix (which of the text's tokens picked which of
-its b tokens) with that text's vectors on the tensor cores, in float32, scaling each product
-by ``grad[i, j]`` times the text's token weight in float32: the 0/1 products are exact, the
-weights are not rounded to the inputs' dtype, the sums are float32; no atomics.
-(late-interaction-kernels' ``lowmem`` backward is this design, with the weights rounded to
-the inputs' dtype inside the product; its authors measured it the faster of their two at
-large square batches of short queries.) ``backward_config(...)["ONEHOT_A2B"]`` turns it off.
+On both paths, for 16-bit inputs, the picked side of each direction is ``_onehot_kernel``:
+the b side of a2b (ColBERT's score: all the a tokens of a batch add to the few hundred
+tokens of each b text, about 55 adds a b token at B = 512, 32 x 300) and the a side of b2a
+(the module's default score "both" has it: every token of every b text adds to one of the
+32 tokens of each query, about 4,800 adds a query token at the same shape, the atomic adds'
+worst contention). Each program owns a tile of target tokens and, a source text at a time,
+multiplies an exact 0/1 matrix (which of the text's tokens picked which target token) with
+that text's vectors on the tensor cores, in float32, scaling each product by the pair's
+gradient times the text's token weight in float32: the 0/1 products are exact, the weights
+are not rounded to the inputs' dtype, the sums are float32; no atomics.
+(late-interaction-kernels' ``lowmem`` backward is this design for a2b, with the weights
+rounded to the inputs' dtype inside the product; its authors measured it the faster of
+their two at large square batches of short queries.) ``backward_config(...)["ONEHOT_A2B"]``
+and ``["ONEHOT_B2A"]`` turn them off.
 
 Precision: float32 inputs use IEEE float32 products in the forward pass
 (``input_precision="ieee"``; TF32 would cost about three decimal digits), which on a GPU
@@ -181,29 +185,35 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     # Only the wanted gradients get a buffer (a frozen corpus on the b side must not cost a
     # float32 copy of itself); the kernels never touch the placeholder.
     placeholder = torch.empty(1, dtype=torch.float32, device=a.device)
-    a2b = direction in ("a2b", "both")
-    # The b side of a2b, where many a tokens add to one b token, by one-hot products (no atomics)
-    # where the settings say so (16-bit inputs); b2a's atomic adds then add to that result.
-    onehot = a2b and want_b and config["ONEHOT_A2B"]
-    grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device) if want_a else placeholder
-    if onehot:
-        grad_b = _onehot_grad_b(a, a_weight, a_best, grad, bb, lb, config)
+    a2b, b2a = direction in ("a2b", "both"), direction in ("b2a", "both")
+    # The picked side of a direction, where many tokens add to one (a2b's b side, b2a's a side),
+    # by one-hot products (no atomics) where the settings say so (16-bit inputs); the other
+    # direction's atomic adds then add to that result.
+    onehot_b = a2b and want_b and config["ONEHOT_A2B"]
+    onehot_a = b2a and want_a and config["ONEHOT_B2A"]
+    if onehot_a:
+        grad_a = _onehot_grad(b, b_weight, b_best, grad, ba, la, a2b=False, config=config)
+    else:
+        grad_a = torch.zeros(ba * la, dim, dtype=torch.float32, device=a.device) if want_a else placeholder
+    if onehot_b:
+        grad_b = _onehot_grad(a, a_weight, a_best, grad, bb, lb, a2b=True, config=config)
     else:
         grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device) if want_b else placeholder
-    wanted = dict(GRAD_A=want_a, GRAD_B=want_b, ROWS=rows, BLOCK_D=block_d, **launch)
-    if a2b and (want_a or not onehot):  # a tokens took maxima over b tokens
+    launch = dict(ROWS=rows, BLOCK_D=block_d, **launch)
+    if a2b and (want_a or not onehot_b):  # a tokens took maxima over b tokens
         blocks = triton.cdiv(ba * la, rows)
         splits = _splits(a, blocks * d_tiles, bb)
         _atomic_a2b_kernel[(blocks, splits, d_tiles)](
             a, b, a_weight, a_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits,
-            **{**wanted, "GRAD_B": want_b and not onehot},
+            GRAD_A=want_a, GRAD_B=want_b and not onehot_b, **launch,
         )  # fmt: skip
-    if direction in ("b2a", "both"):  # b tokens took maxima over the tokens of each a text
+    if b2a and (want_b or not onehot_a):  # b tokens took maxima over the tokens of each a text
         blocks = triton.cdiv(lb, rows)
         splits = _splits(a, bb * blocks * d_tiles, ba)
         # (b text, block of its tokens) flattened on axis 0, which allows 2^31 - 1 programs; axis 1 only 65535.
         _atomic_b2a_kernel[(bb * blocks, splits * d_tiles)](
-            a, b, b_weight, b_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, d_tiles, blocks, **wanted,
+            a, b, b_weight, b_best, grad, grad_a, grad_b, ba, bb, la, lb, dim, splits, d_tiles, blocks,
+            GRAD_A=want_a and not onehot_a, GRAD_B=want_b, **launch,
         )  # fmt: skip
     return (grad_a if want_a else None), (grad_b if want_b else None)
 
@@ -216,26 +226,45 @@ def _splits(x: torch.Tensor, programs: int, loop: int, per_unit: int | None = No
     return max(1, min(loop, triton.cdiv(per_unit * _parallel_units(x), programs)))
 
 
-def _onehot_grad_b(a, a_weight, a_best, grad, bb, lb, config):
-    """Direction a2b's ``grad_b (Bb * Lb, D)`` float32 by ``_onehot_b_kernel``: each program owns
-    a tile of b tokens and sums, over every a text, the vectors of the tokens that picked them as
-    a product of an exact 0/1 matrix with those vectors (tensor cores). For 16-bit inputs, whose
-    vectors the tensor cores take as they are. No atomics: deterministic."""
-    (ba, la, dim) = a.shape
-    texts, tokens, block_d = config["ONEHOT_TEXTS"], config["ONEHOT_TOKENS"], config["BLOCK_D"]
-    chunk = _block(la, config["ONEHOT_CHUNK"])
-    grid = (triton.cdiv(bb, texts), triton.cdiv(lb, tokens), triton.cdiv(dim, block_d))
-    # Few programs (a small batch) would leave most of a GPU idle: split the a texts across
+def _onehot_grad(sources, source_weight, best, grad, bt, lt, a2b, config):
+    """The gradient of the side whose tokens were picked, ``(Bt * Lt, D)`` float32, by
+    ``_onehot_kernel``: direction a2b's b side (``a2b``: sources ``a``, ``best`` = a_best
+    ``(Ba, Bb, La)``, Bt, Lt = Bb, Lb) or b2a's a side (sources ``b``, ``best`` = b_best
+    ``(Ba, Bb, Lb)``, Bt, Lt = Ba, La). Each program owns a tile of target tokens (ONEHOT_ROWS
+    rows: TOKENS tokens of each of TEXTS texts) and sums, over every source text, the vectors of
+    the tokens that picked them as a product of an exact 0/1 matrix with those vectors (tensor
+    cores). For 16-bit inputs, whose vectors the tensor cores take as they are. No atomics:
+    deterministic."""
+    (bs, ls, dim) = sources.shape
+    launch = onehot_launch(ls, lt, config)
+    # Where best[i, j] and grad[i, j] lie for source text i and target text j, both (Ba, Bb, ...).
+    if a2b:
+        strides = dict(best_source_stride=bt * ls, best_target_stride=ls, grad_source_stride=bt, grad_target_stride=1)
+    else:
+        strides = dict(best_source_stride=ls, best_target_stride=bs * ls, grad_source_stride=1, grad_target_stride=bs)
+    grid = (triton.cdiv(bt, launch["TEXTS"]), triton.cdiv(lt, launch["TOKENS"]), triton.cdiv(dim, launch["BLOCK_D"]))
+    # Few programs (a small batch) would leave most of a GPU idle: split the source texts across
     # programs, each writing its own partial sum (added in a fixed order), within int32 offsets.
-    splits = _splits(a, grid[0] * grid[1] * grid[2], ba, per_unit=4)
-    splits = max(1, min(splits, (2**31 - 1) // (bb * lb * dim)))
-    partial = torch.empty(splits, bb * lb, dim, dtype=torch.float32, device=a.device)
-    _onehot_b_kernel[(grid[0], grid[1], splits * grid[2])](
-        a, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, grid[2], triton.cdiv(la, chunk),
-        TEXTS=texts, TOKENS=tokens, CHUNK=chunk, BLOCK_D=block_d, UPCAST=interpreting(),
-        num_warps=config["onehot_warps"], num_stages=config["onehot_stages"],
+    splits = _splits(sources, grid[0] * grid[1] * grid[2], bs, per_unit=4)
+    splits = max(1, min(splits, (2**31 - 1) // (bt * lt * dim)))
+    partial = torch.empty(splits, bt * lt, dim, dtype=torch.float32, device=sources.device)
+    _onehot_kernel[(grid[0], grid[1], splits * grid[2])](
+        sources, source_weight, best, grad, partial, bs, bt, ls, lt, dim, **strides,
+        SPLITS=splits, D_TILES=grid[2], CHUNKS=triton.cdiv(ls, launch["CHUNK"]), **launch,
     )  # fmt: skip
     return partial.sum(dim=0) if splits > 1 else partial[0]
+
+
+def onehot_launch(ls: int, lt: int, config: dict) -> dict:
+    """``_onehot_kernel``'s constants and launch options for source texts of ``ls`` tokens and
+    target texts of ``lt``: ONEHOT_ROWS rows a program, as TOKENS tokens (up to ONEHOT_TOKENS)
+    of each of TEXTS target texts, CHUNK source tokens a step."""
+    tokens = _block(lt, config["ONEHOT_TOKENS"])
+    return dict(
+        TEXTS=max(1, config["ONEHOT_ROWS"] // tokens), TOKENS=tokens, CHUNK=_block(ls, config["ONEHOT_CHUNK"]),
+        BLOCK_D=config["BLOCK_D"], UPCAST=interpreting(), num_warps=config["onehot_warps"],
+        num_stages=config["onehot_stages"],
+    )  # fmt: skip
 
 
 def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, want_a, want_b):
@@ -265,13 +294,15 @@ def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
                 b, a_weight, a_best, grad, partial, ba, bb, la, lb, dim, splits, **gather,
             )  # fmt: skip
             grad_a = partial.sum(dim=0)
-        if b2a:  # each a token collects the b tokens that picked it
+        if b2a and blocks["ONEHOT_B2A"]:  # each a token collects the b tokens that picked it
+            grad_a = grad_a + _onehot_grad(b, b_weight, b_best, grad, ba, la, a2b=False, config=blocks)
+        elif b2a:
             grad_a = grad_a + _collect(b_best.view(ba, bb * lb), la, b.view(bb * lb, dim), b_weight.view(-1),
                                        grad, lb, grad_source_stride=1, grad_row_stride=bb, config=blocks)
     if want_b:
         grad_b = 0.0
         if a2b and blocks["ONEHOT_A2B"]:  # each b token collects the a tokens that picked it
-            grad_b = _onehot_grad_b(a, a_weight, a_best, grad, bb, lb, blocks)
+            grad_b = _onehot_grad(a, a_weight, a_best, grad, bb, lb, a2b=True, config=blocks)
         elif a2b:
             picks = a_best.permute(1, 0, 2).reshape(bb, ba * la)  # per b text: every a token's pick
             grad_b = _collect(picks, lb, a.view(ba * la, dim), a_weight.view(-1), grad,
@@ -371,19 +402,22 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
     flat a tokens (``_gather_a_kernel``), BLOCK_M b tokens (``_gather_b_kernel``),
     COLLECT_CHUNK sources a step (``_collect_kernel``).
 
-    Both passes, 16-bit inputs (``ONEHOT_A2B``): ``_onehot_b_kernel`` programs own
-    ONEHOT_TOKENS tokens of each of ONEHOT_TEXTS b texts (128 rows: tensor-core tiles, and
-    each a text's vectors, read once per program, serve two b texts) and take up to
-    ONEHOT_CHUNK tokens of an a text a step; 8 warps keep the 128 x 128 float32 sum at 64
-    registers a thread (180 in all on sm_90). float32 inputs keep the atomic adds or the
-    sorted sums: tensor cores would take their vectors as TF32.
+    Both passes, 16-bit inputs: the picked side of each direction (``ONEHOT_A2B``: a2b's b
+    side; ``ONEHOT_B2A``: b2a's a side) by ``_onehot_kernel``, whose programs own ONEHOT_ROWS
+    target rows (128: tensor-core tiles), up to ONEHOT_TOKENS tokens of each of as many target
+    texts as fill them (2 of 64 for long documents, 4 of 32 for 32-token queries: each source
+    text's vectors, read once per program, serve them all), and take up to ONEHOT_CHUNK
+    tokens of a source text a step; 8 warps keep the 128 x 128 float32 sum at 64 registers a
+    thread (180 in all on sm_90). float32 inputs keep the atomic adds or the sorted sums:
+    tensor cores would take their vectors as TF32.
     """
+    one_hot = dtype != torch.float32
     return dict(
         ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block_d(dim, dtype),
         num_warps=4, num_stages=2, COLLECT_CHUNK=16, collect_warps=4, collect_stages=3,
         ATOMIC_ROWS=ATOMIC_ROWS, atomic_warps=2,
-        ONEHOT_A2B=dtype != torch.float32, ONEHOT_TEXTS=2, ONEHOT_TOKENS=BLOCK_M, ONEHOT_CHUNK=64, onehot_warps=8,
-        onehot_stages=3,
+        ONEHOT_A2B=one_hot, ONEHOT_B2A=one_hot, ONEHOT_ROWS=128, ONEHOT_TOKENS=BLOCK_M, ONEHOT_CHUNK=64,
+        onehot_warps=8, onehot_stages=3,
     )  # fmt: skip
 
 
@@ -621,51 +655,59 @@ def _atomic_b2a_kernel(
         tl.atomic_add(grad_b_ptr + mine_at, acc, mask=ok, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["Ba", "Bb", "La", "Lb", "SPLITS", "D_TILES", "CHUNKS"])
-def _onehot_b_kernel(
-    a_ptr, a_weight_ptr, a_best_ptr, grad_ptr, out_ptr, Ba, Bb, La, Lb, D, SPLITS, D_TILES, CHUNKS,
+# The grad strides keep Triton's specialisation on 1 (one of them is, on either side: contiguous loads).
+@triton.jit(do_not_specialize=["Bs", "Bt", "Ls", "Lt", "best_source_stride", "best_target_stride", "SPLITS", "D_TILES",
+                               "CHUNKS"], do_not_specialize_on_alignment=["grad_source_stride", "grad_target_stride"])
+def _onehot_kernel(
+    sources_ptr, source_weight_ptr, best_ptr, grad_ptr, out_ptr, Bs, Bt, Ls, Lt, D,
+    best_source_stride, best_target_stride, grad_source_stride, grad_target_stride, SPLITS, D_TILES, CHUNKS,
     TEXTS: tl.constexpr, TOKENS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """a2b's grad_b for tile ``program_id(1)`` (TOKENS tokens) of the TEXTS b texts of group
-    ``program_id(0)``, BLOCK_D dims, summed over the a texts ``split, split + SPLITS, ...``::
+    """The gradient of the picked side of one direction, for tile ``program_id(1)`` (TOKENS
+    tokens) of the TEXTS target texts of group ``program_id(0)``, BLOCK_D dims, summed over the
+    source texts ``split, split + SPLITS, ...``::
 
-        grad_b[j, t] = sum_i grad[i, j] * c_i * sum_s [a_best[i, j, s] == t] * a[i, s]
+        out[j, t] = sum_i grad(i, j) * c_i * sum_s [best(i, j, s) == t] * sources[i, s]
 
-    where ``c_i`` is the weight of text i's real tokens (every weight ``maxsim_matrix`` builds is
-    one value per text times its mask). The inner sum is the product of an exact 0/1 matrix
-    (rows: this program's b tokens; columns: CHUNK tokens of a text) with those tokens' vectors:
-    tensor cores, float32 accumulation, exact products; ``grad[i, j] * c_i`` then scales it in
-    float32. One pipelined loop runs over every chunk of every a text of the split; each
-    program owns its rows, so no atomics, and the sums run in a fixed order."""
+    where the source tokens ``s`` of text ``i`` took their max over the tokens of target text
+    ``j`` and ``best(i, j, s)`` is the one each picked (direction a2b: sources a, targets b;
+    b2a: sources b, targets a; the strides say where ``best`` and ``grad`` keep each pair), and
+    ``c_i`` is the weight of text i's real tokens (every weight ``maxsim_matrix`` builds is one
+    value per text times its mask). The inner sum is the product of an exact 0/1 matrix (rows:
+    this program's target tokens; columns: CHUNK tokens of a source text) with those tokens'
+    vectors: tensor cores, float32 accumulation, exact products; ``grad(i, j) * c_i`` then
+    scales it in float32. One pipelined loop runs over every chunk of every source text of the
+    split; each program owns its rows, so no atomics, and the sums run in a fixed order."""
     group, tile = tl.program_id(0), tl.program_id(1)
     split, d_tile = tl.program_id(2) // D_TILES, tl.program_id(2) % D_TILES
     rows = tl.arange(0, TEXTS * TOKENS)
-    j = group * TEXTS + rows // TOKENS  # each row's b text and token
+    j = group * TEXTS + rows // TOKENS  # each row's target text and token
     t = tile * TOKENS + rows % TOKENS
     texts = group * TEXTS + tl.arange(0, TEXTS)
     d = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
     acc = tl.zeros((TEXTS * TOKENS, BLOCK_D), dtype=tl.float32)
-    for step in range(0, tl.cdiv(Ba - split, SPLITS) * CHUNKS):
+    for step in range(0, tl.cdiv(Bs - split, SPLITS) * CHUNKS):
         i = split + (step // CHUNKS) * SPLITS
         s = (step % CHUNKS) * CHUNK + tl.arange(0, CHUNK)
-        s_ok = s < La
-        weight = tl.load(a_weight_ptr + i * La + s, mask=s_ok, other=0.0)
+        s_ok = s < Ls
+        weight = tl.load(source_weight_ptr + i * Ls + s, mask=s_ok, other=0.0)
         # Masked tokens (weight 0) pick no row: -1 matches none.
-        picks = tl.load(a_best_ptr + (i * Bb + texts[:, None]) * La + s[None, :],
-                        mask=(texts < Bb)[:, None] & (weight > 0)[None, :], other=-1).to(tl.int32)
+        picks = tl.load(best_ptr + i * best_source_stride + texts[:, None] * best_target_stride + s[None, :],
+                        mask=(texts < Bt)[:, None] & (weight > 0)[None, :], other=-1).to(tl.int32)
         picks = tl.reshape(tl.broadcast_to(picks[:, None, :], (TEXTS, TOKENS, CHUNK)), (TEXTS * TOKENS, CHUNK))
         # Masked tokens pick nothing, but 0 x inf is NaN: maxsim_matrix zeroes padding vectors.
-        vectors = tl.load(a_ptr + (i * La + s)[:, None] * D + d[None, :], mask=s_ok[:, None] & (d < D)[None, :],
-                          other=0.0)
+        vectors = tl.load(sources_ptr + (i * Ls + s)[:, None] * D + d[None, :],
+                          mask=s_ok[:, None] & (d < D)[None, :], other=0.0)
         if UPCAST:  # Triton's interpreter multiplies bf16 as raw integers: lift to float32 there
             vectors = vectors.to(tl.float32)
         summed = tl.dot((picks == t[:, None]).to(vectors.dtype), vectors, out_dtype=tl.float32)
         # The text's weight: the largest of the chunk's (all real tokens carry the same; a chunk
         # of masked tokens only adds zeros).
-        scale = tl.load(grad_ptr + i * Bb + texts, mask=texts < Bb, other=0.0) * tl.max(weight, axis=0)
+        g = tl.load(grad_ptr + i * grad_source_stride + texts * grad_target_stride, mask=texts < Bt, other=0.0)
+        scale = g * tl.max(weight, axis=0)
         acc += tl.reshape(tl.broadcast_to(scale[:, None], (TEXTS, TOKENS)), (TEXTS * TOKENS,))[:, None] * summed
-    ok = ((j < Bb) & (t < Lb))[:, None] & (d < D)[None, :]
-    tl.store(out_ptr + ((split * Bb + j) * Lb + t)[:, None] * D + d[None, :], acc, mask=ok)
+    ok = ((j < Bt) & (t < Lt))[:, None] & (d < D)[None, :]
+    tl.store(out_ptr + ((split * Bt + j) * Lt + t)[:, None] * D + d[None, :], acc, mask=ok)
 
 
 @triton.jit(do_not_specialize=["count", "targets", "source_length", "grad_source_stride", "grad_row_stride",

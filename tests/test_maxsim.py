@@ -1053,24 +1053,27 @@ def test_lean_backward_against_a_frozen_side(frozen, exact_order, backend):
 
 @pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
-@pytest.mark.parametrize("direction, dtype", [("a2b", torch.bfloat16), ("a2b", torch.float16), ("both", torch.bfloat16)],
-                         ids=["a2b-bf16", "a2b-fp16", "both-bf16"])
-def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_b_side(direction, dtype, exact_order, backend,
-                                                                          monkeypatch):
-    """16-bit inputs: direction a2b's b side as products of exact 0/1 matrices with the a vectors
-    (``_onehot_b_kernel``), on both backward paths; in "both", b2a's sums added to it. The
-    backward's float32 gradients, before the cast to the inputs' dtype, must be the float64
+@pytest.mark.parametrize("direction, dtype", [("a2b", torch.bfloat16), ("a2b", torch.float16), ("b2a", torch.bfloat16),
+                                              ("both", torch.bfloat16)], ids=["a2b-bf16", "a2b-fp16", "b2a-bf16",
+                                                                              "both-bf16"])
+def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_picked_sides(direction, dtype, exact_order, backend,
+                                                                                monkeypatch):
+    """16-bit inputs: the picked side of each direction (a2b's b side, b2a's a side) as
+    products of exact 0/1 matrices with the other side's vectors (``_onehot_kernel``), on both
+    backward paths; in "both", each direction's other side added to the other's one-hot sums.
+    The backward's float32 gradients, before the cast to the inputs' dtype, must be the float64
     sums over the same 16-bit values to float32 accuracy. The shapes cover 3 b texts in programs
-    of 2 (the last group short), 150 tokens in tiles of 64 (the last partial), a texts of 40
-    tokens in chunks of 16 (the last partial), NaN padding on both sides, the mean's per-text
-    weights, D = 200 in tiles of 128, and the a texts split over programs (as on a GPU with
-    many multiprocessors)."""
+    of 2 (the last group short), 150 tokens in tiles of 64 (the last partial) and in chunks of 16
+    (b2a's sources), a texts of 40 tokens in chunks of 16 and in tiles of 64 (the last partial),
+    NaN padding on both sides, the mean's per-text weights, D = 200 in tiles of 128, and the
+    source texts split over programs (as on a GPU with many multiprocessors)."""
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: 16)
     config = maxsim_triton.backward_config
     monkeypatch.setattr(maxsim_triton, "backward_config", lambda *args: {**config(*args), "ONEHOT_CHUNK": 16})
     calls, results = [], []
-    original = maxsim_triton._onehot_grad_b
-    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: calls.append(1) or original(*args))
+    original = maxsim_triton._onehot_grad
+    monkeypatch.setattr(maxsim_triton, "_onehot_grad",
+                        lambda *args, **kwargs: calls.append(kwargs["a2b"]) or original(*args, **kwargs))
     for name in ("_atomic_backward", "_sorted_backward"):  # their float32 results, before the cast
         path = getattr(maxsim_triton, name)
         monkeypatch.setattr(maxsim_triton, name, lambda *args, _f=path: results.append(_f(*args)) or results[-1])
@@ -1087,7 +1090,8 @@ def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_b_side(direct
         got = maxsim_matrix(x, am.to(DEVICE), y, bm.to(DEVICE), direction=direction, reduction="mean",
                             backend=backend)
         grads = torch.autograd.grad(got, (x, y), weights.float().to(DEVICE))
-    assert len(calls) == 1, "the one-hot kernel was not used"
+    # One call per direction: a2b=True sums a2b's b side, a2b=False b2a's a side.
+    assert sorted(calls) == sorted({"a2b": [True], "b2a": [False], "both": [True, False]}[direction])
     x64, y64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
     want = maxsim_matrix(x64, am, y64, bm, direction=direction, reduction="mean", backend="dense")
     for mine, full, theirs in zip(grads, results[0], torch.autograd.grad(want, (x64, y64), weights)):
@@ -1097,38 +1101,47 @@ def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_b_side(direct
 
 
 @pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("a2b", [True, False], ids=["a2b-b-side", "b2a-a-side"])
 @pytest.mark.parametrize("units", [1, 2, 3, 16])
-def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_past_the_inputs(units, backend,
+def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_past_the_inputs(units, a2b, backend,
                                                                                               monkeypatch):
-    # _onehot_grad_b alone against a float64 loop: with 1, 2, 3 or 16 multiprocessors the 5 a
-    # texts fall into 1 to 5 splits, several texts a split; every input is a view into a larger
-    # buffer whose tail holds huge values, so a read past its end shows.
+    # _onehot_grad alone against a float64 loop, for each side it serves: a2b's b side (targets:
+    # 3 b texts of 70 tokens, 2 a program; sources: 5 a texts of 40 tokens) and b2a's a side
+    # (targets: 5 a texts of 20 tokens, 4 a program, the last group short; sources: 3 b texts
+    # of 70 tokens), both in chunks of 16 source tokens. With 1, 2, 3 or 16 multiprocessors the
+    # source texts fall into 1 to 5 splits, several texts a split. Every input is a view into a
+    # larger buffer whose tail holds huge values, so a read past its end shows.
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: units)
     g = torch.Generator().manual_seed(units)
-    ba, la, bb, lb, d, spare = 5, 40, 3, 70, 24, 2
-    mask = torch.rand(ba + spare, la, generator=g) < 0.7
+    n_sources, ls, n_targets, lt = (5, 40, 3, 70) if a2b else (3, 70, 5, 20)
+    ba, bb = (n_sources, n_targets) if a2b else (n_targets, n_sources)
+    d, spare = 24, 2
+    mask = torch.rand(n_sources + spare, ls, generator=g) < 0.7
     mask[:, 0] = True
     weight = mask.float() / mask.float().sum(-1, keepdim=True)
-    vectors = torch.randn(ba + spare, la, d, generator=g).where(mask[..., None], 0.0).bfloat16()  # zeroed padding
-    picks = torch.randint(0, lb, (ba + spare, bb, la), generator=g, dtype=torch.int16)
+    vectors = torch.randn(n_sources + spare, ls, d, generator=g).where(mask[..., None], 0.0).bfloat16()  # zeroed padding
+    # best and grad are (Ba, Bb, ...) as the forward pass writes them; their spare rows follow the last a text.
+    picks = torch.randint(0, lt, (ba + spare, bb, ls), generator=g, dtype=torch.int16)
     grad = torch.randn(ba + spare, bb, generator=g)
-    weight[ba:], vectors[ba:], grad[ba:] = 1e3, 1e3, 1e3
-    a, w, best, gr = (x[:ba].to(DEVICE) for x in (vectors, weight, picks, grad))
-    config = {**maxsim_triton.backward_config(lb, d, torch.bfloat16, "a2b"), "ONEHOT_CHUNK": 16}
-    got = maxsim_triton._onehot_grad_b(a, w, best, gr, bb, lb, config).cpu()
-    want = torch.zeros(bb, lb, d, dtype=torch.float64)
-    for i in range(ba):
-        for j in range(bb):
-            for s_ in range(la):
+    weight[n_sources:], vectors[n_sources:], picks[ba:], grad[ba:] = 1e3, 1e3, lt - 1, 1e3
+    sources, w = vectors[:n_sources].to(DEVICE), weight[:n_sources].to(DEVICE)
+    best, gr = picks[:ba].to(DEVICE), grad[:ba].to(DEVICE)
+    config = {**maxsim_triton.backward_config(lt, d, torch.bfloat16, "both"), "ONEHOT_CHUNK": 16}
+    got = maxsim_triton._onehot_grad(sources, w, best, gr, n_targets, lt, a2b=a2b, config=config).cpu()
+    want = torch.zeros(n_targets, lt, d, dtype=torch.float64)
+    for i in range(n_sources):
+        for j in range(n_targets):
+            pair = (i, j) if a2b else (j, i)  # (a text, b text)
+            for s_ in range(ls):
                 if mask[i, s_]:
-                    want[j, int(picks[i, j, s_])] += float(grad[i, j]) * float(weight[i, s_]) * vectors[i, s_].double()
-    torch.testing.assert_close(got.double(), want.view(bb * lb, d), rtol=1e-5, atol=1e-5)
+                    want[j, int(picks[pair][s_])] += float(grad[pair]) * float(weight[i, s_]) * vectors[i, s_].double()
+    torch.testing.assert_close(got.double(), want.view(n_targets * lt, d), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", [TRITON])
 def test_triton_float32_gradients_do_not_take_the_one_hot_kernel(backend, monkeypatch):
     # Tensor cores would take float32 vectors as TF32 (or be slow in IEEE float32): atomic adds or sorted sums instead.
-    monkeypatch.setattr(maxsim_triton, "_onehot_grad_b", lambda *args: pytest.fail("one-hot kernel on float32 input"))
+    monkeypatch.setattr(maxsim_triton, "_onehot_grad", lambda *args, **kwargs: pytest.fail("one-hot kernel on float32"))
     a, am, b, bm = _build((3, 4, 5, 16, torch.ones(3, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool), 4),
                           torch.float32)
     a, b = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
