@@ -10,8 +10,8 @@ each kernel ahead of time, with Triton's own ptxas, for the configurations that
 and reads the resources off the binary: a program that needs more shared memory than a
 block may have (227 KB on sm_90, 163 KB on sm_80) would fail at its first launch, and
 spilled registers cost speed, most where the hot loop (the largest innermost loop of the
-SASS) reads and writes them: "loop LDL/STL" counts its local loads and stores, and any is
-a failure. Nothing runs; no GPU is needed. Prints a table and JSON
+SASS) reads and writes them: "LDL/STL hot" counts its local loads and stores, and any is a
+failure; "outer" those in the loops around it (run once per trip of theirs), reported only. Nothing runs; no GPU is needed. Prints a table and JSON
 (``benchmarks/results/triton_compile.json``); exits 1 when a program fails either check.
 """
 
@@ -110,12 +110,12 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
     shared = compiled.metadata.shared
     registers, spill = _resources(compiled.asm["cubin"])
     # Spilled registers cost most where they are read and written on every trip of the hot loop.
-    _, opcodes, _ = hot_loop(compiled.asm["cubin"])
-    loop_local = opcodes.get("LDL", 0) + opcodes.get("STL", 0)
+    loop_local, around_local = local_ops_in_loops(compiled.asm["cubin"])
     fits = shared <= SHARED_LIMIT.get(arch, 101376)
     status = "too much shared memory" if not fits else "spills in the hot loop" if loop_local else "ok"
     return {**row, "status": status, "shared_bytes": shared, "registers": registers, "spill_bytes": spill,
-            "loop_local_ops": loop_local, "compile_s": round(time.perf_counter() - start, 1)}
+            "loop_local_ops": loop_local, "outer_loop_local_ops": around_local,
+            "compile_s": round(time.perf_counter() - start, 1)}
 
 
 def cuobjdump(cubin: bytes, option: str) -> str:
@@ -138,16 +138,12 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
 MEMORY_OPS = ("LDG", "STG", "ATOMG", "REDG", "LDGSTS")  # global loads, stores and atomics
 
 
-def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
-    """The largest innermost loop (a backward branch's range holding no other): its instruction
-    count, the count of each opcode in it (most frequent first), and how many trips of the
-    source loop one of its trips makes. The compiler may unroll a loop with a run-time bound
-    k times: it then also emits the body once more, for the remaining trips. An innermost loop
-    whose global loads, stores and atomics times k are the hot loop's is taken to be that
-    remainder, and k the unrolling."""
-    sass = cuobjdump(cubin, "-sass")
-    code = []  # (address, instruction without its predicate)
-    for line in sass.splitlines():
+def sass_loops(cubin: bytes) -> tuple[list, list, tuple | None]:
+    """A kernel's SASS as ``(address, instruction without its predicate)``, its loops as
+    ``(first, last)`` address ranges (a backward branch and its target), and its hot loop: the
+    largest innermost loop (one holding no other), or None for a kernel without loops."""
+    code = []
+    for line in cuobjdump(cubin, "-sass").splitlines():
         found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
         if found:
             code.append((int(found.group(1), 16), re.sub(r"^@!?U?P[T0-9]+\s+", "", found.group(2).strip())))
@@ -157,23 +153,49 @@ def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
         if target and int(target.group(1), 16) < address:
             loops.append((int(target.group(1), 16), address))
     innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
-    if not innermost:
-        return 0, {}, 1
+    return code, loops, max(innermost, key=lambda loop: loop[1] - loop[0]) if innermost else None
 
-    def body(loop):
-        return [text.split()[0] for address, text in code if loop[0] <= address <= loop[1]]
+
+def _opcodes(code: list, first: int, last: int) -> list[str]:
+    return [text.split()[0] for address, text in code if first <= address <= last]
+
+
+def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
+    """The hot loop (``sass_loops``): its instruction count, the count of each opcode in it (most
+    frequent first), and how many trips of the source loop one of its trips makes. The compiler
+    may unroll a loop with a run-time bound k times: it then also emits the body once more, for
+    the remaining trips. An innermost loop whose global loads, stores and atomics times k are
+    the hot loop's is taken to be that remainder, and k the unrolling."""
+    code, loops, hot = sass_loops(cubin)
+    if hot is None:
+        return 0, {}, 1
 
     def memory(ops):
         return collections.Counter(op for op in ops if op.split(".")[0] in MEMORY_OPS)
 
-    hot = max(innermost, key=lambda loop: loop[1] - loop[0])
-    ops, unroll = body(hot), 1
+    ops, unroll = _opcodes(code, *hot), 1
+    innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
     for other in innermost:
-        rest = memory(body(other))
+        rest = memory(_opcodes(code, *other))
         for k in range(2, 17):
             if other != hot and rest and all(memory(ops)[op] == k * rest[op] for op in memory(ops) | rest):
                 unroll = max(unroll, k)
     return len(ops), dict(collections.Counter(op.split(".")[0] for op in ops).most_common()), unroll
+
+
+def local_ops_in_loops(cubin: bytes) -> tuple[int, int]:
+    """Local loads and stores (spilled registers) in the hot loop, run every trip, and in the loops
+    around it but outside it (the forward's loop over b tiles around its loop over D), run once
+    per trip of theirs."""
+    code, loops, hot = sass_loops(cubin)
+    if hot is None:
+        return 0, 0
+    local = {"LDL", "STL"}
+    inside = {address for address, _ in code if hot[0] <= address <= hot[1]}
+    around = {address for lo, hi in loops if lo <= hot[0] and hot[1] <= hi and (lo, hi) != hot
+              for address, _ in code if lo <= address <= hi} - inside
+    count = lambda addresses: sum(text.split()[0].split(".")[0] in local for a, text in code if a in addresses)  # noqa: E731
+    return count(inside), count(around)
 
 
 def main() -> None:
@@ -193,14 +215,14 @@ def main() -> None:
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}")
     print(f"{'kernel':<8} {'dtype':<5} {'La':>4} {'dir':<5} {'warps':>5} {'stages':>6} {'shared B':>9} {'regs':>5} "
-          f"{'spill B':>8} {'loop LDL/STL':>12}  status")
+          f"{'spill B':>8} {'LDL/STL hot':>11} {'outer':>5}  status")
     for case in cases:
         row = compile_one(*case, arch=args.arch)
         rows.append(row)
         print(f"{row['kernel']:<8} {row['dtype']:<5} {row['La']:>4} {row['direction']:<5} {row['num_warps']:>5} "
               f"{row['num_stages']:>6} {row.get('shared_bytes', '-'):>9} {row.get('registers') or '-':>5} "
               f"{row.get('spill_bytes', '-') if row.get('spill_bytes') is not None else '-':>8} "
-              f"{row.get('loop_local_ops', '-'):>12}  {row['status']}",
+              f"{row.get('loop_local_ops', '-'):>11} {row.get('outer_loop_local_ops', '-'):>5}  {row['status']}",
               flush=True)
     result = {"triton": triton.__version__, "arch": f"sm_{args.arch}", "rows": rows}
     write_json(result, args.out)

@@ -154,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = ours(args.arch) + theirs(args.arch)
     print(f"\ntriton {triton.__version__}, sm_{args.arch}; B = {B}, {LA} x {LB} tokens, D = {DIM}, "
-          f"bf16 (but the fp32 rows), a2b")
+          f"bf16 (the fp32 rows: float32), direction a2b (the b2a rows: b2a)")
     print(f"{'kernel':<52} {'warps':>5} {'mma':>5} {'loop':>5} {'LDL/STL':>7} {'unroll':>6} {'trips M':>8} "
           f"{'per unit':>9} {'total G':>8} {'floor Mcyc':>10}")
     for r in rows:

@@ -1,7 +1,7 @@
 """Launch settings of the triton MaxSim kernels, timed on a GPU against late-interaction-kernels.
 
     python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
-    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, atomic b side, peers
+    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, atomic picked sides, peers
     python benchmarks/triton_tune.py --quick --direction both --reduction mean   # the training default's score
     python benchmarks/triton_tune.py --dtype float32  # float32 vectors: the forward's CUDA-core settings
 
@@ -68,6 +68,7 @@ QUICK = ("default", "deterministic", "atomic b side (no one-hot)", "atomic a sid
 # float32 vectors multiply on the CUDA cores, in programs of their own settings (forward_config).
 FP32_VARIANTS = [
     ("default", {}, {}, False),
+    # v6's setting for texts of up to 128 tokens (its 256-row programs had 8 warps)
     ("fwd v6: 4 warps, 64 dims, 64-token tiles", {"num_warps": 4, "BLOCK_D": 64, "BLOCK_M": 64}, {}, False),
     ("fwd 64 dims a step", {"BLOCK_D": 64}, {}, False),
     ("fwd 16 dims a step", {"BLOCK_D": 16}, {}, False),
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--query-tokens", type=int, default=32)
     parser.add_argument("--document-tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="only the defaults (both backward paths) and the atomic b side")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the defaults (both backward paths) and atomic adds instead of the one-hot products")
     parser.add_argument("--direction", choices=("a2b", "b2a", "both"), default="a2b",
                         help="the score: a2b/sum is ColBERT's and the issue's; both/mean the training module's default")
     parser.add_argument("--reduction", choices=("sum", "mean"), default="sum")

@@ -21,10 +21,10 @@ tokens only. Two paths, as torch's own scatter-adds:
   ``Trainer(deterministic=True)``, ``trainer.deterministic=true`` in config),
   ``_sorted_backward``: gathers only. Where a token took a max it reads its best match
   (``_gather_a_kernel``, ``_gather_b_kernel``); where a token was picked it sums the
-  tokens that picked it (``_collect``): a stable sort of each text's picks lists every
-  target token's sources in a fixed order, ``searchsorted`` finds where each list begins,
-  and a program per target token (and per part of a long list) sums it. Bit for bit the
-  same from run to run.
+  tokens that picked it (``_collect``, for float32 inputs; 16-bit ones take the one-hot
+  products below): a stable sort of each text's picks lists every target token's sources
+  in a fixed order, ``searchsorted`` finds where each list begins, and a program per target
+  token (and per part of a long list) sums it. Bit for bit the same from run to run.
 
 On both paths, for 16-bit inputs, the picked side of each direction is ``_onehot_kernel``:
 the b side of a2b (ColBERT's score: all the a tokens of a batch add to the few hundred
@@ -49,7 +49,7 @@ in their own type with float32 accumulation. The backward pass sums in float32.
 
 Backward programs take consecutive tokens wherever texts begin and end, so long ``a``
 texts cost them nothing extra; a forward program holds whole ``a`` texts (up to
-``MAX_A_TOKENS``), with 8 warps when they are long. ``forward_config`` and
+``MAX_A_TOKENS``), with 8 warps when they are long (float32 programs always). ``forward_config`` and
 ``backward_config`` hold every launch setting (``benchmarks/triton_tune.py`` sweeps them).
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
@@ -273,7 +273,8 @@ def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     the gradients are the same bit for bit from run to run.
 
     Where a token took a max it reads its best match (``_gather_a_kernel``, ``_gather_b_kernel``);
-    where a token was picked it sums the tokens that picked it (``_collect``). Returns
+    where a token was picked it sums the tokens that picked it (``_collect``; for 16-bit
+    inputs ``_onehot_grad``, products of exact 0/1 matrices, as deterministic). Returns
     ``grad_a (Ba * La, D)`` and ``grad_b (Bb * Lb, D)`` float32 (``None`` where not wanted).
     """
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
@@ -370,8 +371,8 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     float32 operands multiply on the CUDA cores, where each thread holds its share of the
     rows x BLOCK_M tile of similarities and of both operand tiles in registers: they take
     ``FP32_FORWARD_DIMS`` dims a step on 8 warps, and 32-token b tiles when a program holds
-    256 rows, so each thread holds 32 of the tile's similarities. v6's 4 warps, 64 dims and
-    64 tokens spilled registers, with triton 3.9 on sm_80 inside the hot loop, at 2.4x the
+    256 rows, so each thread holds 32 of the tile's similarities. v6's 64 dims and 64 tokens
+    (on 4 warps, 8 for 256 rows) spilled registers, with triton 3.9 on sm_80 inside the hot loop, at 2.4x the
     instructions per similarity (``benchmarks/RESULTS.md``, "float32 forward";
     ``tests/test_triton_compile.py`` keeps spills out of the hot loops).
     """
@@ -408,7 +409,7 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
     texts as fill them (2 of 64 for long documents, 4 of 32 for 32-token queries: each source
     text's vectors, read once per program, serve them all), and take up to ONEHOT_CHUNK
     tokens of a source text a step; 8 warps keep the 128 x 128 float32 sum at 64 registers a
-    thread (180 in all on sm_90). float32 inputs keep the atomic adds or the sorted sums:
+    thread (181-210 in all on sm_90). float32 inputs keep the atomic adds or the sorted sums:
     tensor cores would take their vectors as TF32.
     """
     one_hot = dtype != torch.float32
@@ -422,7 +423,8 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
 
 
 def _block_d(dim: int, dtype: torch.dtype) -> int:
-    """Vector dims per tile: up to 128 (ColBERT's D in one step), 64 for float32 operands (the same bytes)."""
+    """Vector dims per tile of the backward kernels and of 16-bit forward programs: up to 128
+    (ColBERT's D in one step), 64 for float32 operands (the same bytes)."""
     return _block(dim, BLOCK_D // 2 if dtype == torch.float32 else BLOCK_D)
 
 

@@ -1053,14 +1053,16 @@ def test_lean_backward_against_a_frozen_side(frozen, exact_order, backend):
 
 @pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
-@pytest.mark.parametrize("direction, dtype", [("a2b", torch.bfloat16), ("a2b", torch.float16), ("b2a", torch.bfloat16),
-                                              ("both", torch.bfloat16)], ids=["a2b-bf16", "a2b-fp16", "b2a-bf16",
-                                                                              "both-bf16"])
-def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_picked_sides(direction, dtype, exact_order, backend,
-                                                                                monkeypatch):
+@pytest.mark.parametrize("direction, dtype, trained", [
+    ("a2b", torch.bfloat16, "ab"), ("a2b", torch.float16, "ab"), ("b2a", torch.bfloat16, "ab"),
+    ("both", torch.bfloat16, "ab"), ("both", torch.bfloat16, "a"), ("both", torch.bfloat16, "b"),
+], ids=["a2b-bf16", "a2b-fp16", "b2a-bf16", "both-bf16", "both-bf16-b-frozen", "both-bf16-a-frozen"])
+def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_picked_sides(direction, dtype, trained, exact_order,
+                                                                                backend, monkeypatch):
     """16-bit inputs: the picked side of each direction (a2b's b side, b2a's a side) as
     products of exact 0/1 matrices with the other side's vectors (``_onehot_kernel``), on both
-    backward paths; in "both", each direction's other side added to the other's one-hot sums.
+    backward paths; in "both", each direction's other side added to the other's one-hot sums,
+    and with one side frozen (no gradient: only the other side's kernels run).
     The backward's float32 gradients, before the cast to the inputs' dtype, must be the float64
     sums over the same 16-bit values to float32 accuracy. The shapes cover 3 b texts in programs
     of 2 (the last group short), 150 tokens in tiles of 64 (the last partial) and in chunks of 16
@@ -1085,35 +1087,42 @@ def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_picked_sides(
     b = random_vectors((bb, lb, d), bm, 6, torch.float64).to(dtype)
     a[~am], b[~bm] = float("nan"), float("nan")  # padding that must never be read: 0 x NaN is NaN
     weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
-    x, y = a.to(DEVICE).requires_grad_(True), b.to(DEVICE).requires_grad_(True)
+    x, y = a.to(DEVICE).requires_grad_("a" in trained), b.to(DEVICE).requires_grad_("b" in trained)
+    inputs = [v for v, side in ((x, "a"), (y, "b")) if side in trained]
     with deterministic(exact_order):
         got = maxsim_matrix(x, am.to(DEVICE), y, bm.to(DEVICE), direction=direction, reduction="mean",
                             backend=backend)
-        grads = torch.autograd.grad(got, (x, y), weights.float().to(DEVICE))
-    # One call per direction: a2b=True sums a2b's b side, a2b=False b2a's a side.
-    assert sorted(calls) == sorted({"a2b": [True], "b2a": [False], "both": [True, False]}[direction])
+        grads = torch.autograd.grad(got, inputs, weights.float().to(DEVICE))
+    # One call per direction whose picked side is trained: a2b=True sums a2b's b side, a2b=False b2a's a side.
+    assert sorted(calls) == sorted(([True] if direction != "b2a" and "b" in trained else [])
+                                   + ([False] if direction != "a2b" and "a" in trained else []))
     x64, y64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
     want = maxsim_matrix(x64, am, y64, bm, direction=direction, reduction="mean", backend="dense")
-    for mine, full, theirs in zip(grads, results[0], torch.autograd.grad(want, (x64, y64), weights)):
-        torch.testing.assert_close(full.cpu().double().view_as(theirs), theirs, **TOL[torch.float32])
+    exact = dict(zip("ab", torch.autograd.grad(want, (x64, y64), weights)))
+    full = dict(zip("ab", results[0]))  # the backward's float32 sums; None for a frozen side
+    assert [side for side in "ab" if full[side] is not None] == list(trained)
+    for mine, side in zip(grads, trained):
+        torch.testing.assert_close(full[side].cpu().double().view_as(exact[side]), exact[side], **TOL[torch.float32])
         assert mine.dtype == dtype
-        torch.testing.assert_close(mine.cpu(), full.cpu().view_as(theirs).to(dtype), rtol=0, atol=0)
+        torch.testing.assert_close(mine.cpu(), full[side].cpu().view_as(exact[side]).to(dtype), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", [TRITON])
-@pytest.mark.parametrize("a2b", [True, False], ids=["a2b-b-side", "b2a-a-side"])
+@pytest.mark.parametrize("a2b, n_sources, ls, n_targets, lt", [(True, 5, 40, 3, 70), (False, 3, 70, 5, 20),
+                                                                (False, 3, 40, 5, 70)],
+                         ids=["a2b-b-side", "b2a-a-side", "b2a-long-a-texts"])
 @pytest.mark.parametrize("units", [1, 2, 3, 16])
-def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_past_the_inputs(units, a2b, backend,
-                                                                                              monkeypatch):
+def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_past_the_inputs(
+        units, a2b, n_sources, ls, n_targets, lt, backend, monkeypatch):
     # _onehot_grad alone against a float64 loop, for each side it serves: a2b's b side (targets:
-    # 3 b texts of 70 tokens, 2 a program; sources: 5 a texts of 40 tokens) and b2a's a side
-    # (targets: 5 a texts of 20 tokens, 4 a program, the last group short; sources: 3 b texts
-    # of 70 tokens), both in chunks of 16 source tokens. With 1, 2, 3 or 16 multiprocessors the
-    # source texts fall into 1 to 5 splits, several texts a split. Every input is a view into a
-    # larger buffer whose tail holds huge values, so a read past its end shows.
+    # 3 b texts of 70 tokens, 2 a program, in 2 tiles of 64; sources: 5 a texts of 40 tokens)
+    # and b2a's a side (targets: 5 a texts of 20 tokens, 4 a program, the last group short, or
+    # of 70 tokens, 2 a program in 2 tiles; sources: 3 b texts), in chunks of 16 source tokens.
+    # With 1, 2, 3 or 16 multiprocessors the source texts fall into 1 to 5 splits, several texts
+    # a split. Every input is a view into a larger buffer whose tail holds huge values, so a
+    # read past its end shows.
     monkeypatch.setattr(maxsim_triton, "_parallel_units", lambda x: units)
     g = torch.Generator().manual_seed(units)
-    n_sources, ls, n_targets, lt = (5, 40, 3, 70) if a2b else (3, 70, 5, 20)
     ba, bb = (n_sources, n_targets) if a2b else (n_targets, n_sources)
     d, spare = 24, 2
     mask = torch.rand(n_sources + spare, ls, generator=g) < 0.7
@@ -1152,7 +1161,7 @@ def test_triton_float32_gradients_do_not_take_the_one_hot_kernel(backend, monkey
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU: the interpreter runs programs one at a time, so no add races")
 @pytest.mark.parametrize("backend", [TRITON])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])  # bf16: the one-hot b side
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])  # bf16: the one-hot sides
 def test_triton_gradients_are_deterministic(backend, dtype):
     # A shape where atomics would race (64 texts of 300 tokens).
     ba, la, bb, lb, d = 64, 32, 64, 300, 128
