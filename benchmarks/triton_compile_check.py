@@ -11,7 +11,8 @@ and reads the resources off the binary: a program that needs more shared memory 
 block may have (227 KB on sm_90, 163 KB on sm_80) would fail at its first launch, and
 spilled registers cost speed, most where the hot loop (the largest innermost loop of the
 SASS) reads and writes them: "LDL/STL hot" counts its local loads and stores, and any is a
-failure; "outer" those in the loops around it (run once per trip of theirs), reported only. Nothing runs; no GPU is needed. Prints a table and JSON
+failure; "outer" those in the loops around it (run once per trip of theirs), reported only.
+Nothing runs; no GPU is needed. Prints a table and JSON
 (``benchmarks/results/triton_compile.json``); exits 1 when a program fails either check.
 """
 
@@ -51,7 +52,8 @@ def pointers(dtype: str) -> dict:
               "grad_ptr": "*fp32",
               "out_ptr": "*fp32", "scores_ptr": "*fp32", "grad_a_ptr": "*fp32", "grad_b_ptr": "*fp32"}
     vectors = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "sources_ptr": f"*{dtype}"}
-    indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "best_ptr": "*i16", "order_ptr": "*i32", "offsets_ptr": "*i32",
+    indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "best_ptr": "*i16", "order_ptr": "*i32",
+               "offsets_ptr": "*i32",
                "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
     return {**floats, **vectors, **indices}
 
@@ -194,7 +196,10 @@ def local_ops_in_loops(cubin: bytes) -> tuple[int, int]:
     inside = {address for address, _ in code if hot[0] <= address <= hot[1]}
     around = {address for lo, hi in loops if lo <= hot[0] and hot[1] <= hi and (lo, hi) != hot
               for address, _ in code if lo <= address <= hi} - inside
-    count = lambda addresses: sum(text.split()[0].split(".")[0] in local for a, text in code if a in addresses)  # noqa: E731
+
+    def count(addresses):
+        return sum(text.split()[0].split(".")[0] in local for address, text in code if address in addresses)
+
     return count(inside), count(around)
 
 

@@ -49,8 +49,9 @@ in their own type with float32 accumulation. The backward pass sums in float32.
 
 Backward programs take consecutive tokens wherever texts begin and end, so long ``a``
 texts cost them nothing extra; a forward program holds whole ``a`` texts (up to
-``MAX_A_TOKENS``), with 8 warps when they are long (float32 programs always). ``forward_config`` and
-``backward_config`` hold every launch setting (``benchmarks/triton_tune.py`` sweeps them).
+``MAX_A_TOKENS``), with 8 warps when they are long (float32 programs always).
+``forward_config`` and ``backward_config`` hold every launch setting
+(``benchmarks/triton_tune.py`` sweeps them).
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before Triton is imported), which is how the tests check it
@@ -372,9 +373,9 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     rows x BLOCK_M tile of similarities and of both operand tiles in registers: they take
     ``FP32_FORWARD_DIMS`` dims a step on 8 warps, and 32-token b tiles when a program holds
     256 rows, so each thread holds 32 of the tile's similarities. v6's 64 dims and 64 tokens
-    (on 4 warps, 8 for 256 rows) spilled registers, with triton 3.9 on sm_80 inside the hot loop, at 2.4x the
-    instructions per similarity (``benchmarks/RESULTS.md``, "float32 forward";
-    ``tests/test_triton_compile.py`` keeps spills out of the hot loops).
+    (on 4 warps, 8 for 256 rows) spilled registers, with triton 3.9 on sm_80 inside the hot
+    loop, at 2.4x the instructions per similarity (``benchmarks/RESULTS.md``, "float32
+    forward"; ``tests/test_triton_compile.py`` keeps spills out of the hot loops).
     """
     block_l = max(16, triton.next_power_of_2(la))
     texts = max(1, FORWARD_ROWS // block_l)

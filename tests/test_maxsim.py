@@ -1128,7 +1128,7 @@ def test_triton_one_hot_kernel_sums_splits_of_several_texts_and_reads_nothing_pa
     mask = torch.rand(n_sources + spare, ls, generator=g) < 0.7
     mask[:, 0] = True
     weight = mask.float() / mask.float().sum(-1, keepdim=True)
-    vectors = torch.randn(n_sources + spare, ls, d, generator=g).where(mask[..., None], 0.0).bfloat16()  # zeroed padding
+    vectors = torch.randn(n_sources + spare, ls, d, generator=g).where(mask[..., None], 0.0).bfloat16()  # 0 padding
     # best and grad are (Ba, Bb, ...) as the forward pass writes them; their spare rows follow the last a text.
     picks = torch.randint(0, lt, (ba + spare, bb, ls), generator=g, dtype=torch.int16)
     grad = torch.randn(ba + spare, bb, generator=g)
