@@ -48,13 +48,11 @@ LAUNCH = ("num_warps", "num_stages")
 
 def pointers(dtype: str) -> dict:
     """Element types of the kernel's pointer arguments; every other argument is an int32."""
-    floats = {"a_weight_ptr": "*fp32", "b_weight_ptr": "*fp32", "weight_ptr": "*fp32", "source_weight_ptr": "*fp32",
-              "grad_ptr": "*fp32",
-              "out_ptr": "*fp32", "scores_ptr": "*fp32", "grad_a_ptr": "*fp32", "grad_b_ptr": "*fp32"}
+    floats = {name: "*fp32" for name in ("a_weight_ptr", "b_weight_ptr", "weight_ptr", "source_weight_ptr", "grad_ptr",
+                                         "out_ptr", "scores_ptr", "grad_a_ptr", "grad_b_ptr")}
     vectors = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "sources_ptr": f"*{dtype}"}
     indices = {"a_best_ptr": "*i16", "b_best_ptr": "*i16", "best_ptr": "*i16", "order_ptr": "*i32",
-               "offsets_ptr": "*i32",
-               "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
+               "offsets_ptr": "*i32", "a_mask_ptr": "*i8", "b_mask_ptr": "*i8"}
     return {**floats, **vectors, **indices}
 
 
@@ -140,10 +138,10 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
 MEMORY_OPS = ("LDG", "STG", "ATOMG", "REDG", "LDGSTS")  # global loads, stores and atomics
 
 
-def sass_loops(cubin: bytes) -> tuple[list, list, tuple | None]:
+def sass_loops(cubin: bytes) -> tuple[list, list, list, tuple | None]:
     """A kernel's SASS as ``(address, instruction without its predicate)``, its loops as
-    ``(first, last)`` address ranges (a backward branch and its target), and its hot loop: the
-    largest innermost loop (one holding no other), or None for a kernel without loops."""
+    ``(first, last)`` address ranges (a backward branch and its target), the innermost of them
+    (holding no other), and its hot loop: the largest innermost loop, or None without loops."""
     code = []
     for line in cuobjdump(cubin, "-sass").splitlines():
         found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
@@ -155,7 +153,7 @@ def sass_loops(cubin: bytes) -> tuple[list, list, tuple | None]:
         if target and int(target.group(1), 16) < address:
             loops.append((int(target.group(1), 16), address))
     innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
-    return code, loops, max(innermost, key=lambda loop: loop[1] - loop[0]) if innermost else None
+    return code, loops, innermost, max(innermost, key=lambda loop: loop[1] - loop[0]) if innermost else None
 
 
 def _opcodes(code: list, first: int, last: int) -> list[str]:
@@ -168,7 +166,7 @@ def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
     may unroll a loop with a run-time bound k times: it then also emits the body once more, for
     the remaining trips. An innermost loop whose global loads, stores and atomics times k are
     the hot loop's is taken to be that remainder, and k the unrolling."""
-    code, loops, hot = sass_loops(cubin)
+    code, _, innermost, hot = sass_loops(cubin)
     if hot is None:
         return 0, {}, 1
 
@@ -176,7 +174,6 @@ def hot_loop(cubin: bytes) -> tuple[int, dict, int]:
         return collections.Counter(op for op in ops if op.split(".")[0] in MEMORY_OPS)
 
     ops, unroll = _opcodes(code, *hot), 1
-    innermost = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
     for other in innermost:
         rest = memory(_opcodes(code, *other))
         for k in range(2, 17):
@@ -189,7 +186,7 @@ def local_ops_in_loops(cubin: bytes) -> tuple[int, int]:
     """Local loads and stores (spilled registers) in the hot loop, run every trip, and in the loops
     around it but outside it (the forward's loop over b tiles around its loop over D), run once
     per trip of theirs."""
-    code, loops, hot = sass_loops(cubin)
+    code, loops, _, hot = sass_loops(cubin)
     if hot is None:
         return 0, 0
     local = {"LDL", "STL"}
