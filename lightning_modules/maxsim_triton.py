@@ -181,7 +181,7 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     config = backward_config(lb, dim, a.dtype, direction)
     rows, block_d = config["ATOMIC_ROWS"], config["BLOCK_D"]
-    launch = {"num_warps": config["atomic_warps"], "num_stages": config["num_stages"]}
+    launch = dict(ROWS=rows, BLOCK_D=block_d, num_warps=config["atomic_warps"], num_stages=config["num_stages"])
     d_tiles = triton.cdiv(dim, block_d)
     # Only the wanted gradients get a buffer (a frozen corpus on the b side must not cost a
     # float32 copy of itself); the kernels never touch the placeholder.
@@ -200,7 +200,6 @@ def _atomic_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
         grad_b = _onehot_grad(a, a_weight, a_best, grad, bb, lb, a2b=True, config=config)
     else:
         grad_b = torch.zeros(bb * lb, dim, dtype=torch.float32, device=a.device) if want_b else placeholder
-    launch = dict(ROWS=rows, BLOCK_D=block_d, **launch)
     if a2b and (want_a or not onehot_b):  # a tokens took maxima over b tokens
         blocks = triton.cdiv(ba * la, rows)
         splits = _splits(a, blocks * d_tiles, bb)
