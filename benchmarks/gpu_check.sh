@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_check.sh            # there, with benchmarks/wheels and .carry/minilm carried along
 #   bash benchmarks/gpu_check.sh quick default tests  # some steps, in the order given
 #
-# Steps (all by default, most decisive first, each under its own time limit; the eight limits
-# add up to 25 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
+# Steps (all by default, most decisive first, each under its own time limit; the nine limits
+# add up to 26.5 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
 # "quick default tests" (510 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
 #          default and deterministic backward, and the atomic b side instead of the one-hot
@@ -19,11 +19,15 @@
 #          late-interaction-kernels and flash-maxsim, side by side (limit 400 s)
 #   shapes benchmarks/gpu_large_shapes.py: large shapes against chunked float32, both backward paths,
 #          autocast (limit 120 s)
+#   profile benchmarks/gpu_profile.py: CUDA time per kernel of a training step, ours and
+#          late-interaction-kernels', a2b/sum and both/mean (limit 90 s)
 #   ties   benchmarks/maxsim_ties.py --device cuda: gradient differences against near-ties (limit 90 s)
 #   tune   benchmarks/triton_tune.py: every launch-setting variant (limit 240 s)
 #   fp32   benchmarks/triton_tune.py --dtype float32: the float32 forward's settings, v6's among
 #          them (CUDA cores; limit 150 s)
 # Everything also goes to $OUT (default benchmarks/results/). Exit status: the first failing step's.
+# BUDGET=SECONDS caps the whole run (install included): each step's limit is cut to what is left,
+# and a step with under 30 s left is skipped, so a lease's one call can name more steps than fit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
@@ -54,12 +58,17 @@ status=0
 step() {  # step NAME SECONDS COMMAND...: run it, keep its output, remember the first failure
     local name=$1 limit=$2
     shift 2
-    echo "== $name"
+    if [ -n "${BUDGET:-}" ]; then
+        local left=$((BUDGET - SECONDS))
+        [ "$left" -ge 30 ] || { echo "== $name: skipped, ${left} s of BUDGET left"; return; }
+        [ "$left" -ge "$limit" ] || limit=$left
+    fi
+    echo "== $name (limit ${limit} s, ${SECONDS} s in)"
     timeout "$limit" "$@" > "$OUT/gpu_$name.txt" 2>&1
     local rc=$?
     [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; [ "$status" -ne 0 ] || status=$rc; }
 }
-for name in "${@:-quick default tests bench shapes ties tune fp32}"; do
+for name in "${@:-quick default tests profile bench shapes ties tune fp32}"; do
     for name in $name; do
         case $name in
             quick)
@@ -76,6 +85,9 @@ for name in "${@:-quick default tests bench shapes ties tune fp32}"; do
             shapes)
                 step shapes 120 "$PY" benchmarks/gpu_large_shapes.py
                 cat "$OUT/gpu_shapes.txt" ;;
+            profile)
+                step profile 90 "$PY" benchmarks/gpu_profile.py --out "$OUT/gpu_profile.json"
+                cat "$OUT/gpu_profile.txt" ;;
             ties)
                 step ties 90 "$PY" benchmarks/maxsim_ties.py --device cuda --out "$OUT/maxsim_ties_cuda.json"
                 grep -v '^{' "$OUT/gpu_ties.txt" ;;
@@ -89,7 +101,7 @@ for name in "${@:-quick default tests bench shapes ties tune fp32}"; do
             bench)
                 step bench 400 "$PY" benchmarks/maxsim.py --device cuda --out "$OUT/maxsim-cuda.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_bench.txt" | head -90 ;;
-            *) echo "unknown step: $name (quick, default, tests, shapes, ties, tune, bench, fp32)"; status=2 ;;
+            *) echo "unknown step: $name (quick, default, tests, profile, shapes, ties, tune, bench, fp32)"; status=2 ;;
         esac
     done
 done
