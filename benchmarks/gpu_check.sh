@@ -9,10 +9,10 @@
 # add up to 26.5 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
 # "quick default tests" (510 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
-#          default and deterministic backward, and the atomic b side instead of the one-hot
-#          products, against late-interaction-kernels (limit 150 s)
-#   default the same for the training module's default score (both/mean), with the atomic a
-#          side of b2a instead of its one-hot products too (limit 120 s)
+#          default and deterministic backward, and a2b's b side by one-hot products instead of
+#          atomic adds, against late-interaction-kernels (limit 150 s)
+#   default the same for the training module's default score (both/mean), with b2a's a side by
+#          atomic adds instead of one-hot products too (limit 120 s)
 #   tests  the MaxSim tests on CUDA (conftest.py leaves TRITON_INTERPRET unset on a GPU): the
 #          triton backend's, the lean backends' and the LightningModule's training step (limit 240 s)
 #   bench  benchmarks/maxsim.py in bf16: our backends, the naive einsum, sentence-transformers,

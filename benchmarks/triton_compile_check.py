@@ -211,7 +211,7 @@ def main() -> None:
              for dtype in (torch.bfloat16, torch.float32)
              for la in (32, 128, 256)
              for kind in args.kernels
-             if not kind.startswith("onehot") or mt.backward_config(300, 128, dtype, "both")["ONEHOT_A2B"]]  # 16-bit
+             if not kind.startswith("onehot") or dtype != torch.float32]  # the one-hot sums: 16-bit inputs only
     if "forward" in args.kernels:
         cases.append(("forward", torch.bfloat16, 32, 300, 128, "a2b"))  # the ColBERT setting of the GPU benchmark
     rows = []

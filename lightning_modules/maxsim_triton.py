@@ -21,25 +21,25 @@ tokens only. Two paths, as torch's own scatter-adds:
   ``Trainer(deterministic=True)``, ``trainer.deterministic=true`` in config),
   ``_sorted_backward``: gathers only. Where a token took a max it reads its best match
   (``_gather_a_kernel``, ``_gather_b_kernel``); where a token was picked it sums the
-  tokens that picked it (``_collect``, for float32 inputs; 16-bit ones take the one-hot
-  products below): a stable sort of each text's picks lists every target token's sources
+  tokens that picked it (``_collect``; 16-bit inputs take the one-hot products below for
+  b2a's a side): a stable sort of each text's picks lists every target token's sources
   in a fixed order, ``searchsorted`` finds where each list begins, and a program per target
   token (and per part of a long list) sums it. Bit for bit the same from run to run.
 
-On both paths, for 16-bit inputs, the picked side of each direction is ``_onehot_kernel``:
-the b side of a2b (ColBERT's score: all the a tokens of a batch add to the few hundred
-tokens of each b text, about 55 adds a b token at B = 512, 32 x 300) and the a side of b2a
-(the module's default score "both" has it: every token of every b text adds to one of the
-32 tokens of each query, about 4,800 adds a query token at the same shape, the atomic adds'
-worst contention). Each program owns a tile of target tokens and, a source text at a time,
-multiplies an exact 0/1 matrix (which of the text's tokens picked which target token) with
-that text's vectors on the tensor cores, in float32, scaling each product by the pair's
-gradient times the text's token weight in float32: the 0/1 products are exact, the weights
-are not rounded to the inputs' dtype, the sums are float32; no atomics.
-(late-interaction-kernels' ``lowmem`` backward is this design for a2b, with the weights
-rounded to the inputs' dtype inside the product; its authors measured it the faster of
-their two at large square batches of short queries.) ``backward_config(...)["ONEHOT_A2B"]``
-and ``["ONEHOT_B2A"]`` turn them off.
+On both paths, for 16-bit inputs, the picked a side of b2a is ``_onehot_kernel`` (the
+module's default score "both" has it: every token of every b text adds to one of the 32
+tokens of each query, about 4,800 adds a query token at B = 512, 32 x 300, the atomic
+adds' worst contention). Each program owns a tile of target tokens and, a source text at a
+time, multiplies an exact 0/1 matrix (which of the text's tokens picked which target token)
+with that text's vectors on the tensor cores, in float32, scaling each product by the
+pair's gradient times the text's token weight in float32: the 0/1 products are exact, the
+weights are not rounded to the inputs' dtype, the sums are float32; no atomics. The same
+kernel can sum a2b's picked b side (``backward_config(...)["ONEHOT_A2B"]``, off by default:
+there each b token receives only about 55 adds at that shape, and on an H200 the one-hot
+products took 9.6 ms of forward+backward where the atomic adds took 5.2,
+``benchmarks/RESULTS.md``, v8). (late-interaction-kernels' ``lowmem`` backward is this
+design for a2b, with the weights rounded to the inputs' dtype inside the product.)
+``backward_config(...)["ONEHOT_B2A"]`` turns b2a's off (atomic adds, or the sorted sums).
 
 Precision: float32 inputs use IEEE float32 products in the forward pass
 (``input_precision="ieee"``; TF32 would cost about three decimal digits), which on a GPU
@@ -403,21 +403,21 @@ def backward_config(lb: int, dim: int, dtype: torch.dtype, direction: str) -> di
     flat a tokens (``_gather_a_kernel``), BLOCK_M b tokens (``_gather_b_kernel``),
     COLLECT_CHUNK sources a step (``_collect_kernel``).
 
-    Both passes, 16-bit inputs: the picked side of each direction (``ONEHOT_A2B``: a2b's b
-    side; ``ONEHOT_B2A``: b2a's a side) by ``_onehot_kernel``, whose programs own ONEHOT_ROWS
-    target rows (128: tensor-core tiles), up to ONEHOT_TOKENS tokens of each of as many target
-    texts as fill them (2 of 64 for long documents, 4 of 32 for 32-token queries: each source
-    text's vectors, read once per program, serve them all), and take up to ONEHOT_CHUNK
-    tokens of a source text a step; 8 warps keep the 128 x 128 float32 sum at 64 registers a
-    thread (181-210 in all on sm_90). float32 inputs keep the atomic adds or the sorted sums:
-    tensor cores would take their vectors as TF32.
+    Both passes, 16-bit inputs: b2a's picked a side (``ONEHOT_B2A``; ``ONEHOT_A2B``, off,
+    would do a2b's b side too: slower on an H200, module docstring) by ``_onehot_kernel``,
+    whose programs own ONEHOT_ROWS target rows (128: tensor-core tiles), up to ONEHOT_TOKENS
+    tokens of each of as many target texts as fill them (4 of 32 for 32-token queries, 2 of
+    64 for long documents: each source text's vectors, read once per program, serve them
+    all), and take up to ONEHOT_CHUNK tokens of a source text a step; 8 warps keep the
+    128 x 128 float32 sum at 64 registers a thread (181-210 in all on sm_90). float32 inputs
+    keep the atomic adds or the sorted sums: tensor cores would take their vectors as TF32.
     """
     one_hot = dtype != torch.float32
     return dict(
         ROWS=BACKWARD_ROWS, BLOCK_M=_block(lb, BLOCK_M), BLOCK_D=_block_d(dim, dtype),
         num_warps=4, num_stages=2, COLLECT_CHUNK=16, collect_warps=4, collect_stages=3,
         ATOMIC_ROWS=ATOMIC_ROWS, atomic_warps=2,
-        ONEHOT_A2B=one_hot, ONEHOT_B2A=one_hot, ONEHOT_ROWS=128, ONEHOT_TOKENS=BLOCK_M, ONEHOT_CHUNK=64,
+        ONEHOT_A2B=False, ONEHOT_B2A=one_hot, ONEHOT_ROWS=128, ONEHOT_TOKENS=BLOCK_M, ONEHOT_CHUNK=64,
         onehot_warps=8, onehot_stages=3,
     )  # fmt: skip
 
