@@ -61,10 +61,10 @@ KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather
            "onehot_b": "_onehot_kernel", "onehot_a": "_onehot_kernel"}
 
 
-def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str) -> dict:
-    """The constants and launch options the backend gives kernel ``kind`` for these shapes."""
+def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int = 90) -> dict:
+    """The constants and launch options the backend gives kernel ``kind`` for these shapes on sm_``arch``."""
     if kind == "forward":
-        return mt.forward_config(la, lb, dim, dtype, direction, store=True)
+        return mt.forward_config(la, lb, dim, dtype, direction, store=True, arch=arch)
     blocks = mt.backward_config(lb, dim, dtype, direction)
     if kind == "collect":  # as _collect launches it
         return {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
@@ -98,7 +98,7 @@ def build(kernel, config: dict, types: dict, arch: int, aligned=("D",), ones=())
 
 
 def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int) -> dict:
-    config = launch_config(kind, dtype, la, lb, dim, direction)
+    config = launch_config(kind, dtype, la, lb, dim, direction, arch)
     row = {"kernel": kind, "dtype": TYPES[dtype], "La": la, "Lb": lb, "D": dim, "direction": direction,
            **{k: config[k] for k in LAUNCH}}
     start = time.perf_counter()

@@ -72,9 +72,11 @@ def ours(arch: int) -> list[dict]:
     rows = [measure(name, kernel, config, pointers("bf16"), trips, units, arch)
             for name, kernel, config, trips, units in cases]
     # float32 (CUDA cores): the hot loop is the one over D, a trip per BLOCK_D dims of a b tile.
-    fp32 = launch_config("forward", torch.float32, LA, LB, DIM, "a2b")
-    v6 = {**fp32, "num_warps": 4, "BLOCK_D": 64, "BLOCK_M": 64}  # the setting before FP32_FORWARD_DIMS
-    for name, config in (("ours forward fp32 (a2b)", fp32), ("ours forward fp32, v6 setting", v6)):
+    # The two settings forward_config picks by chip: the wide one from sm_90 (v6's everywhere),
+    # the narrow one before (v7's everywhere).
+    wide = launch_config("forward", torch.float32, LA, LB, DIM, "a2b", arch=90)
+    narrow = launch_config("forward", torch.float32, LA, LB, DIM, "a2b", arch=80)
+    for name, config in (("ours forward fp32, wide (sm_90 on)", wide), ("ours forward fp32, narrow (before sm_90)", narrow)):
         trips = cdiv(B, config["TEXTS"]) * B * cdiv(LB, config["BLOCK_M"]) * cdiv(DIM, config["BLOCK_D"])
         rows.append(measure(name, mt._forward_kernel, config, pointers("fp32"), trips, SIMILARITIES, arch))
     return rows

@@ -70,9 +70,10 @@ QUICK = ("default", "deterministic", "one-hot b side", "atomic a side of b2a (no
 # float32 vectors multiply on the CUDA cores, in programs of their own settings (forward_config).
 FP32_VARIANTS = [
     ("default", {}, {}, False),
-    # v6's setting for texts of up to 128 tokens (its 256-row programs had 8 warps)
-    ("fwd v6: 4 warps, 64 dims, 64-token tiles", {"num_warps": 4, "BLOCK_D": 64, "BLOCK_M": 64}, {}, False),
-    ("fwd 64 dims a step", {"BLOCK_D": 64}, {}, False),
+    # forward_config's two settings for 32-token texts: from sm_90 (v6's) and before (v7's)
+    ("fwd wide: 4 warps, 64 dims, 64-token tiles", {"num_warps": 4, "BLOCK_D": 64, "BLOCK_M": 64}, {}, False),
+    ("fwd narrow: 8 warps, 32 dims, 64-token tiles", {"num_warps": 8, "BLOCK_D": 32, "BLOCK_M": 64}, {}, False),
+    ("fwd 8 warps, 64 dims", {"num_warps": 8, "BLOCK_D": 64}, {}, False),
     ("fwd 16 dims a step", {"BLOCK_D": 16}, {}, False),
     ("fwd 32-token b tiles", {"BLOCK_M": 32}, {}, False),
     ("fwd 3 stages", {"num_stages": 3}, {}, False),

@@ -80,7 +80,6 @@ FORWARD_PROGRAMS = 4  # forward programs per multiprocessor, at least (when ther
 BACKWARD_ROWS = 64
 BLOCK_M = 64  # b tokens per tile
 BLOCK_D = 128  # vector dims per tile (ColBERT's 128 in one step); float32 backward: 64
-FP32_FORWARD_DIMS = 32  # dims per step of a float32 forward program (CUDA cores: see forward_config)
 COLLECT_PART = 256  # sources a backward collect program sums, at most about
 # Tokens per program of the atomic backward pass: with 2 warps, 8 dims of D = 128 per thread,
 # about 56 registers on sm_90, so many programs share a multiprocessor and hide the gathers' latency.
@@ -136,7 +135,7 @@ class TritonMaxSim(torch.autograd.Function):
         scores = torch.empty(ba, bb, dtype=torch.float32, device=a.device)
         a_best = torch.empty(ba, bb, la, dtype=_index_dtype(lb), device=a.device) if a2b and keep else None
         b_best = torch.empty(ba, bb, lb, dtype=_index_dtype(la), device=a.device) if b2a and keep else None
-        config = forward_config(la, lb, dim, a.dtype, direction, keep)
+        config = forward_config(la, lb, dim, a.dtype, direction, keep, _arch(a))
         with _on_device(a):
             a_blocks = triton.cdiv(ba, config["TEXTS"])
             b_texts = _b_texts_per_program(a, bb, a_blocks)
@@ -317,6 +316,14 @@ def _sorted_backward(a, b, a_weight, b_weight, a_best, b_best, grad, direction, 
     return grad_a, grad_b
 
 
+def _arch(x: torch.Tensor) -> int:
+    """The compute capability x 10 of ``x``'s GPU (90 for an H100); 90 under the interpreter."""
+    if not x.is_cuda:
+        return 90
+    major, minor = torch.cuda.get_device_capability(x.device)
+    return 10 * major + minor
+
+
 def _on_device(x: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``x``'s."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
@@ -359,7 +366,7 @@ def _collect(picks, targets, sources, source_weight, grad, source_length, grad_s
     return out.sum(dim=0) if splits > 1 else out[0]
 
 
-def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool) -> dict:
+def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool, arch: int = 90) -> dict:
     """The forward kernel's compile-time constants and launch options for these shapes.
 
     A program holds TEXTS whole a texts of BLOCK_L (power of two) tokens: 128 rows, or one
@@ -369,25 +376,28 @@ def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: st
     Wider vectors tile along D with two stages.
 
     float32 operands multiply on the CUDA cores, where each thread holds its share of the
-    rows x BLOCK_M tile of similarities and of both operand tiles in registers: they take
-    ``FP32_FORWARD_DIMS`` dims a step on 8 warps, and 32-token b tiles when a program holds
-    256 rows, so each thread holds 32 of the tile's similarities. v6's 64 dims and 64 tokens
-    (on 4 warps, 8 for 256 rows) spilled registers, with triton 3.9 on sm_80 inside the hot
-    loop, at 2.4x the instructions per similarity (``benchmarks/RESULTS.md``, "float32
+    rows x BLOCK_M tile of similarities and of both operand tiles in registers, so their
+    settings depend on the chip (``arch``: compute capability x 10, of the inputs' device).
+    From sm_90 (H100, H200): 64 dims a step, 64-token b tiles, 4 warps (8 for 256 rows),
+    1.6x faster on an H200 than the narrow setting below (36.5 against 60.0 ms, B = 512,
+    32 x 300). Before sm_90: 32 dims a step on 8 warps, with 32-token b tiles when a program
+    holds 256 rows: with triton 3.9 for sm_80 the wide setting spilled registers inside the
+    hot loop, at 2.4x the instructions per similarity (``benchmarks/RESULTS.md``, "float32
     forward"; ``tests/test_triton_compile.py`` keeps spills out of the hot loops).
     """
     block_l = max(16, triton.next_power_of_2(la))
     texts = max(1, FORWARD_ROWS // block_l)
     rows = texts * block_l
     fp32 = dtype == torch.float32
-    block_d = _block(dim, FP32_FORWARD_DIMS) if fp32 else _block_d(dim, dtype)
-    block_m = _block(lb, BLOCK_M if rows <= 128 or not fp32 else BLOCK_M // 2)
+    wide = arch >= 90  # the float32 setting: see above
+    block_d = _block(dim, 64 if wide else 32) if fp32 else _block_d(dim, dtype)
+    block_m = _block(lb, BLOCK_M // 2 if fp32 and rows > 128 and not wide else BLOCK_M)
     one_d_tile = dim <= block_d
     return dict(
         A2B=direction in ("a2b", "both"), B2A=direction in ("b2a", "both"), STORE=store, TEXTS=texts,
         BLOCK_L=block_l, BLOCK_M=block_m, BLOCK_D=block_d, ONE_D_TILE=one_d_tile,
         PRECISION="ieee", UPCAST=interpreting() and not fp32,
-        num_warps=8 if rows > 128 or fp32 else 4, num_stages=3 if one_d_tile else 2,
+        num_warps=8 if rows > 128 or (fp32 and not wide) else 4, num_stages=3 if one_d_tile else 2,
     )  # fmt: skip
 
 
