@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_check.sh quick default tests  # some steps, in the order given
 #
 # Steps (all by default, most decisive first, each under its own time limit; the nine limits
-# add up to 26.5 minutes, so where a call may run 10 minutes, name the steps whose limits fit it:
-# "quick default tests" (510 s), then "bench" (400 s), then "shapes ties tune" (450 s), then "fp32" (150 s)):
+# add up to 1,600 s, so where a call may run 10 minutes, name the steps whose limits fit it:
+# "quick default tests" (510 s), then "profile bench" (490 s), then "shapes ties tune" (450 s),
+# then "fp32" (150 s); or name more under a BUDGET, below):
 #   quick  benchmarks/triton_tune.py --quick: the issue's shape (B = 512, 32 x 300, bf16), our
 #          default and deterministic backward, and a2b's b side by one-hot products instead of
 #          atomic adds, against late-interaction-kernels (limit 150 s)
@@ -27,7 +28,8 @@
 #          them (CUDA cores; limit 150 s)
 # Everything also goes to $OUT (default benchmarks/results/). Exit status: the first failing step's.
 # BUDGET=SECONDS caps the whole run (install included): each step's limit is cut to what is left,
-# and a step with under 30 s left is skipped, so a lease's one call can name more steps than fit.
+# and a step with under 30 s left is skipped (its output file says so; exit status 3 where
+# nothing failed), so a lease's one call can name more steps than fit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
@@ -36,6 +38,10 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 # cuBLAS under torch.use_deterministic_algorithms(True) (the deterministic rows): as Lightning sets it.
 export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
+if [ -n "${BUDGET:-}" ] && ! [[ $BUDGET =~ ^[0-9]+$ ]]; then
+    echo "BUDGET must be a whole number of seconds, got '$BUDGET'" >&2
+    exit 2
+fi
 mkdir -p "$OUT" "$SITE"
 if compgen -G "benchmarks/wheels/*" > /dev/null; then
     # Into a folder of their own, --no-deps: the image's torch, triton and transformers stay as they are.
@@ -60,11 +66,15 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, remember the 
     shift 2
     if [ -n "${BUDGET:-}" ]; then
         local left=$((BUDGET - SECONDS))
-        [ "$left" -ge 30 ] || { echo "== $name: skipped, ${left} s of BUDGET left"; return; }
+        if [ "$left" -lt 30 ]; then  # said in its file too, so no earlier run's output reads as this one's
+            echo "== $name: skipped, ${left} s of BUDGET left" | tee "$OUT/gpu_$name.txt"
+            [ "$status" -ne 0 ] || status=3
+            return
+        fi
         [ "$left" -ge "$limit" ] || limit=$left
     fi
     echo "== $name (limit ${limit} s, ${SECONDS} s in)"
-    timeout "$limit" "$@" > "$OUT/gpu_$name.txt" 2>&1
+    timeout -k 10 "$limit" "$@" > "$OUT/gpu_$name.txt" 2>&1  # -k: a process that ignores TERM is killed
     local rc=$?
     [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; [ "$status" -ne 0 ] || status=$rc; }
 }

@@ -2,9 +2,10 @@
 
     python benchmarks/gpu_profile.py                      # B = 512, 32 x 300 tokens, bf16, a2b/sum and both/mean
 
-For each score and backend: ``torch.profiler``'s CUDA time per kernel over ``--steps`` forward+backward
-steps (after one warm-up step that compiles), as a table sorted by time, so that the next rework aims
-at the kernel that costs most. A GPU only; JSON to ``--out``.
+For each score and backend: ``torch.profiler``'s CUDA time per kernel over ``--steps`` steps, each
+the forward pass and the backward of the scores' sum (the scores alone, no loss), after one warm-up
+step that compiles; a table sorted by time, so that the next rework aims at the kernel that costs
+most. A GPU only; JSON to ``--out`` (full kernel names there; the table cuts them).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
 
 
 def kernel_times(step, steps: int) -> list[dict]:
-    """CUDA milliseconds per kernel name, per step, largest first."""
+    """CUDA milliseconds and calls per kernel name, per step (calls may be fractional: a kernel
+    that does not run every step), largest first."""
     step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    rows = [{"kernel": e.key[:70], "calls": e.count // steps, "ms": e.device_time_total / 1e3 / steps}
+    rows = [{"kernel": e.key, "calls": e.count / steps, "ms": e.device_time_total / 1e3 / steps}
             for e in prof.key_averages() if e.device_time_total > 0]
     return sorted(rows, key=lambda r: -r["ms"])
 
@@ -68,7 +70,7 @@ def main() -> None:
                   f"({result['device']}, B={B}, {La} x {Lb}, bf16)", flush=True)
             print(f"{'kernel':<72} {'calls':>5} {'ms':>7} {'share':>6}")
             for r in rows[:12]:
-                print(f"{r['kernel']:<72} {r['calls']:>5} {r['ms']:>7.3f} {r['ms'] / total:>6.1%}")
+                print(f"{r['kernel'][:70]:<72} {r['calls']:>5.3g} {r['ms']:>7.3f} {r['ms'] / total:>6.1%}")
             result["profiles"].append({"backend": backend, "direction": direction, "reduction": reduction,
                                        "kernel_ms": total, "kernels": rows})
     write_json(result, args.out)

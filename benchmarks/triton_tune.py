@@ -53,10 +53,11 @@ VARIANTS = [
     ("fwd 2 stages", {"num_stages": 2}, {}, False),
     ("fwd 4 stages", {"num_stages": 4}, {}, False),
     ("fwd 128-token b tiles, 8 warps", {"BLOCK_M": 128, "num_warps": 8}, {}, False),
-    # the one-hot programs' settings: those that run (b2a's a side; a2b's b side only when on)
-    ("one-hot 64 rows a program, 4 warps", {}, {"ONEHOT_ROWS": 64, "onehot_warps": 4}, False),
-    ("one-hot 256 rows a program, 64 dims a tile", {}, {"ONEHOT_ROWS": 256, "BLOCK_D": 64}, False),
-    ("one-hot 2 stages", {}, {"onehot_stages": 2}, False),
+    # the one-hot programs' settings, for b2a's a side (the only one-hot sums v8 runs by
+    # default): ONEHOT_B2A named, so that a2b's runs, which would not use them, skip these rows
+    ("one-hot 64 rows a program, 4 warps", {}, {"ONEHOT_B2A": True, "ONEHOT_ROWS": 64, "onehot_warps": 4}, False),
+    ("one-hot 256 rows a program, 64 dims a tile", {}, {"ONEHOT_B2A": True, "ONEHOT_ROWS": 256, "BLOCK_D": 64}, False),
+    ("one-hot 2 stages", {}, {"ONEHOT_B2A": True, "onehot_stages": 2}, False),
     ("atomic 1 row, 1 warp", {}, {"ATOMIC_ROWS": 1, "atomic_warps": 1}, False),
     ("atomic 2 rows, 1 warp", {}, {"ATOMIC_ROWS": 2, "atomic_warps": 1}, False),
     ("atomic 8 rows, 4 warps", {}, {"ATOMIC_ROWS": 8, "atomic_warps": 4}, False),

@@ -36,7 +36,7 @@ pair's gradient times the text's token weight in float32: the 0/1 products are e
 weights are not rounded to the inputs' dtype, the sums are float32; no atomics. The same
 kernel can sum a2b's picked b side (``backward_config(...)["ONEHOT_A2B"]``, off by default:
 there each b token receives only about 55 adds at that shape, and on an H200 the one-hot
-products took 9.6 ms of forward+backward where the atomic adds took 5.2,
+products took 9.55 ms of forward+backward where the atomic adds took 5.35 in the same run,
 ``benchmarks/RESULTS.md``, v8). (late-interaction-kernels' ``lowmem`` backward is this
 design for a2b, with the weights rounded to the inputs' dtype inside the product.)
 ``backward_config(...)["ONEHOT_B2A"]`` turns b2a's off (atomic adds, or the sorted sums).
@@ -106,7 +106,7 @@ def handles(a: torch.Tensor, b: torch.Tensor) -> bool:
     if ba == 0 or bb == 0:
         return False  # nothing to launch: an empty score matrix is chunked's
     small = ba * bb * max(la, lb) < 2**31 and max(ba * la, bb * lb) * dim < 2**31
-    texts = forward_config(la, lb, dim, a.dtype, "both", store=False)["TEXTS"]
+    texts = forward_config(la, lb, dim, a.dtype, "both", False, _arch(a))["TEXTS"]
     # Grid axis 1 allows 65535 programs: the forward's blocks of a texts, the sorted backward's b tokens.
     launchable = triton.cdiv(ba, texts) <= 65535 and lb <= 65535
     return a.dtype in SUPPORTED_DTYPES and b.dtype == a.dtype and la <= MAX_A_TOKENS and small and launchable
@@ -366,7 +366,7 @@ def _collect(picks, targets, sources, source_weight, grad, source_length, grad_s
     return out.sum(dim=0) if splits > 1 else out[0]
 
 
-def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool, arch: int = 90) -> dict:
+def forward_config(la: int, lb: int, dim: int, dtype: torch.dtype, direction: str, store: bool, arch: int) -> dict:
     """The forward kernel's compile-time constants and launch options for these shapes.
 
     A program holds TEXTS whole a texts of BLOCK_L (power of two) tokens: 128 rows, or one

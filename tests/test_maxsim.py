@@ -422,8 +422,8 @@ def test_garbage_in_masked_tokens_changes_nothing(fn, exact_order, direction, re
         assert torch.equal(out, base), (out, base)
         # The real tokens' gradients do not depend on padding, and padding gets none. Bit for bit,
         # except from a GPU's atomic adds (triton, not deterministic): the order of the adds, so
-        # the last bits of the sums, vary from run to run on the same inputs (an H200 showed one
-        # element a run 1 ulp off); leaked padding (1e3, inf, NaN) would be far beyond 1e-6.
+        # the last bits of the sums, vary from run to run on the same inputs (on an H200, up to
+        # 4 of 24 elements, by at most 1.2e-7); leaked padding (1e3, inf, NaN) would be far beyond 1e-6.
         atomic = fn is _triton_matrix and not exact_order and DEVICE == "cuda"
         tolerance = dict(rtol=1e-6, atol=1e-6) if atomic else dict(rtol=0, atol=0)
         torch.testing.assert_close(ga, ga0, **tolerance)
@@ -953,9 +953,9 @@ def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, l
                                                                    monkeypatch):
     """Shapes beyond one tile in every dimension: several blocks of a texts (backward blocks
     that straddle texts), b texts of 150 tokens (3 tiles of 64, the last partial; in the
-    second case 64 tokens, two tiles of 32 for a float32 program of 256 rows, the last one
-    full), D = 200 (float32 forward: 7 tiles of 32, the last partial; D = 24 is one, with the
-    a block loaded once), the loops over texts split over programs in the
+    second case 64 tokens, one tile), D = 200 (float32 forward, sm_90's setting: 4 tiles of
+    64, the last partial; D = 24 is one, with the a block loaded once; the setting before
+    sm_90 has a test of its own), the loops over texts split over programs in the
     backward pass (as on a GPU with many multiprocessors), long lists of tokens that picked
     one token summed in parts; and a texts of 150 tokens, one per forward program. Forward
     programs take several b texts each, the last group short. Both backward paths: atomic
@@ -982,6 +982,35 @@ def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, l
         mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
     theirs = torch.autograd.grad(want, (a64, b64), weights)
     for m, t in zip(mine, theirs):
+        torch.testing.assert_close(m.cpu().double(), t, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("ba, la, bb, lb, d", [(4, 10, 2, 150, 200), (2, 150, 2, 64, 24)], ids=["wide", "long-a"])
+def test_triton_float32_forward_before_sm_90_takes_its_narrow_setting(ba, la, bb, lb, d, backend, monkeypatch):
+    """float32 forward programs on a chip before sm_90 (an A100), which the interpreter does
+    not otherwise run (it takes sm_90's setting): 32 dims a step on 8 warps (D = 200: 7 steps,
+    the last partial) and, for a program of 256 rows (a 150-token a text), 32-token b tiles
+    (64 tokens: two). Scores and gradients ("both") against float64."""
+    monkeypatch.setattr(maxsim_triton, "_arch", lambda x: 80)
+    configs, config = [], maxsim_triton.forward_config
+    monkeypatch.setattr(maxsim_triton, "forward_config", lambda *args: configs.append(config(*args)) or configs[-1])
+    g = torch.Generator().manual_seed(3)
+    am, bm = torch.rand(ba, la, generator=g) < 0.8, torch.rand(bb, lb, generator=g) < 0.8
+    am[:, 0], bm[:, lb - 1] = True, True
+    a = random_vectors((ba, la, d), am, 1, torch.float64)
+    b = random_vectors((bb, lb, d), bm, 2, torch.float64)
+    a64, b64 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    want = maxsim_matrix(a64, am, b64, bm, direction="both", backend="dense")
+    a32, b32 = a.float().to(DEVICE).requires_grad_(True), b.float().to(DEVICE).requires_grad_(True)
+    got = maxsim_matrix(a32, am.to(DEVICE), b32, bm.to(DEVICE), direction="both", backend=backend)
+    launched = configs[-1]
+    assert (launched["BLOCK_D"], launched["num_warps"]) == (32, 8)
+    assert launched["BLOCK_M"] == (32 if la > 128 else 64)
+    torch.testing.assert_close(got.cpu().double(), want, **TOL[torch.float32])
+    weights = torch.randn(ba, bb, generator=g, dtype=torch.float64)
+    mine = torch.autograd.grad(got, (a32, b32), weights.float().to(DEVICE))
+    for m, t in zip(mine, torch.autograd.grad(want, (a64, b64), weights)):
         torch.testing.assert_close(m.cpu().double(), t, **TOL[torch.float32])
 
 
@@ -1171,7 +1200,7 @@ def test_triton_float32_gradients_do_not_take_the_one_hot_kernel(backend, monkey
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU: the interpreter runs programs one at a time, so no add races")
 @pytest.mark.parametrize("backend", [TRITON])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])  # bf16: the one-hot sides
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])  # bf16: b2a's one-hot side
 def test_triton_gradients_are_deterministic(backend, dtype):
     # A shape where atomics would race (64 texts of 300 tokens).
     ba, la, bb, lb, d = 64, 32, 64, 300, 128
