@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,13 @@ sys.path.insert(0, str(ROOT))
 from report import write_json  # noqa: E402
 
 from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
+
+
+def score_and_backward(q, q_mask, d, d_mask, **options) -> None:
+    """One step: the ``(B, B)`` scores of ``q (B, La, D)`` against ``d (B, Lb, D)`` and the
+    backward pass of their sum into fresh ``.grad``s."""
+    q.grad = d.grad = None
+    maxsim_matrix(q, q_mask, d, d_mask, **options).float().sum().backward()
 
 
 def kernel_times(step, steps: int) -> list[dict]:
@@ -55,11 +63,8 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(), "B": B, "La": La, "Lb": Lb, "profiles": []}
     for direction, reduction in (("a2b", "sum"), ("both", "mean")):
         for backend in ("triton", "late-interaction-kernels"):
-            def step():
-                q.grad = d.grad = None
-                maxsim_matrix(q, qm, d, dm, direction=direction, reduction=reduction,
-                              backend=backend).float().sum().backward()
-
+            step = partial(score_and_backward, q, qm, d, dm, direction=direction, reduction=reduction,
+                           backend=backend)
             try:
                 rows = kernel_times(step, args.steps)
             except Exception as error:  # a backend that is missing or refuses is a finding

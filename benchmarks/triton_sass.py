@@ -76,7 +76,8 @@ def ours(arch: int) -> list[dict]:
     # the narrow one before (v7's everywhere).
     wide = launch_config("forward", torch.float32, LA, LB, DIM, "a2b", arch=90)
     narrow = launch_config("forward", torch.float32, LA, LB, DIM, "a2b", arch=80)
-    for name, config in (("ours forward fp32, wide (sm_90 on)", wide), ("ours forward fp32, narrow (before sm_90)", narrow)):
+    for name, config in (("ours forward fp32, wide (sm_90 on)", wide),
+                         ("ours forward fp32, narrow (before sm_90)", narrow)):
         trips = cdiv(B, config["TEXTS"]) * B * cdiv(LB, config["BLOCK_M"]) * cdiv(DIM, config["BLOCK_D"])
         rows.append(measure(name, mt._forward_kernel, config, pointers("fp32"), trips, SIMILARITIES, arch))
     return rows

@@ -1,20 +1,20 @@
 """Launch settings of the triton MaxSim kernels, timed on a GPU against late-interaction-kernels.
 
     python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
-    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, the other picked-side sums, peers
+    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, other picked-side sums
     python benchmarks/triton_tune.py --quick --direction both --reduction mean   # the training default's score
     python benchmarks/triton_tune.py --dtype float32  # float32 vectors: the forward's CUDA-core settings
 
 For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
 program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic
-backward program, each direction's picked side by one-hot products or by atomic adds,
-the one-hot programs' settings, the deterministic path's gather and collect programs): the median time of the
-forward pass and of forward+backward, and the largest difference of its gradients from the
-chunked backend in float32 on a smaller ragged batch (direction "both", mean), so that a
-fast but wrong variant shows. late-interaction-kernels and the naive einsum (for another
-score than ColBERT's: our composition of late-interaction-kernels' calls and our dense
-einsum) are timed in the same run; the table gives each time as a ratio to
-late-interaction-kernels'. JSON to ``--out``. Deterministic rows run under
+backward program, each direction's picked side by one-hot products or by atomic adds, the
+one-hot programs' settings, the deterministic path's gather and collect programs): the
+median time of the forward pass and of forward+backward, and the largest difference of its
+gradients from the chunked backend in float32 on a smaller ragged batch (direction "both",
+mean), so that a fast but wrong variant shows. late-interaction-kernels and the naive
+einsum (for another score than ColBERT's: our composition of late-interaction-kernels'
+calls and our dense einsum) are timed in the same run; the table gives each time as a
+ratio to late-interaction-kernels'. JSON to ``--out``. Deterministic rows run under
 ``torch.use_deterministic_algorithms(True)``, which also fills uninitialised memory
 (``torch.empty``) as training under ``Trainer(deterministic=True)`` would.
 """
