@@ -1,7 +1,9 @@
 """In-batch contrastive training at a large batch: which MaxSim backend fits a memory budget.
 
-    python benchmarks/contrastive_batch.py                    # B = 512, 32 x 180 tokens, 16 GB
-    python benchmarks/contrastive_batch.py --batch 128 --budget-gb 8
+    python -m benchmarks.contrastive_batch                    # B = 512, 32 x 180 tokens, 16 GB
+    python -m benchmarks.contrastive_batch --batch 128 --budget-gb 8
+
+Run from the repository root with the project installed (``pip install -e .``).
 
 One real training step of ``MaxSimModule`` (all-MiniLM-L6-v2 with its 128-d projection
 and gradient checkpointing, the InfoNCE loss over the batch's score matrix, backward,
@@ -28,7 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-from report import write_json
+
+from benchmarks.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_TRAIN = ROOT / ".." / "shared" / "data" / "stsb" / "train.csv"
@@ -73,15 +76,16 @@ def run_step(backend: str, batch: int, query_tokens: int, document_tokens: int, 
 
 def run_in_child(backend: str, args) -> dict:
     code = (
-        "import json, resource, sys; sys.path[:0] = [%r, %r]; import contrastive_batch as c\n"
+        "import json, resource\nfrom benchmarks import contrastive_batch as c\n"
         "resource.setrlimit(resource.RLIMIT_AS, (%d, %d))\n"
         "try:\n    print(json.dumps(c.run_step(%r, %d, %d, %d, %r)))\n"
         "except (RuntimeError, MemoryError) as e:\n"
         "    out = isinstance(e, MemoryError) or 'memory' in str(e).lower()\n"
         "    print(json.dumps({'status': 'out of memory' if out else 'error', 'detail': str(e)[:300]}))\n"
-    ) % (str(ROOT), str(Path(__file__).parent), *(2 * [int(args.budget_gb * 2**30)]), backend, args.batch,
+    ) % (*(2 * [int(args.budget_gb * 2**30)]), backend, args.batch,
          args.query_tokens, args.document_tokens, not args.no_checkpointing)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # From the repository root, where ``benchmarks`` is importable as a package.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"status": f"crashed ({done.returncode}): {done.stderr[-300:]}"}
     return {"backend": backend, "B": args.batch, "La": args.query_tokens, "Lb": args.document_tokens,

@@ -1,8 +1,10 @@
 """MaxSim engines side by side: time and peak extra memory of all-pairs scoring, forward and forward+backward.
 
-    python benchmarks/maxsim.py            # the grid below: float32 on CPU, bf16 on a GPU
-    python benchmarks/maxsim.py --quick    # B in {32, 128}, Lb in {32, 180}
-    python benchmarks/maxsim.py --device cpu
+    python -m benchmarks.maxsim            # the grid below: float32 on CPU, bf16 on a GPU
+    python -m benchmarks.maxsim --quick    # B in {32, 128}, Lb in {32, 180}
+    python -m benchmarks.maxsim --device cpu
+
+Run from the repository root with the project installed (``pip install -e .``).
 
 Implementations, each scoring every query against every document of the batch
 (ColBERT's score: direction a2b, reduction sum, so all compute the same number):
@@ -45,7 +47,8 @@ import time
 from pathlib import Path
 
 import torch
-from report import write_json
+
+from benchmarks.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_IMPLEMENTATIONS = ("ours-chunked", "ours-dense", "naive-einsum", "pylate", "sentence-transformers")
@@ -59,7 +62,6 @@ LA, DIM = 32, 128
 def scorer(name: str):
     """A function ``(q (B, La, D), q_mask, d (B, Lb, D), d_mask) -> (B, B)`` for ``name``, or None if unavailable."""
     if name.startswith("ours"):
-        sys.path.insert(0, str(ROOT))
         from lightning_modules.maxsim import maxsim_matrix
 
         backend = name.split("-")[1]
@@ -190,15 +192,16 @@ def run_in_child(name: str, batch: int, lb: int, repeats: int, budget_gb: float)
     dense_gb = batch * batch * LA * lb * 4 / 2**30
     limited = dense_gb > budget_gb
     code = (
-        "import json, resource, sys; sys.path.insert(0, %r); import maxsim as m\n"
+        "import json, resource\nfrom benchmarks import maxsim as m\n"
         "limit = %r\n"
         "if limit: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
         "try:\n    print(json.dumps(m.run_case(%r, %d, %d, %d)))\n"
         "except (RuntimeError, MemoryError) as e:\n"
         "    print(json.dumps({'status': 'out of memory' if 'memory' in str(e).lower() or isinstance(e, MemoryError) "
         "else 'error: ' + str(e)[:200]}))\n"
-    ) % (str(Path(__file__).parent), int(budget_gb * 2**30) if limited else 0, name, batch, lb, repeats)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    ) % (int(budget_gb * 2**30) if limited else 0, name, batch, lb, repeats)
+    # From the repository root, where ``benchmarks`` is importable as a package.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if lines:
         result = json.loads(lines[-1])

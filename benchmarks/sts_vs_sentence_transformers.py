@@ -34,11 +34,11 @@ reported, never judged: nothing here passes or fails on speed.
 
 Run it (``make bench`` installs the ``bench`` extra and runs it; ``make bench ARGS="--epochs 1"``):
 
-    python benchmarks/sts_vs_sentence_transformers.py                 # the experiment's epochs and batch size
-    python benchmarks/sts_vs_sentence_transformers.py --epochs 1
-    python benchmarks/sts_vs_sentence_transformers.py --st-loss both
+    python -m benchmarks.sts_vs_sentence_transformers                 # the experiment's epochs and batch size
+    python -m benchmarks.sts_vs_sentence_transformers --epochs 1
+    python -m benchmarks.sts_vs_sentence_transformers --st-loss both
     # a quick check (about a minute on 2 cores):
-    python benchmarks/sts_vs_sentence_transformers.py --epochs 1 --limit-train-pairs 64 --limit-eval-pairs 64
+    python -m benchmarks.sts_vs_sentence_transformers --epochs 1 --limit-train-pairs 64 --limit-eval-pairs 64
 
 ``--limit-train-pairs`` / ``--limit-eval-pairs`` keep the same seeded subsets on both
 sides (``data.limit_*_pairs`` for ours; the same ``seeded_subset`` for theirs).
@@ -60,11 +60,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "stsb"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sts_vs_sentence_transformers.json"
