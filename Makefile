@@ -49,13 +49,13 @@ test: install interop-env
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/maxsim.py
-	$(PY) benchmarks/auto_limit.py
-	$(PY) benchmarks/triton_compile_check.py
-	$(PY) benchmarks/triton_sass.py  # ours; late-interaction-kernels' too where it imports
+	$(PY) -m tools.kernels.auto_limit
+	$(PY) -m tools.kernels.triton_compile_check
+	$(PY) -m tools.kernels.triton_sass  # ours; late-interaction-kernels' too where it imports
 	-$(PY) benchmarks/contrastive_batch.py  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
 
-## What benchmarks/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
+## What tools/kernels/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
 ## wheels (benchmarks/wheels/) and MiniLM's config and tokenizer (.carry/minilm: the tests that
 ## build MaxSimModule use random weights); both ignored by git
 gpu-wheels: install

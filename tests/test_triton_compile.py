@@ -5,9 +5,9 @@ the compiler makes of them for an H100 (sm_90) and an A100 (sm_80): that every f
 program fits the chip's shared memory and that no spilled register is read or written in its
 hot loop. Such a spill does not change a number, so no other test sees it, yet it can cost a
 multiple of the time: with bf16's layout at half the dims, triton 3.9 built an sm_80 float32
-forward whose loop made 6,400 local loads and stores a trip (``benchmarks/RESULTS.md``).
-Runs ``benchmarks/triton_compile_check.py`` in a process of its own, since this session's
-kernels were built for the interpreter.
+forward whose loop made thousands of local loads and stores a trip (``tools/kernels/RESULTS.md``,
+"Compiled for sm_90 and sm_80"). Runs ``python -m tools.kernels.triton_compile_check`` from the
+repository root, in a process of its own, since this session's kernels were built for the interpreter.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def test_forward_programs_fit_and_keep_spills_out_of_their_hot_loops(arch, tmp_p
     out = tmp_path / "compile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "triton_compile_check.py"), "--arch", str(arch),
+        [sys.executable, "-m", "tools.kernels.triton_compile_check", "--arch", str(arch),
          "--kernels", "forward", "--out", str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     if not out.exists():  # nothing compiled at all: the script's own failure, shown in full
-        pytest.fail(f"triton_compile_check.py wrote nothing:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        pytest.fail(f"tools.kernels.triton_compile_check wrote nothing:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     rows = json.loads(out.read_text())["rows"]
     # Both input types, every program size (128 rows of short texts, one 256-token text).
     assert {(r["dtype"], r["La"]) for r in rows} == {(t, la) for t in ("bf16", "fp32") for la in (32, 128, 256)}

@@ -1,6 +1,6 @@
 """Where the GPU time of one MaxSim training step goes, kernel by kernel, ours against late-interaction-kernels.
 
-    python benchmarks/gpu_profile.py                      # B = 512, 32 x 300 tokens, bf16, a2b/sum and both/mean
+    python -m tools.kernels.gpu_profile                      # B = 512, 32 x 300 tokens, bf16, a2b/sum and both/mean
 
 For each score and backend: ``torch.profiler``'s CUDA time per kernel over ``--steps`` steps, each
 the forward pass and the backward of the scores' sum (the scores alone, no loss), after one warm-up
@@ -11,7 +11,6 @@ most. A GPU only; JSON to ``--out`` (full kernel names there; the table cuts the
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -19,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from report import write_json  # noqa: E402
+from benchmarks.report import write_json
+from lightning_modules.maxsim import maxsim_matrix
 
-from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
 
 def score_and_backward(q, q_mask, d, d_mask, **options) -> None:
@@ -53,7 +51,7 @@ def main() -> None:
     parser.add_argument("--query-tokens", type=int, default=32)
     parser.add_argument("--document-tokens", type=int, default=300)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_profile.json"))
+    parser.add_argument("--out", default=str(RESULTS / "gpu_profile.json"))
     args = parser.parse_args()
     B, La, Lb = args.batch, args.query_tokens, args.document_tokens
     q = F.normalize(torch.randn(B, La, 128, device="cuda"), dim=-1).bfloat16().requires_grad_(True)

@@ -1,6 +1,6 @@
 """The triton backend on a GPU at training shapes: against chunked float32, determinism, autocast.
 
-    python benchmarks/gpu_large_shapes.py      # needs CUDA; benchmarks/gpu_check.sh runs it
+    python -m tools.kernels.gpu_large_shapes      # needs CUDA; tools/kernels/gpu_check.sh runs it
 
 The unit tests use small shapes; this checks the issue's shapes (B = 512, 32 x 300 tokens)
 and long query texts with ragged masks: scores and gradients of the triton kernels on bf16
@@ -11,14 +11,12 @@ reported with the number of such entries. Then the time of a forward+backward st
 float32 vectors (what bf16-mixed training feeds MaxSim) per backend, with and without autocast.
 """
 
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path[:0] = [".", "benchmarks"]
-from lightning_modules.maxsim import _resolve_backend, maxsim_matrix  # noqa: E402
+from lightning_modules.maxsim import _resolve_backend, maxsim_matrix
 
 dev = "cuda"
 print(torch.cuda.get_device_name(), torch.__version__, flush=True)

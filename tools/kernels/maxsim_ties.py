@@ -1,11 +1,11 @@
 """Where float32 MaxSim gradients differ, is it because two cosines tie to within rounding?
 
-    python benchmarks/maxsim_ties.py                    # CPU: chunked float32 against exact float64
-    python benchmarks/maxsim_ties.py --device cuda      # GPU: the triton backend against exact float64
+    python -m tools.kernels.maxsim_ties                    # CPU: chunked float32 against exact float64
+    python -m tools.kernels.maxsim_ties --device cuda      # GPU: the triton backend against exact float64
 
 On an H100 the triton backend's gradients at B = 512, 32 x 300 tokens (bf16 inputs, a2b,
 sum) differed from the chunked backend's in float32 in about 250 query-token rows
-(benchmarks/RESULTS.md). Both multiply the same bf16 values exactly and sum the products in
+(tools/kernels/RESULTS.md). Both multiply the same bf16 values exactly and sum the products in
 float32, in different orders; where a token's two best cosines lie closer together than
 that rounding, each backend may pick a different token, and the whole gradient of that pick
 moves. This script measures that explanation instead of assuming it: the similarities in
@@ -14,24 +14,22 @@ float64 (exact for bf16 inputs: a product of two bf16 values has 16 significant 
 and second-best cosine; then the rows whose gradient differs from the exact float64 one are
 compared with the rows that hold a pick whose margin is below float32 rounding.
 
-Prints a table and JSON (``benchmarks/results/maxsim_ties.json``). No timing: nothing here
+Prints a table and JSON (``tools/kernels/results/maxsim_ties.json``). No timing: nothing here
 is a speed figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from report import write_json  # noqa: E402
+from benchmarks.report import write_json
+from lightning_modules.maxsim import maxsim_matrix
 
-from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
 # Margins below which float32 summation may reorder two cosines: one unit in the last place of
 # float32 near 1 is 6e-8 (2^-24); a sum of 128 products of at most 1 errs by at most
@@ -78,7 +76,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-2, help="a gradient entry differs by more than this")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "maxsim_ties.json"))
+    parser.add_argument("--out", default=str(RESULTS / "maxsim_ties.json"))
     args = parser.parse_args()
     backend = args.backend or ("triton" if args.device.startswith("cuda") else "chunked")
     a, am, b, bm = batch(args.batch, args.query_tokens, args.document_tokens, args.dim, args.device, args.seed)

@@ -1,7 +1,7 @@
 """Instructions per unit of work in the hot loops of our MaxSim kernels and late-interaction-kernels'.
 
-    python benchmarks/triton_sass.py                 # ours only, sm_90
-    PYTHONPATH=DIR python benchmarks/triton_sass.py  # and theirs: pip install --no-deps --target DIR
+    python -m tools.kernels.triton_sass                 # ours only, sm_90
+    PYTHONPATH=DIR python -m tools.kernels.triton_sass  # and theirs: pip install --no-deps --target DIR
                                                      #   late-interaction-kernels==0.4.5 (triton==3.6.0)
 
 No GPU is needed, and nothing runs: each kernel is compiled ahead of time (as
@@ -15,7 +15,7 @@ adds. The table gives warp-instructions per unit of work and, for B = 512, the t
 H100 multiprocessor issues 4 warp-instructions a cycle, so a loop that only issues (no wait
 on memory) needs at least total / (4 x 132) cycles. A count, not a timing: where a loop
 waits on memory or the tensor cores, it runs slower than its count says. Prints a table and
-JSON (``benchmarks/results/triton_sass.json``). late-interaction-kernels autotunes its
+JSON (``tools/kernels/results/triton_sass.json``). late-interaction-kernels autotunes its
 launch settings at run time; each of the settings it may pick at this shape is a row.
 "LDL/STL" counts the local loads and stores (spilled registers) in the hot loop. Two more
 rows give our forward on float32 vectors (CUDA cores, the loop over D), with its setting
@@ -25,16 +25,13 @@ and with v6's (``--arch 80`` with triton 3.9 shows why it changed).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_json  # noqa: E402
-from triton_compile_check import ROOT, build, hot_loop, launch_config, mt, pointers  # noqa: E402
+from benchmarks.report import write_json
+from tools.kernels.triton_compile_check import RESULTS, build, hot_loop, launch_config, mt, pointers
 
 B, LA, LB, DIM = 512, 32, 300, 128
 SIMILARITIES = B * B * LA * LB  # also the (document token, query token) pairs of a one-hot backward
@@ -153,7 +150,7 @@ def measure(name, kernel, config, types, trips, units, arch, aligned=("D",), one
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_sass.json"))
+    parser.add_argument("--out", default=str(RESULTS / "triton_sass.json"))
     args = parser.parse_args()
     rows = ours(args.arch) + theirs(args.arch)
     print(f"\ntriton {triton.__version__}, sm_{args.arch}; B = {B}, {LA} x {LB} tokens, D = {DIM}, "

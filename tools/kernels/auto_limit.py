@@ -1,7 +1,7 @@
 """Where ``backend="auto"`` should hand the CPU's in-batch score matrix from dense to chunked.
 
-    python benchmarks/auto_limit.py            # float32 on this machine's CPU
-    python benchmarks/auto_limit.py --repeats 9
+    python -m tools.kernels.auto_limit            # float32 on this machine's CPU
+    python -m tools.kernels.auto_limit --repeats 9
 
 ``auto`` takes the dense einsum while the ``(Ba, Bb, La, Lb)`` similarity tensor is at most
 ``maxsim.AUTO_DENSE_LIMIT_BYTES`` and the chunked backend above it. This script times both,
@@ -9,7 +9,7 @@ forward+backward (median of ``--repeats``), at La = 32, D = 128 and growing batc
 document lengths, for the training module's default score (direction ``both``, mean) and
 ColBERT's (``a2b``, sum), so the limit can sit where chunked starts to win. Each row says
 which backend ``auto`` picks there. Prints a table and JSON
-(``benchmarks/results/auto_limit.json``).
+(``tools/kernels/results/auto_limit.json``).
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from report import write_json  # noqa: E402
+from benchmarks.report import write_json
+from lightning_modules import maxsim
 
-from lightning_modules import maxsim  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
 LA, DIM = 32, 128
 SHAPES = ((32, 32), (32, 64), (64, 32), (32, 96), (32, 128), (64, 64), (32, 180), (64, 96), (128, 32))  # (B, Lb)
@@ -52,7 +50,7 @@ def forward_backward_s(batch: int, lb: int, backend: str, options: dict, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "auto_limit.json"))
+    parser.add_argument("--out", default=str(RESULTS / "auto_limit.json"))
     args = parser.parse_args()
     rows = []
     header = f"{'B':>4} {'Lb':>4} {'sims MB':>8} {'auto':>8}  " + "  ".join(

@@ -1,7 +1,7 @@
 """Compile the triton MaxSim kernels for a GPU without one: shared memory, registers, spills.
 
-    python benchmarks/triton_compile_check.py              # sm_90 (H100), the configurations below
-    python benchmarks/triton_compile_check.py --arch 80    # sm_80 (A100)
+    python -m tools.kernels.triton_compile_check              # sm_90 (H100), the configurations below
+    python -m tools.kernels.triton_compile_check --arch 80    # sm_80 (A100)
 
 Triton's interpreter (the tests without a GPU) checks what the kernels compute, not
 whether the compiler takes them or whether a program fits the chip. This script compiles
@@ -13,7 +13,7 @@ spilled registers cost speed, most where the hot loop (the largest innermost loo
 SASS) reads and writes them: "LDL/STL hot" counts its local loads and stores, and any is a
 failure; "outer" those in the loops around it (run once per trip of theirs), reported only.
 Nothing runs; no GPU is needed. Prints a table and JSON
-(``benchmarks/results/triton_compile.json``); exits 1 when a program fails either check.
+(``tools/kernels/results/triton_compile.json``); exits 1 when a program fails either check.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from report import write_json  # noqa: E402
-
+from benchmarks.report import write_json  # noqa: E402
 from lightning_modules import maxsim_triton as mt  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
 SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes of shared memory per block
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -205,7 +204,7 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 (H100), 80 (A100)")
     parser.add_argument("--kernels", nargs="+", choices=sorted(KERNELS), default=list(KERNELS),
                         help="only these kernels (default: all)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_compile.json"))
+    parser.add_argument("--out", default=str(RESULTS / "triton_compile.json"))
     args = parser.parse_args()
     cases = [(kind, dtype, la, 300, 128, "both")
              for dtype in (torch.bfloat16, torch.float32)

@@ -1,9 +1,9 @@
 """Launch settings of the triton MaxSim kernels, timed on a GPU against late-interaction-kernels.
 
-    python benchmarks/triton_tune.py                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
-    python benchmarks/triton_tune.py --quick          # the defaults, both backward paths, other picked-side sums
-    python benchmarks/triton_tune.py --quick --direction both --reduction mean   # the training default's score
-    python benchmarks/triton_tune.py --dtype float32  # float32 vectors: the forward's CUDA-core settings
+    python -m tools.kernels.triton_tune                  # B = 512, 32 x 300 tokens, bf16, ColBERT's a2b/sum
+    python -m tools.kernels.triton_tune --quick          # the defaults, both backward paths, other picked-side sums
+    python -m tools.kernels.triton_tune --quick --direction both --reduction mean   # the training default's score
+    python -m tools.kernels.triton_tune --dtype float32  # float32 vectors: the forward's CUDA-core settings
 
 For each variant of ``forward_config``/``backward_config`` (rows and warps of a forward
 program, b texts a forward program scores, pipeline stages, tokens and warps of an atomic
@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from report import write_json  # noqa: E402
+from benchmarks.report import write_json
+from lightning_modules import maxsim_triton as mt
+from lightning_modules.maxsim import maxsim_matrix
 
-from lightning_modules import maxsim_triton as mt  # noqa: E402
-from lightning_modules.maxsim import maxsim_matrix  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
 # (name, forward settings, backward settings, deterministic backward)
 VARIANTS = [
@@ -153,7 +151,7 @@ def main() -> None:
     parser.add_argument("--reduction", choices=("sum", "mean"), default="sum")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="the vectors' type; float32 times the float32 forward settings instead")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_tune.json"))
+    parser.add_argument("--out", default=str(RESULTS / "triton_tune.json"))
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if dtype == torch.float32:
