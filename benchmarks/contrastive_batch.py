@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STSB_TRAIN = ROOT / ".." / "shared" / "data" / "stsb" / "train.csv"
 
 
-def build_batch(tokenizer, batch: int, query_tokens: int, document_tokens: int) -> dict:
+def build_batch(tokenizer, batch: int, query_tokens: int, document_tokens: int):
     """Real text in the layout of ``ContrastiveCollator``: ``batch`` queries, then their documents."""
+    from lightning_modules.data.batches import ContrastiveItem
     from lightning_modules.data.collate import ContrastiveCollator
 
     with open(STSB_TRAIN, newline="", encoding="utf-8") as f:
@@ -52,7 +53,7 @@ def build_batch(tokenizer, batch: int, query_tokens: int, document_tokens: int) 
             passage += tokenizer(sentences[cursor % len(sentences)], add_special_tokens=False)["input_ids"]
             cursor += 1
         document = [tokenizer.cls_token_id] + passage[: document_tokens - 2] + [tokenizer.sep_token_id]
-        items.append({"a": query, "b": document, "a_key": i, "b_key": i, "negatives": []})
+        items.append(ContrastiveItem(a=query, b=document, a_key=i, b_key=i))
     return ContrastiveCollator(tokenizer.pad_token_id, {i: {i} for i in range(batch)}, max_negatives=0)(items)
 
 
