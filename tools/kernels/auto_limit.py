@@ -4,7 +4,7 @@
     python -m tools.kernels.auto_limit --repeats 9
 
 ``auto`` takes the dense einsum while the ``(Ba, Bb, La, Lb)`` similarity tensor is at most
-``maxsim.AUTO_DENSE_LIMIT_BYTES`` and the chunked backend above it. This script times both,
+``dispatch.AUTO_DENSE_LIMIT_BYTES`` and the chunked backend above it. This script times both,
 forward+backward (median of ``--repeats``), at La = 32, D = 128 and growing batches and
 document lengths, for the training module's default score (direction ``both``, mean) and
 ColBERT's (``a2b``, sum), so the limit can sit where chunked starts to win. Each row says
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import write_json
-from lightning_modules import maxsim
+from lightning_modules.maxsim import dispatch, maxsim_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
@@ -42,7 +42,7 @@ def forward_backward_s(batch: int, lb: int, backend: str, options: dict, repeats
     for _ in range(repeats + 1):  # the first run warms up and is not counted
         a.grad = b.grad = None
         start = time.perf_counter()
-        maxsim.maxsim_matrix(a, a_mask, b, b_mask, backend=backend, **options).sum().backward()
+        maxsim_matrix(a, a_mask, b, b_mask, backend=backend, **options).sum().backward()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
@@ -60,7 +60,7 @@ def main() -> None:
     for batch, lb in SHAPES:
         size = batch * batch * LA * lb * 4
         row = {"B": batch, "La": LA, "Lb": lb, "D": DIM, "similarity_mb": size / 2**20,
-               "auto": "chunked" if size > maxsim.AUTO_DENSE_LIMIT_BYTES else "dense"}
+               "auto": "chunked" if size > dispatch.AUTO_DENSE_LIMIT_BYTES else "dense"}
         cells = []
         for name, options in SCORES.items():
             dense = forward_backward_s(batch, lb, "dense", options, args.repeats)
@@ -70,7 +70,7 @@ def main() -> None:
         rows.append(row)
         print(f"{batch:>4} {lb:>4} {row['similarity_mb']:>8.1f} {row['auto']:>8}  " + "  ".join(cells), flush=True)
     result = {"device": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "dtype": "float32", "limit_mb": maxsim.AUTO_DENSE_LIMIT_BYTES / 2**20,
+              "torch": torch.__version__, "dtype": "float32", "limit_mb": dispatch.AUTO_DENSE_LIMIT_BYTES / 2**20,
               "rows": rows}
     write_json(result, Path(args.out))
 

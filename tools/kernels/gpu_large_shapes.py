@@ -16,14 +16,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.maxsim import _resolve_backend, maxsim_matrix
+from lightning_modules.maxsim import maxsim_matrix
+from lightning_modules.maxsim.dispatch import resolve_backend
 
 dev = "cuda"
 print(torch.cuda.get_device_name(), torch.__version__, flush=True)
 lin = torch.nn.Linear(384, 128).to(dev)
 with torch.autocast("cuda", dtype=torch.bfloat16):
     v = F.normalize(lin(torch.randn(2, 8, 384, device=dev)), dim=-1)
-    print("under bf16 autocast F.normalize gives", v.dtype, "; auto backend ->", _resolve_backend("auto", v, v, None))
+    print("under bf16 autocast F.normalize gives", v.dtype, "; auto backend ->", resolve_backend("auto", v, v, None))
 
 
 def t(fn, n=5):

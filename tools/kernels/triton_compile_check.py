@@ -6,7 +6,7 @@
 Triton's interpreter (the tests without a GPU) checks what the kernels compute, not
 whether the compiler takes them or whether a program fits the chip. This script compiles
 each kernel ahead of time, with Triton's own ptxas, for the configurations that
-``lightning_modules.maxsim_triton`` would launch (``forward_config``/``backward_config``),
+``lightning_modules.maxsim.triton`` would launch (``forward_config``/``backward_config``),
 and reads the resources off the binary: a program that needs more shared memory than a
 block may have (227 KB on sm_90, 163 KB on sm_80) would fail at its first launch, and
 spilled registers cost speed, most where the hot loop (the largest innermost loop of the
@@ -36,7 +36,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from benchmarks.report import write_json  # noqa: E402
-from lightning_modules import maxsim_triton as mt  # noqa: E402
+from lightning_modules.maxsim.triton import kernels, settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
 
@@ -55,25 +55,25 @@ def pointers(dtype: str) -> dict:
     return {**floats, **vectors, **indices}
 
 
-KERNELS = {"forward": "_forward_kernel", "gather_a": "_gather_a_kernel", "gather_b": "_gather_b_kernel",
-           "collect": "_collect_kernel", "atomic_a2b": "_atomic_a2b_kernel", "atomic_b2a": "_atomic_b2a_kernel",
-           "onehot_b": "_onehot_kernel", "onehot_a": "_onehot_kernel"}
+KERNELS = {"forward": "forward_kernel", "gather_a": "gather_a_kernel", "gather_b": "gather_b_kernel",
+           "collect": "collect_kernel", "atomic_a2b": "atomic_a2b_kernel", "atomic_b2a": "atomic_b2a_kernel",
+           "onehot_b": "onehot_kernel", "onehot_a": "onehot_kernel"}
 
 
 def launch_config(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direction: str, arch: int = 90) -> dict:
     """The constants and launch options the backend gives kernel ``kind`` for these shapes on sm_``arch``."""
     if kind == "forward":
-        return mt.forward_config(la, lb, dim, dtype, direction, store=True, arch=arch)
-    blocks = mt.backward_config(lb, dim, dtype, direction)
+        return settings.forward_config(la, lb, dim, dtype, direction, store=True, arch=arch)
+    blocks = settings.backward_config(lb, dim, dtype, direction)
     if kind == "collect":  # as _collect launches it
         return {"CHUNK": blocks["COLLECT_CHUNK"], "BLOCK_D": blocks["BLOCK_D"],
                 "num_warps": blocks["collect_warps"], "num_stages": blocks["collect_stages"]}
     # The one-hot sums as _onehot_grad launches them, with the grad stride that is 1 (Triton
     # specialises on it): a2b's b side (sources a, targets b), b2a's a side (sources b, targets a).
     if kind == "onehot_b":
-        return {**mt.onehot_launch(la, lb, blocks), "UPCAST": False, "grad_target_stride": 1}
+        return {**settings.onehot_launch(la, lb, blocks), "UPCAST": False, "grad_target_stride": 1}
     if kind == "onehot_a":
-        return {**mt.onehot_launch(lb, la, blocks), "UPCAST": False, "grad_source_stride": 1}
+        return {**settings.onehot_launch(lb, la, blocks), "UPCAST": False, "grad_source_stride": 1}
     if kind.startswith("atomic"):  # as _atomic_backward launches them, both gradients wanted
         return {"GRAD_A": True, "GRAD_B": True, "ROWS": blocks["ATOMIC_ROWS"], "BLOCK_D": blocks["BLOCK_D"],
                 "num_warps": blocks["atomic_warps"], "num_stages": blocks["num_stages"]}
@@ -102,7 +102,7 @@ def compile_one(kind: str, dtype: torch.dtype, la: int, lb: int, dim: int, direc
            **{k: config[k] for k in LAUNCH}}
     start = time.perf_counter()
     try:
-        compiled = build(getattr(mt, KERNELS[kind]), config, pointers(TYPES[dtype]), arch,
+        compiled = build(getattr(kernels, KERNELS[kind]), config, pointers(TYPES[dtype]), arch,
                          aligned=("D",) if dim % 16 == 0 else ())
     except Exception as error:  # the compiler's refusal is the finding
         return {**row, "status": f"compile error: {type(error).__name__}: {str(error)[:300]}"}

@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 
 from benchmarks.report import write_json
-from tools.kernels.triton_compile_check import RESULTS, build, hot_loop, launch_config, mt, pointers
+from lightning_modules.maxsim.triton import kernels
+from tools.kernels.triton_compile_check import RESULTS, build, hot_loop, launch_config, pointers
 
 B, LA, LB, DIM = 512, 32, 300, 128
 SIMILARITIES = B * B * LA * LB  # also the (document token, query token) pairs of a one-hot backward
@@ -48,22 +49,22 @@ def ours(arch: int) -> list[dict]:
     cdiv = triton.cdiv
     d_tiles = cdiv(DIM, atomic["BLOCK_D"])
     cases = [  # (name, kernel, config, trips: programs x trips each, units of work)
-        ("ours forward (a2b)", mt._forward_kernel, forward,
+        ("ours forward (a2b)", kernels.forward_kernel, forward,
          cdiv(B, forward["TEXTS"]) * B * cdiv(LB, forward["BLOCK_M"]), SIMILARITIES),
-        ("ours one-hot b side", mt._onehot_kernel, onehot,
+        ("ours one-hot b side", kernels.onehot_kernel, onehot,
          cdiv(B, onehot["TEXTS"]) * cdiv(LB, onehot["TOKENS"]) * cdiv(DIM, onehot["BLOCK_D"]) * B
          * cdiv(LA, onehot["CHUNK"]), SIMILARITIES),
-        ("ours atomic a2b, a side only (with one-hot)", mt._atomic_a2b_kernel, {**atomic, "GRAD_B": False},
+        ("ours atomic a2b, a side only (with one-hot)", kernels.atomic_a2b_kernel, {**atomic, "GRAD_B": False},
          cdiv(B * LA, atomic["ROWS"]) * d_tiles * B, PICKS),
-        ("ours atomic a2b, both sides", mt._atomic_a2b_kernel, atomic,
+        ("ours atomic a2b, both sides", kernels.atomic_a2b_kernel, atomic,
          cdiv(B * LA, atomic["ROWS"]) * d_tiles * B, PICKS),
         # Direction b2a (half of the module's default score "both"): b tokens pick a tokens.
-        ("ours one-hot a side (b2a)", mt._onehot_kernel, onehot_a,
+        ("ours one-hot a side (b2a)", kernels.onehot_kernel, onehot_a,
          cdiv(B, onehot_a["TEXTS"]) * cdiv(LA, onehot_a["TOKENS"]) * cdiv(DIM, onehot_a["BLOCK_D"]) * B
          * cdiv(LB, onehot_a["CHUNK"]), SIMILARITIES),
-        ("ours atomic b2a, b side only (with one-hot)", mt._atomic_b2a_kernel, {**atomic, "GRAD_A": False},
+        ("ours atomic b2a, b side only (with one-hot)", kernels.atomic_b2a_kernel, {**atomic, "GRAD_A": False},
          B * cdiv(LB, atomic["ROWS"]) * d_tiles * B, B * B * LB),
-        ("ours atomic b2a, both sides", mt._atomic_b2a_kernel, atomic,
+        ("ours atomic b2a, both sides", kernels.atomic_b2a_kernel, atomic,
          B * cdiv(LB, atomic["ROWS"]) * d_tiles * B, B * B * LB),
     ]
     rows = [measure(name, kernel, config, pointers("bf16"), trips, units, arch)
@@ -76,7 +77,7 @@ def ours(arch: int) -> list[dict]:
     for name, config in (("ours forward fp32, wide (sm_90 on)", wide),
                          ("ours forward fp32, narrow (before sm_90)", narrow)):
         trips = cdiv(B, config["TEXTS"]) * B * cdiv(LB, config["BLOCK_M"]) * cdiv(DIM, config["BLOCK_D"])
-        rows.append(measure(name, mt._forward_kernel, config, pointers("fp32"), trips, SIMILARITIES, arch))
+        rows.append(measure(name, kernels.forward_kernel, config, pointers("fp32"), trips, SIMILARITIES, arch))
     return rows
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.report import write_json
-from lightning_modules import maxsim_triton as mt
+from lightning_modules.maxsim.triton import settings as launch_settings
 from lightning_modules.maxsim import maxsim_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"  # (not committed)
@@ -104,16 +104,16 @@ def patched(forward: dict, backward: dict):
     reads, such as ``FORWARD_ROWS``), returning a function that restores the originals."""
     forward = dict(forward)
     constants = {key: forward.pop(key) for key in list(forward) if key.startswith("FORWARD_")}
-    originals = mt.forward_config, mt.backward_config, {key: getattr(mt, key) for key in constants}
+    originals = launch_settings.forward_config, launch_settings.backward_config, {key: getattr(launch_settings, key) for key in constants}
     for key, value in constants.items():
-        setattr(mt, key, value)
-    mt.forward_config = lambda *args, **kwargs: {**originals[0](*args, **kwargs), **forward}
-    mt.backward_config = lambda *args, **kwargs: {**originals[1](*args, **kwargs), **backward}
+        setattr(launch_settings, key, value)
+    launch_settings.forward_config = lambda *args, **kwargs: {**originals[0](*args, **kwargs), **forward}
+    launch_settings.backward_config = lambda *args, **kwargs: {**originals[1](*args, **kwargs), **backward}
 
     def restore():
-        mt.forward_config, mt.backward_config = originals[:2]
+        launch_settings.forward_config, launch_settings.backward_config = originals[:2]
         for key, value in originals[2].items():
-            setattr(mt, key, value)
+            setattr(launch_settings, key, value)
 
     return restore
 

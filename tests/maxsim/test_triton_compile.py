@@ -1,6 +1,6 @@
 """The triton forward kernel, compiled for real GPUs on a machine without one.
 
-Triton's interpreter (``test_maxsim.py``) checks what the kernels compute; this checks what
+Triton's interpreter (``test_triton.py``) checks what the kernels compute; this checks what
 the compiler makes of them for an H100 (sm_90) and an A100 (sm_80): that every forward
 program fits the chip's shared memory and that no spilled register is read or written in its
 hot loop. Such a spill does not change a number, so no other test sees it, yet it can cost a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
