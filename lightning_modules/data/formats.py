@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 
 TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 JSON_FORMATS = (".jsonl", ".ndjson", ".json")

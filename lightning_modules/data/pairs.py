@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from lightning_modules.data.columns import ColumnMapping
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 from lightning_modules.data.formats import RawTable
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 from lightning_modules.data.formats import read_utf8
 
 COLUMNS = ("sentence1", "sentence2", "score")

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 from lightning_modules.data.formats import TEXT_FORMATS
 
 WRITABLE = (*TEXT_FORMATS, ".jsonl", ".ndjson", ".parquet", ".pq")
