@@ -1,9 +1,31 @@
-"""Data: reading scored text pairs, batching them, and the DataModules."""
+"""Data below the Lightning layer: reading and checking text pairs (formats, columns, pairs,
+reading, splitting), the items and batches that flow through the loaders (``batches``), one
+collator per kind of batch (``collate``), and the loaders' samplers (``loading``).
 
-from lightning_modules.data.collate import PairCollator
-from lightning_modules.data.errors import DataError
-from lightning_modules.data.pairs_datamodule import PairsDataModule
+The DataModules that put these together live in ``lightning_modules.datamodules``.
+"""
+
+from lightning_modules.data.batches import (
+    ContrastiveBatch,
+    LabelledPairsBatch,
+    RetrievalBatch,
+    ScoredPairsBatch,
+    TokenBatch,
+)
+from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.reading import ScoredPairs, read_scored_pairs_csv
-from lightning_modules.data.stsb import STSBDataModule
+from lightning_modules.errors import DataError
 
-__all__ = ["DataError", "PairCollator", "PairsDataModule", "STSBDataModule", "ScoredPairs", "read_scored_pairs_csv"]
+__all__ = [
+    "ContrastiveBatch",
+    "ContrastiveCollator",
+    "DataError",
+    "LabelledPairsBatch",
+    "PairCollator",
+    "RetrievalBatch",
+    "RetrievalCollator",
+    "ScoredPairs",
+    "ScoredPairsBatch",
+    "TokenBatch",
+    "read_scored_pairs_csv",
+]
