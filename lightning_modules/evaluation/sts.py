@@ -14,7 +14,7 @@ from pathlib import Path
 from scipy.stats import pearsonr, spearmanr
 
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.pairs import build_examples
 from lightning_modules.encoder import TokenEncoder

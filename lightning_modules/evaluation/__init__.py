@@ -1,0 +1,26 @@
+"""Evaluation: one evaluator per kind of evaluation batch, the metric functions they use,
+and the STS evaluation of any model on files (``python -m train.evaluate``).
+
+============================ ========================= =====================================
+evaluator                    batch                     metrics (primary first)
+============================ ========================= =====================================
+``CorrelationEvaluator``     ``ScoredPairsBatch``      spearman, pearson
+``ClassificationEvaluator``  ``LabelledPairsBatch``    auc, f1, accuracy (+ thresholds on val)
+``RetrievalEvaluator``       ``RetrievalBatch``        mrr@10, recall@1, recall@10
+============================ ========================= =====================================
+"""
+
+from lightning_modules.evaluation.base import EVALUATORS, Evaluator, evaluator_for, evaluator_named
+from lightning_modules.evaluation.classification import ClassificationEvaluator
+from lightning_modules.evaluation.correlation import CorrelationEvaluator
+from lightning_modules.evaluation.retrieval import RetrievalEvaluator
+
+__all__ = [
+    "EVALUATORS",
+    "ClassificationEvaluator",
+    "CorrelationEvaluator",
+    "Evaluator",
+    "RetrievalEvaluator",
+    "evaluator_for",
+    "evaluator_named",
+]
