@@ -1,4 +1,9 @@
-"""Export a trained model to the directory format the late-interaction ecosystem loads, and load it back.
+"""How a model is saved and read back: the export directory and training checkpoints.
+
+This module handles files only and builds no model itself (``LateInteractionModel.load``
+assembles one from what ``read_export`` and ``read_checkpoint`` return), so the model
+imports it and not the reverse. Reading never imports Lightning: a checkpoint is read
+with ``torch.load(weights_only=True)``.
 
 The layout is PyLate's (which sentence-transformers >= 6 ``MultiVectorEncoder`` also reads)::
 
@@ -30,35 +35,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightning_modules.encoder import ModelLoadError, TokenEncoder
-from lightning_modules.model import LateInteractionModel, TextSettings
+from lightning_modules.encoder import TokenEncoder
+from lightning_modules.errors import ExportError, ModelLoadError
+from lightning_modules.model.card import model_card
+from lightning_modules.model.settings import TextSettings, text_settings_from
 
 OUR_CONFIG = "maxsim_lightning.json"
 FORMAT_VERSION = 1
 DENSE_DIR = "1_Dense"
 # In-batch engine backends that run only on a GPU with their package: a checkpoint that saved
-# one loads with auto (see _load_checkpoint).
+# one loads with auto (see read_checkpoint).
 GPU_BACKENDS = ("triton", "late-interaction-kernels")
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
-    """The export cannot be written (the output exists, the source is not ours, ...)."""
-
-
-def export_model(
-    model: LateInteractionModel,
+def write_export(
+    model,
     out_dir: str | Path,
     card: dict | None = None,
     overwrite: bool = False,
     onnx: bool = False,
 ) -> Path:
-    """Write ``model`` to ``out_dir`` (see the module docstring). Returns the directory.
+    """Write ``model`` (a ``LateInteractionModel``) to ``out_dir`` (see the module docstring). Returns the directory.
 
     ``card``: what the model card reports: ``base_model``, ``data``, ``metrics``
     (a dict), ``config`` (YAML text); every key optional.
-    ``onnx``: also write ``onnx/model.onnx`` (see ``lightning_modules.onnx_export``).
+    ``onnx``: also write ``onnx/model.onnx`` (see ``lightning_modules.model.onnx``).
 
     Raises:
         ExportError: ``out_dir`` exists and ``overwrite`` is False.
@@ -74,7 +77,7 @@ def export_model(
     try:
         _write(model, staging, card or {})
         if onnx:
-            from lightning_modules.onnx_export import export_onnx  # lazily: needs onnx and onnxruntime
+            from lightning_modules.model.onnx import export_onnx  # lazily: needs onnx and onnxruntime
 
             export_onnx(model, staging / "onnx" / "model.onnx")
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an export is meant to be shared
@@ -93,7 +96,7 @@ def _umask() -> int:
     return current
 
 
-def _write(model: LateInteractionModel, folder: Path, card: dict) -> None:
+def _write(model, folder: Path, card: dict) -> None:
     encoder, settings = model.encoder, model.text_settings
     encoder.backbone.save_pretrained(folder, safe_serialization=True)
     encoder.tokenizer.save_pretrained(folder)
@@ -143,28 +146,24 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def load_pretrained(path: str | Path) -> LateInteractionModel:
-    """A ``LateInteractionModel`` from an exported directory or a ``.ckpt`` of a training run.
-
-    A checkpoint keeps the in-batch engine backend it was trained with, except a GPU-only one
-    (``GPU_BACKENDS``), which loads as ``auto``: that takes the fused kernels on a GPU and
-    still scores on a machine without one (set ``model.backend`` to choose).
-
-    Raises:
-        ModelLoadError: the path does not exist, is neither of ours, or its weights are
-            corrupt or truncated; the message says what was expected.
-    """
+def check_source(path: str | Path) -> Path:
+    """``path`` as a ``Path`` if it is an export folder or a file (a checkpoint), else a ``ModelLoadError``
+    that says what was expected."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"{path.resolve()} does not exist; expected a folder written by python -m train.export "
                              "or a .ckpt file of a training run")
-    if path.is_file():
-        return _load_checkpoint(path)
-    if not (path / OUR_CONFIG).is_file():
+    if path.is_dir() and not (path / OUR_CONFIG).is_file():
         raise ModelLoadError(
             f"{path.resolve()} is not a maxsim-lightning export: it has no {OUR_CONFIG}. Expected a folder written by "
             "python -m train.export (a plain Hugging Face encoder can be evaluated zero-shot with train.evaluate)"
         )
+    return path
+
+
+def read_export(path: Path) -> tuple[TokenEncoder, dict]:
+    """The encoder of an export folder (projection included) and the rest of the model's arguments:
+    ``direction``, ``reduction``, ``temperature``, ``text_settings``."""
     config = json.loads((path / OUR_CONFIG).read_text(encoding="utf-8"))
     encoder = TokenEncoder(
         str(path), projection_dim=None, skip_special_tokens=config["skip_special_tokens"],
@@ -179,20 +178,26 @@ def load_pretrained(path: str | Path) -> LateInteractionModel:
         encoder.projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         encoder.projection.weight.data.copy_(weight)
         encoder.dim = weight.shape[0]
-    return LateInteractionModel(
-        encoder, config["direction"], config["reduction"], config["temperature"], TextSettings(**config["text"])
-    )
+    return encoder, {
+        "direction": config["direction"], "reduction": config["reduction"], "temperature": config["temperature"],
+        "text_settings": TextSettings(**config["text"]),
+    }
 
 
-def _load_checkpoint(path: Path) -> LateInteractionModel:
-    from lightning_modules.module import MaxSimModule  # lazily: the Lightning system is not needed for exports
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], TextSettings]:
+    """A training checkpoint's model hyperparameters (every ``MaxSimModule`` argument), the weights of
+    its model (``state_dict`` keys without the ``model.`` prefix) and its text settings.
 
+    A checkpoint keeps the in-batch engine backend it was trained with, except a GPU-only one
+    (``GPU_BACKENDS``), which loads as ``auto``: that takes the fused kernels on a GPU and
+    still scores on a machine without one (set ``model.backend`` to choose).
+    """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and EOF errors all mean the same here
         raise ModelLoadError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''})") from error
-    if checkpoint.get("hyper_parameters", {}).get("model_name_or_path") is None:
+    if not isinstance(checkpoint, dict) or checkpoint.get("hyper_parameters", {}).get("model_name_or_path") is None:
         raise ModelLoadError(f"{path}: not a maxsim-lightning checkpoint (no MaxSimModule hyperparameters)")
     hparams = dict(checkpoint["hyper_parameters"])
     if "maxsim_backend" in hparams:  # saved before the engine's settings moved under model.maxsim
@@ -203,92 +208,6 @@ def _load_checkpoint(path: Path) -> LateInteractionModel:
         # is, and loads (and scores) on a machine without one or without the package.
         log.info("%s: trained with model.maxsim.backend=%s; loaded with auto", path, engine["backend"])
         hparams["maxsim"] = {**engine, "backend": "auto"}
-    module = MaxSimModule(**hparams)
-    module.on_load_checkpoint(checkpoint)  # fills keys that older checkpoints lack
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise ModelLoadError(f"{path}: its weights do not fit the model its hyperparameters describe "
-                             f"({str(error).splitlines()[0]})") from error
-    model = module.model
-    model.text_settings = text_settings_from(checkpoint.get("datamodule_hyper_parameters", {}))
-    return model
-
-
-def text_settings_from(data_hparams: dict) -> TextSettings:
-    """Tokenisation settings from a DataModule's hyperparameters (STS-B or pairs)."""
-    known = TextSettings.__dataclass_fields__
-    return TextSettings(**{k: v for k, v in data_hparams.items() if k in known})
-
-
-def model_card(model: LateInteractionModel, card: dict) -> str:
-    """The README.md of an exported directory."""
-    encoder, settings = model.encoder, model.text_settings
-    metrics = card.get("metrics") or {}
-    lines = [
-        "---",
-        "library_name: pylate",
-        "tags: [ColBERT, PyLate, sentence-transformers, multi-vector, late-interaction, maxsim-lightning]",
-        "pipeline_tag: sentence-similarity",
-        *([f"base_model: {card['base_model']}"] if card.get("base_model") else []),
-        "---",
-        "",
-        "# Late-interaction model trained with maxsim-lightning",
-        "",
-        f"- Base model: `{card.get('base_model', 'unknown')}`",
-        f"- Training data: {card.get('data', 'not recorded')}",
-        f"- Token vectors: {encoder.dim} dimensions"
-        + (" (a learned projection)" if encoder.projection is not None else " (the encoder's own; `1_Dense` is the identity)"),
-        f"- MaxSim: direction `{model.direction}`, reduction `{model.reduction}`"
-        + (f", smooth max at temperature {model.temperature}" if model.temperature else ", hard max"),
-        f"- Texts: at most {settings.max_length} tokens; roles `{settings.roles}`"
-        + (f", queries at most {settings.query_max_length} tokens" if settings.roles == "asymmetric" else ""),
-        f"- Tokens left out of matching: {_skipped(encoder)}",
-        "",
-        "## Metrics measured in the training run",
-        "",
-    ]
-    if metrics:
-        lines += ["| metric | value |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in sorted(metrics.items())], ""]
-    else:
-        lines += ["None recorded.", ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from lightning_modules.model import LateInteractionModel  # maxsim-lightning",
-        "model = LateInteractionModel.from_pretrained(\"PATH\")",
-        "model.score([\"A man is playing a guitar.\"], [\"Someone plays the guitar.\"])",
-        "```",
-        "",
-        "```python",
-        "from pylate import models  # PyLate 1.6",
-        "model = models.ColBERT(model_name_or_path=\"PATH\")",
-        "from sentence_transformers import MultiVectorEncoder  # sentence-transformers >= 6",
-        "model = MultiVectorEncoder(\"PATH\")",
-        "```",
-        "",
-        "## Scoring differs between libraries",
-        "",
-        "PyLate and sentence-transformers load the same weights and give the same token vectors, but they "
-        "score a query against a document ColBERT's way: for each query token the best document token, "
-        "**summed** over query tokens (direction `a2b`, reduction `sum`). "
-        f"This model was trained and evaluated with direction `{model.direction}` and reduction "
-        f"`{model.reduction}`"
-        + (" (symmetric: both directions averaged, tokens averaged, a score in [-1, 1]), so their scores rank "
-           "pairs differently from ours; use maxsim-lightning's `score` for similarity figures like the ones "
-           "above." if (model.direction, model.reduction) != ("a2b", "sum") else ", which is theirs too.")
-        + (" [CLS]/[SEP] are left out of matching here; PyLate keeps them." if encoder.skip_special_tokens else "")
-        + (" Punctuation is left out on both sides here; PyLate skips it in documents only."
-           if encoder.skip_punctuation else ""),
-        "",
-    ]
-    if card.get("config"):
-        lines += ["## Training configuration", "", "```yaml", card["config"].rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-def _skipped(encoder: TokenEncoder) -> str:
-    parts = [name for name, on in (("[CLS]/[SEP]", encoder.skip_special_tokens), ("punctuation", encoder.skip_punctuation))
-             if on]
-    return ", ".join(parts) or "none"
+    weights = {key.removeprefix("model."): value for key, value in checkpoint.get("state_dict", {}).items()
+               if key.startswith("model.")}
+    return hparams, weights, text_settings_from(checkpoint.get("datamodule_hyper_parameters", {}))

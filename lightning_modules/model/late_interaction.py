@@ -2,42 +2,30 @@
 
 Two levels of use: ``embed`` / ``score_pairs`` / ``score_matrix`` on token tensors
 (training), and ``encode`` / ``score`` / ``similarity_matrix`` / ``rank`` on texts
-(inference, after ``LateInteractionModel.from_pretrained``).
+(inference, after ``LateInteractionModel.from_pretrained``). It saves itself
+(``save_pretrained``: PyLate's directory format) and loads itself (``from_pretrained``: an
+export or a training checkpoint) through ``lightning_modules.model.saving``, without Lightning.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_modules.data.collate import pad_token_ids
-from lightning_modules.data.tokenize import tokenize_texts
 from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
-from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, maxsim_matrix, maxsim_pairwise
+from lightning_modules.errors import InputError, ModelLoadError
+from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
+from lightning_modules.model import saving
+from lightning_modules.model.settings import TextSettings
+from lightning_modules.tokenization import pad_token_ids, tokenize_texts
 
 # Inputs longer than this many texts show a progress bar (unless told otherwise).
 PROGRESS_THRESHOLD = 1024
-
-
-@dataclass
-class TextSettings:
-    """How texts become tokens, as in training: lengths and optional ColBERT-style markers.
-
-    ``query_*`` apply to the ``a`` side (queries) when ``roles="asymmetric"``; with
-    symmetric roles every text is tokenised like a document.
-    """
-
-    max_length: int = 128
-    query_max_length: int = 32
-    roles: str = "symmetric"
-    query_marker: str | None = None
-    document_marker: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class LateInteractionModel(nn.Module):
@@ -77,16 +65,73 @@ class LateInteractionModel(nn.Module):
         self.chunk_budget_bytes = chunk_budget_bytes
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    def build(
+        cls,
+        model_name_or_path: str,
+        projection_dim: int | None = 128,
+        skip_special_tokens: bool = False,
+        skip_punctuation: bool = False,
+        random_init: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        direction: str = "both",
+        reduction: str = "mean",
+        temperature: float | None = None,
+        maxsim: dict[str, Any] | None = None,
+        text_settings: TextSettings | None = None,
+    ) -> LateInteractionModel:
+        """A model from plain settings, as ``conf/model/*.yaml`` and a checkpoint's hyperparameters give
+        them: the encoder's (see ``TokenEncoder``), MaxSim's, and ``maxsim``, the engine settings
+        (``lightning_modules.maxsim.engine_settings``: checked before the encoder loads)."""
+        engine = engine_settings(maxsim)
+        encoder = TokenEncoder(
+            model_name_or_path,
+            projection_dim=projection_dim,
+            skip_special_tokens=skip_special_tokens,
+            skip_punctuation=skip_punctuation,
+            random_init=random_init,
+            config_overrides=config_overrides,
+        )
+        return cls(encoder, direction, reduction, temperature, text_settings, backend=engine["backend"],
+                   chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LateInteractionModel:
+        """Load an exported directory (``python -m train.export``) or a training checkpoint (``.ckpt``),
+        as it was saved (on the CPU, in the mode it was built in).
+
+        Raises:
+            ModelLoadError: the path does not exist, is neither of ours, or its weights are
+                corrupt, truncated or do not fit; the message says what was expected.
+        """
+        path = saving.check_source(path)
+        if path.is_dir():
+            encoder, settings = saving.read_export(path)
+            return cls(encoder, **settings)
+        hparams, weights, text_settings = saving.read_checkpoint(path)
+        wanted = inspect.signature(cls.build).parameters
+        model = cls.build(**{k: v for k, v in hparams.items() if k in wanted}, text_settings=text_settings)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ModelLoadError(f"{path}: its weights do not fit the model its hyperparameters describe "
+                                 f"({str(error).splitlines()[0]})") from error
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
         """Load an exported directory (``python -m train.export``) or a training checkpoint (``.ckpt``).
 
         The model comes back in eval mode on ``device``, in ``dtype`` if given
         (``torch.bfloat16`` halves memory; MaxSim still sums in float32).
         """
-        from lightning_modules.export import load_pretrained  # lazily: export imports this module
-
-        model = load_pretrained(path).eval().to(device)
+        model = cls.load(path).eval().to(device)
         return model.to(dtype) if dtype is not None else model
+
+    def save_pretrained(self, out_dir: str | Path, card: dict | None = None, overwrite: bool = False,
+                        onnx: bool = False) -> Path:
+        """Write PyLate's directory format (loads in PyLate and sentence-transformers >= 6) with a model
+        card; see ``lightning_modules.model.saving.write_export``. Returns the directory."""
+        return saving.write_export(self, out_dir, card=card, overwrite=overwrite, onnx=onnx)
 
     # ---- token tensors (training) -------------------------------------------------------------
 
@@ -148,7 +193,7 @@ class LateInteractionModel(nn.Module):
     def score(self, a: list[str], b: list[str], batch_size: int = 64, show_progress_bar: bool | None = None) -> torch.Tensor:
         """MaxSim of aligned pairs ``(a[i], b[i])``: ``(N,)`` float32."""
         if len(a) != len(b):
-            raise ValueError(f"score needs aligned lists; got {len(a)} and {len(b)} texts")
+            raise InputError(f"score needs aligned lists; got {len(a)} and {len(b)} texts")
         va = self.encode(a, is_query=True, batch_size=batch_size, show_progress_bar=show_progress_bar)
         vb = self.encode(b, is_query=False, batch_size=batch_size, show_progress_bar=show_progress_bar)
         scores = [self.score_pairs(TokenEmbeddings.stack(va[i : i + batch_size]), TokenEmbeddings.stack(vb[i : i + batch_size]))
@@ -188,4 +233,4 @@ def _check_texts(texts) -> None:
         raise TypeError("expected a list of texts, got one string; wrap it in a list")
     empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if empty:
-        raise ValueError(f"text {empty[0]} (of {len(texts)}) is empty or not a string; every text needs content")
+        raise InputError(f"text {empty[0]} (of {len(texts)}) is empty or not a string; every text needs content")

@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.data.collate import pad_token_ids
-from lightning_modules.model import LateInteractionModel
+from lightning_modules.tokenization import pad_token_ids
 
 # 18: the opset torch's exporter writes natively (TORCHLIB_OPSET), so no version conversion runs.
 OPSET = 18
@@ -84,7 +83,7 @@ class _EncoderGraph(nn.Module):
         return F.normalize(hidden, p=2, dim=-1)
 
 
-def export_onnx(model: LateInteractionModel, path: Path) -> Path:
+def export_onnx(model, path: Path) -> Path:
     """Write ``model``'s token encoder to ``path`` as ONNX (see the module docstring). Returns ``path``.
 
     The export works on a float32 CPU copy in eval mode, so ``model`` itself (its

@@ -1,0 +1,18 @@
+"""The late-interaction model (a plain ``nn.Module``) and how it saves and loads itself.
+
+``late_interaction``: ``LateInteractionModel``, token encoder + MaxSim; ``settings``: how texts
+become tokens; ``saving``: the export directory (PyLate's format) and checkpoint reading;
+``card``: the model card; ``onnx``: the encoder as an ONNX graph. Nothing here imports Lightning.
+"""
+
+from lightning_modules.model.late_interaction import LateInteractionModel
+from lightning_modules.model.saving import write_export as export_model
+from lightning_modules.model.settings import TextSettings, text_settings_from
+
+
+def load_pretrained(path) -> LateInteractionModel:
+    """``LateInteractionModel.load(path)``: an export folder or a training checkpoint, as saved."""
+    return LateInteractionModel.load(path)
+
+
+__all__ = ["LateInteractionModel", "TextSettings", "export_model", "load_pretrained", "text_settings_from"]
