@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
-from lightning_modules.data.collate import batch_pair_count
 
 
 class TrainingStats(pl.Callback):
@@ -37,7 +36,7 @@ class TrainingStats(pl.Callback):
         self._validation_seconds = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_pairs += batch_pair_count(batch)
+        self.train_pairs += batch.num_pairs
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validation_started = time.perf_counter()

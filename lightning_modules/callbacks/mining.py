@@ -1,8 +1,36 @@
-"""Hard-negative mining: the corpus texts the current model wrongly ranks high."""
+"""Hard-negative mining: the corpus texts the current model wrongly ranks high.
+
+``HardNegativeMining`` mines once, when ``fit`` sets up (before the training loader is built),
+for a DataModule that asks for it (``PairsDataModule`` with ``data.mine_negatives``): the
+DataModule says what to mine (``mining_request``) and takes the result
+(``add_hard_negatives``), and never reaches into the model itself.
+"""
 
 from __future__ import annotations
 
+import logging
+
+import pytorch_lightning as pl
 import torch
+
+log = logging.getLogger(__name__)
+
+
+class HardNegativeMining(pl.Callback):
+    """When ``fit`` sets up, mine hard negatives with the model for a DataModule that requests them."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # setup runs before Lightning builds the training loader (configure_optimizers asks for
+        # its length), so the negatives are there from the first batch on.
+        request = getattr(trainer.datamodule, "mining_request", lambda: None)() if stage == "fit" else None
+        if request is None:
+            return
+        pl_module.to(trainer.strategy.root_device)  # where training runs; Lightning would move it next anyway
+        log.info("Mining %d hard negatives for each of %d texts among %d candidates",
+                 request["k"], len(request["queries"]), len(request["corpus"]))
+        mined = mine_hard_negatives(pl_module.model, request["queries"], request["corpus"], request["positives"],
+                                    request["k"], request["margin"], batch_size=request["batch_size"])
+        trainer.datamodule.add_hard_negatives(mined)
 
 
 @torch.no_grad()

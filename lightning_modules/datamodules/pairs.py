@@ -26,12 +26,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_modules.data.batches import ContrastiveItem, PairItem, TextItem
 from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.data.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.loading import make_loader, training_sampler
-from lightning_modules.data.mining import mine_hard_negatives
 from lightning_modules.data.pairs import (
     PairExamples,
     ReadReport,
@@ -40,12 +39,14 @@ from lightning_modules.data.pairs import (
     normalise_scores,
 )
 from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split
-from lightning_modules.data.tokenize import tokenize_texts
-from lightning_modules.encoder import load_tokenizer
+from lightning_modules.errors import DataError
+from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, Evaluator, RetrievalEvaluator
+from lightning_modules.tokenization import load_tokenizer, tokenize_texts
 
 log = logging.getLogger(__name__)
 
-MONITOR = {"graded": "val/spearman", "binary": "val/auc", "contrastive": "val/mrr@10"}
+# How each supervision is evaluated; the evaluator's primary metric picks the best checkpoint.
+EVALUATOR = {"graded": CorrelationEvaluator, "binary": ClassificationEvaluator, "contrastive": RetrievalEvaluator}
 ROLES = ("symmetric", "asymmetric")
 BINARY_OBJECTIVES = ("auto", "contrastive", "ranking")
 
@@ -78,7 +79,9 @@ class PairsDataModule(pl.LightningDataModule):
         max_negatives_per_pair: hard negatives a pair brings into a batch (drawn anew each time).
         mine_negatives: mine this many hard negatives per ``text_a`` with the model
             before training (0: off); candidates scoring above the lowest positive
-            minus ``mine_margin`` are skipped as likely false negatives.
+            minus ``mine_margin`` are skipped as likely false negatives. The
+            ``HardNegativeMining`` callback (in ``callbacks=default``) does the mining
+            with the model being trained (``mining_request``, ``add_hard_negatives``).
         batch_size, eval_batch_size, max_length, group_by_length, num_workers: as for STS-B.
         limit_train_pairs: keep a seeded random subset of the training pairs.
         seed: seeds the hold-out split and the subset.
@@ -125,7 +128,8 @@ class PairsDataModule(pl.LightningDataModule):
         self.supervision: str | None = None
         self.reports: dict[str, ReadReport] = {}
         self.examples: dict[str, PairExamples] = {}
-        self.datasets: dict[str, list[dict]] = {}
+        self.datasets: dict[str, list] = {}
+        self.evaluator: Evaluator | None = None  # known once setup has read the data's supervision
         self._positives: dict[int, set[int]] = {}
         self._mined = False
 
@@ -139,8 +143,8 @@ class PairsDataModule(pl.LightningDataModule):
 
     @property
     def monitor_metric(self) -> str:
-        """The validation metric that picks the best checkpoint for this supervision."""
-        return MONITOR[self.supervision]
+        """The validation metric that picks the best checkpoint: ``val/`` + the evaluator's primary metric."""
+        return f"val/{self.evaluator.primary_metric}"
 
     # ---- reading and checking ------------------------------------------------------------
 
@@ -180,6 +184,10 @@ class PairsDataModule(pl.LightningDataModule):
             self.examples["train"] = self.examples["train"].subset(sorted(keep[: hp.limit_train_pairs].tolist()))
             self.reports["train"].notes.append(f"limit_train_pairs: trained on a seeded subset of {hp.limit_train_pairs}")
         self._build_datasets()
+        self.evaluator = EVALUATOR[self.supervision]()
+        if hp.mine_negatives and not isinstance(self.datasets["train"][0], ContrastiveItem):
+            raise DataError("data.mine_negatives needs contrastive training (binary or contrastive supervision, "
+                            "binary_objective=contrastive)")
         for report in self.reports.values():
             log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
 
@@ -283,12 +291,12 @@ class PairsDataModule(pl.LightningDataModule):
             self.reports[split].notes.append(note)
         return ids
 
-    def _pair_items(self, split: str, examples: PairExamples) -> list[dict]:
+    def _pair_items(self, split: str, examples: PairExamples) -> list[PairItem]:
         ids_a = self._tokenize(split, examples.text_a, "query")
         ids_b = self._tokenize(split, examples.text_b, "document")
-        return [{"a": a, "b": b, "score": t} for a, b, t in zip(ids_a, ids_b, examples.targets)]
+        return [PairItem(a, b, t) for a, b, t in zip(ids_a, ids_b, examples.targets)]
 
-    def _contrastive_items(self, examples: PairExamples) -> list[dict]:
+    def _contrastive_items(self, examples: PairExamples) -> list[ContrastiveItem]:
         """Positive pairs with their hard negatives; in binary data, the label-0 pairs give the negatives."""
         report = self.reports["train"]
         negatives_of: dict[str, list[str]] = {}
@@ -331,13 +339,11 @@ class PairsDataModule(pl.LightningDataModule):
             a_key, b_key = query_key[examples.text_a[i].strip()], document_key[examples.text_b[i].strip()]
             negative_keys = [document_key[t.strip()] for t in dict.fromkeys(negatives_of.get(examples.text_a[i].strip(), []))]
             negative_keys = [k for k in negative_keys if k not in self._positives[a_key]]
-            items.append({
-                "a": query_ids[a_key], "b": document_ids[b_key], "a_key": a_key, "b_key": b_key,
-                "negatives": [(k, document_ids[k]) for k in negative_keys],
-            })
+            items.append(ContrastiveItem(query_ids[a_key], document_ids[b_key], a_key, b_key,
+                                         [(k, document_ids[k]) for k in negative_keys]))
         return items
 
-    def _retrieval_items(self, split: str, examples: PairExamples) -> list[dict]:
+    def _retrieval_items(self, split: str, examples: PairExamples) -> list[TextItem]:
         """Each distinct text_a as a query, each distinct text_b and negative as the corpus."""
         queries: dict[str, str] = {}
         corpus: dict[str, str] = {}
@@ -351,23 +357,22 @@ class PairsDataModule(pl.LightningDataModule):
             relevant.setdefault(a.strip(), set()).add(corpus_key[b.strip()])
         query_ids = self._tokenize(split, list(queries.values()), "query")
         corpus_ids = self._tokenize(split, list(corpus.values()), "document")
-        items = [
-            {"ids": ids, "key": key, "is_query": True, "relevant": sorted(relevant[stripped])}
-            for key, (stripped, ids) in enumerate(zip(queries, query_ids))
-        ]
-        items += [{"ids": ids, "key": key, "is_query": False, "relevant": []} for key, ids in enumerate(corpus_ids)]
+        items = [TextItem(ids, key, True, sorted(relevant[stripped]))
+                 for key, (stripped, ids) in enumerate(zip(queries, query_ids))]
+        items += [TextItem(ids, key, False) for key, ids in enumerate(corpus_ids)]
         return items
 
     # ---- loaders ---------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        data = self.datasets["train"]
-        if self.hparams.mine_negatives and not self._mined:
-            self._mine(data)
         hp = self.hparams
-        lengths = [max(len(item["a"]), len(item["b"])) for item in data]
+        if hp.mine_negatives and not self._mined:
+            raise DataError("data.mine_negatives is set but no HardNegativeMining callback mined: keep "
+                            "callbacks=default, or add lightning_modules.callbacks.HardNegativeMining to the callbacks")
+        data = self.datasets["train"]
+        lengths = [max(len(item.a), len(item.b)) for item in data]
         sampler = training_sampler(lengths, hp.batch_size, hp.group_by_length, self.trainer)
-        if "a_key" in data[0]:
+        if isinstance(data[0], ContrastiveItem):
             collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
         else:
             collate = PairCollator(self.tokenizer.pad_token_id)
@@ -385,36 +390,43 @@ class PairsDataModule(pl.LightningDataModule):
         data = self.datasets[split]
         pad = self.tokenizer.pad_token_id
         if self.supervision == "contrastive":
-            data = sorted(data, key=lambda item: len(item["ids"]))
+            data = sorted(data, key=lambda item: len(item.ids))
             collate = RetrievalCollator(pad)
         else:
-            data = sorted(data, key=lambda item: max(len(item["a"]), len(item["b"])))
-            collate = PairCollator(pad, "labels" if self.supervision == "binary" else "scores")
+            data = sorted(data, key=lambda item: max(len(item.a), len(item.b)))
+            collate = PairCollator(pad, labelled=self.supervision == "binary")
         return self._loader(data, self.hparams.eval_batch_size, collate)
 
     def _loader(self, data, batch_size, collate, sampler=None) -> DataLoader:
         return make_loader(data, batch_size, collate, self.hparams.num_workers, sampler)
 
-    # ---- mining ------------------------------------------------------------------------------
+    # ---- mining (done by the HardNegativeMining callback, with the model being trained) ---------
 
-    def _mine(self, items: list[dict]) -> None:
-        if "a_key" not in items[0]:
-            raise DataError("data.mine_negatives needs contrastive training (binary or contrastive supervision, "
-                            "binary_objective=contrastive)")
-        module = self.trainer.lightning_module
+    def mining_request(self) -> dict | None:
+        """What to mine, or None when ``mine_negatives`` is off or mining is done: ``queries`` and
+        ``corpus`` (token ids of the training ``a`` texts and of the ``b`` texts and negatives),
+        ``positives`` (for each query, the corpus indices of its positives), ``k``, ``margin``,
+        ``batch_size``."""
+        hp = self.hparams
+        if not hp.mine_negatives or self._mined:
+            return None
         query_ids, document_ids = self._train_texts
-        positives = [self._positives.get(key, set()) for key in range(len(query_ids))]
-        log.info("Mining %d hard negatives for each of %d texts among %d candidates",
-                 self.hparams.mine_negatives, len(query_ids), len(document_ids))
-        mined = mine_hard_negatives(
-            module.model, query_ids, document_ids, positives, self.hparams.mine_negatives, self.hparams.mine_margin,
-            batch_size=self.hparams.eval_batch_size,
-        )
+        return {
+            "queries": query_ids, "corpus": document_ids,
+            "positives": [self._positives.get(key, set()) for key in range(len(query_ids))],
+            "k": hp.mine_negatives, "margin": hp.mine_margin, "batch_size": hp.eval_batch_size,
+        }
+
+    def add_hard_negatives(self, mined: list[list[int]]) -> None:
+        """Add the mined corpus indices (one list per query, as ``mining_request`` numbered them) to
+        the hard negatives of the training pairs."""
+        items = self.datasets["train"]
+        document_ids = self._train_texts[1]
         added = 0
         for item in items:
-            present = {key for key, _ in item["negatives"]}
-            new = [k for k in mined[item["a_key"]] if k not in present]
-            item["negatives"] = item["negatives"] + [(k, document_ids[k]) for k in new]
+            present = {key for key, _ in item.negatives}
+            new = [k for k in mined[item.a_key] if k not in present]
+            item.negatives = item.negatives + [(k, document_ids[k]) for k in new]
             added += len(new)
         self.reports["train"].notes.append(f"mining added {added} hard negatives over {len(items)} pairs")
         log.info("Mining added %d hard negatives over %d pairs", added, len(items))

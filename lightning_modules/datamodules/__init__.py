@@ -1,0 +1,7 @@
+"""LightningDataModules: read, check and tokenise the data once, serve batches, and name the
+evaluator of their evaluation batches (``datamodule.evaluator``)."""
+
+from lightning_modules.datamodules.pairs import PairsDataModule
+from lightning_modules.datamodules.stsb import STSBDataModule
+
+__all__ = ["PairsDataModule", "STSBDataModule"]
