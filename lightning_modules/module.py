@@ -1,27 +1,20 @@
-"""The Lightning system: losses, optimisation, metrics. The model itself lives in ``model.py``."""
+"""The Lightning system: losses, optimisation, evaluation and logging. The model itself lives in
+``lightning_modules.model`` (a plain ``nn.Module``), the metrics in ``lightning_modules.evaluation``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from torchmetrics import CatMetric, PearsonCorrCoef, SpearmanCorrCoef
-from torchmetrics.functional.classification import binary_auroc
 from transformers import get_linear_schedule_with_warmup
 
-from lightning_modules.encoder import TokenEncoder
+from lightning_modules.data.batches import ContrastiveBatch, ScoredPairsBatch, TokenBatch
+from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
-from lightning_modules import maxsim_lik
-from lightning_modules.maxsim import BACKENDS, triton_installed
-from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
-from lightning_modules.model import LateInteractionModel
 
-# How the MaxSim engine computes in-batch score matrices (``model.maxsim`` in config).
-ENGINE_DEFAULTS = {"backend": "auto", "chunk_budget_mb": 16}
+from lightning_modules.model import LateInteractionModel
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +34,17 @@ class MaxSimModule(pl.LightningModule):
 
     MaxSim (see ``lightning_modules.maxsim``): what the score is, ``direction``,
     ``reduction``, ``temperature``; and how the engine computes in-batch score matrices,
-    ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys that change the scores by rounding at
-    most: ``backend`` (``auto``: the fused triton kernels on a GPU of compute capability 8.0
-    or newer, when Triton is installed and the kernels take the inputs; otherwise dense
-    for small matrices and the memory-lean chunked backend for large ones), and
-    ``chunk_budget_mb``, the chunked backend's budget for the largest tensor of one block
-    of text pairs (16 MB: a block is still a large matrix product; more on a GPU means
-    fewer, larger blocks). The triton backward is deterministic when Lightning's
-    ``Trainer(deterministic=True)`` is set.
+    ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys (``backend``, ``chunk_budget_mb``) that
+    change the scores by rounding at most (``lightning_modules.maxsim.engine_settings``;
+    the ``auto`` policy: docs/engine.md).
 
-    What a batch holds decides how it trains (see ``lightning_modules.data.collate``):
+    The kind of training batch (``lightning_modules.data.batches``) decides how it trains:
 
-    * scored pairs (``scores``): loss = ``cosent_weight * CoSENT + regression_weight * MSE
+    * ``ScoredPairsBatch``: loss = ``cosent_weight * CoSENT + regression_weight * MSE
       + infonce_weight * InfoNCE``; a weight of 0 switches a term off. InfoNCE uses
       the pairs whose gold score is at least ``infonce_min_score`` as positives and
       the other texts of the batch as negatives;
-    * positive pairs with hard negatives (``false_negatives``): InfoNCE of each ``a``
+    * ``ContrastiveBatch`` (positive pairs with hard negatives): InfoNCE of each ``a``
       text against every ``b`` text and hard negative of the batch, known positives
       masked out; ``infonce_symmetric`` also picks each ``b`` text's ``a`` (for
       symmetric tasks, not for queries and documents).
@@ -65,16 +53,12 @@ class MaxSimModule(pl.LightningModule):
     ``lr * projection_lr_multiplier`` for a fresh projection, linear warmup over
     ``warmup_ratio`` of the steps then linear decay to 0.
 
-    Metrics (x100; every process's predictions are gathered. Under DDP, Lightning's
-    sampler repeats up to ``world_size - 1`` items to even out the shards, which can
-    move the figures by a hair), by what the evaluation batches hold:
-
-    * ``scores``: ``{val,test}/spearman``, ``/pearson``;
-    * ``labels``: ``/auc`` (ROC-AUC), ``/f1`` and ``/accuracy``. On validation, each at
-      its best threshold, logged as ``val/f1_threshold`` and ``val/accuracy_threshold``
-      and kept in the checkpoint; on test, at the thresholds of the validation;
-    * ``text_keys``: ``/mrr@10``, ``/recall@1``, ``/recall@10`` of each query against
-      the whole corpus of the split.
+    Evaluation: the DataModule's ``evaluator`` (taken in ``setup``; without a DataModule,
+    the one that reads the first evaluation batch) scores each batch and computes the
+    split's metrics, logged as ``{val,test}/<name>``, x100 (thresholds as they are;
+    every process's predictions are gathered. Under DDP, Lightning's sampler repeats up
+    to ``world_size - 1`` items to even out the shards, which can move the figures by a
+    hair). See ``lightning_modules.evaluation`` for what each kind of batch reports.
     """
 
     def __init__(
@@ -104,19 +88,20 @@ class MaxSimModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        encoder = TokenEncoder(
+        self.model = LateInteractionModel.build(
             model_name_or_path,
             projection_dim=projection_dim,
             skip_special_tokens=skip_special_tokens,
             skip_punctuation=skip_punctuation,
             random_init=random_init,
             config_overrides=config_overrides,
+            direction=direction,
+            reduction=reduction,
+            temperature=temperature,
+            maxsim=maxsim,
         )
         if gradient_checkpointing:
-            _enable_checkpointing(encoder.backbone)
-        engine = _engine_settings(maxsim)
-        self.model = LateInteractionModel(encoder, direction, reduction, temperature, backend=engine["backend"],
-                                          chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
+            _enable_checkpointing(self.model.encoder.backbone)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes
         # as it finds them: switch dropout on explicitly (config_overrides can set
         # the dropout probabilities, 0 included).
@@ -125,36 +110,52 @@ class MaxSimModule(pl.LightningModule):
         self.regression = ScoreRegressionLoss()
         self.infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=True)
         self.pair_infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=infonce_symmetric)
-        self.val_spearman, self.val_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
-        self.test_spearman, self.test_pearson = SpearmanCorrCoef(), PearsonCorrCoef()
-        # Pair classification: every score and label of the split, then threshold search.
-        # nan_strategy="disable": a NaN score stays in place, so scores and labels stay aligned.
-        self.eval_scores, self.eval_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
-        # Chosen on validation (F1, accuracy), used on test; in the checkpoint. NaN: not yet chosen.
-        self.register_buffer("decision_thresholds", torch.full((2,), float("nan")))
-        self._retrieval_texts: list[tuple[bool, int, torch.Tensor, list[int]]] = []
+        # The training loss of each kind of training batch.
+        self._losses = {ScoredPairsBatch: self._scored_loss, ContrastiveBatch: self._contrastive_loss}
+        self.evaluator: Evaluator | None = None  # the DataModule's, attached in setup
+
+    def setup(self, stage: str) -> None:
+        # The DataModule names the evaluator of its evaluation batches. Set before a checkpoint is
+        # restored and before the module moves to its device, so its state is both restored and moved.
+        evaluator = getattr(self.trainer.datamodule, "evaluator", None)
+        if self.evaluator is None and evaluator is not None:
+            self.evaluator = evaluator
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Which evaluator the state dict's "evaluator.*" entries belong to, so that a module loaded
+        # without a DataModule (load_from_checkpoint) can rebuild it before the weights load.
+        if self.evaluator is not None:
+            checkpoint["evaluator"] = type(self.evaluator).__name__
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Checkpoints from before pair classification have no thresholds: not chosen yet.
-        checkpoint["state_dict"].setdefault("decision_thresholds", torch.full((2,), float("nan")))
+        state = checkpoint["state_dict"]
+        if self.evaluator is None and checkpoint.get("evaluator"):
+            self.evaluator = evaluator_named(checkpoint["evaluator"]).to(self.device)
+        # Before evaluators, the decision thresholds were the system's own buffer; they are the
+        # classification evaluator's now, and no other evaluator has them.
+        thresholds = state.pop("decision_thresholds", None)
+        if self.evaluator is not None and hasattr(self.evaluator, "decision_thresholds"):
+            state.setdefault("evaluator.decision_thresholds",
+                             thresholds if thresholds is not None else torch.full((2,), float("nan")))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Score a batch of pairs: ``input_ids (2B, L)`` holds the ``a`` texts then the ``b`` texts. Returns ``(B,)``."""
         a, b = self.model.embed(input_ids, attention_mask).split(input_ids.shape[0] // 2)
         return self.model.score_pairs(a, b)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if "false_negatives" in batch:
-            loss, pairs = self._contrastive_loss(batch), batch["false_negatives"].shape[0]
-        else:
-            loss, pairs = self._scored_loss(batch), batch["scores"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=pairs)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=pairs)
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
+        compute_loss = self._losses.get(type(batch))
+        if compute_loss is None:
+            raise TypeError(f"no training loss for {type(batch).__name__}; trainable batches: "
+                            f"{sorted(kind.__name__ for kind in self._losses)}")
+        loss = compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.num_pairs)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch.num_pairs)
         return loss
 
-    def _scored_loss(self, batch: dict) -> torch.Tensor:
-        gold = batch["scores"]
-        a, b = self.model.embed(batch["input_ids"], batch["attention_mask"]).split(gold.shape[0])
+    def _scored_loss(self, batch: ScoredPairsBatch) -> torch.Tensor:
+        gold = batch.scores
+        a, b = self.model.embed(batch.input_ids, batch.attention_mask).split(gold.shape[0])
         predicted = self.model.score_pairs(a, b)
         hp = self.hparams
         loss = predicted.new_zeros(())
@@ -169,27 +170,27 @@ class MaxSimModule(pl.LightningModule):
                 loss = loss + hp.infonce_weight * self.infonce(scores)
         return loss
 
-    def _contrastive_loss(self, batch: dict) -> torch.Tensor:
+    def _contrastive_loss(self, batch: ContrastiveBatch) -> torch.Tensor:
         """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
-        pairs = batch["false_negatives"].shape[0]
+        pairs = batch.num_pairs
         # Each side is encoded at its own length: the collator pads every row to the longest
         # text, and short queries padded to document length would multiply the encoder's
         # work and the (Ba, Bb, La) argmax indices of the MaxSim backward pass.
-        sizes = [pairs, batch["input_ids"].shape[0] - pairs]
+        sizes = [pairs, batch.input_ids.shape[0] - pairs]
         a, candidates = (
             self.model.embed(*_trim_padding(ids, mask))
-            for ids, mask in zip(batch["input_ids"].split(sizes), batch["attention_mask"].split(sizes))
+            for ids, mask in zip(batch.input_ids.split(sizes), batch.attention_mask.split(sizes))
         )
         scores = self.model.score_matrix(a, candidates)
-        return self.pair_infonce(scores, mask=batch["false_negatives"])
+        return self.pair_infonce(scores, mask=batch.false_negatives)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
+    def validation_step(self, batch: TokenBatch, batch_idx: int) -> dict | None:
         return self._evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict | None:
+    def test_step(self, batch: TokenBatch, batch_idx: int) -> dict | None:
         return self._evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
@@ -204,86 +205,20 @@ class MaxSimModule(pl.LightningModule):
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _evaluation_step(self, batch: dict, split: str) -> dict | None:
-        """Update the split's metrics. Pair batches return ``{"predicted": (B,), "gold": (B,)}``
-        (scores or labels) for callbacks such as ``EvaluationPlots``; retrieval batches None."""
-        if "text_keys" in batch:
-            encoded = self.model.embed(batch["input_ids"], batch["attention_mask"])
-            for row, (is_query, key, relevant) in enumerate(zip(batch["is_query"], batch["text_keys"], batch["relevant"])):
-                vectors = encoded.vectors[row][encoded.mask[row]].float().cpu()
-                self._retrieval_texts.append((bool(is_query), int(key), vectors, relevant))
-            return
-        predicted = self(batch["input_ids"], batch["attention_mask"])
-        if "labels" in batch:
-            self.eval_scores.update(predicted.float())
-            self.eval_labels.update(batch["labels"])
-            return {"predicted": predicted.detach(), "gold": batch["labels"]}
-        for metric in self._correlations(split):
-            metric.update(predicted, batch["scores"])
-        return {"predicted": predicted.detach(), "gold": batch["scores"]}
+    def _evaluation_step(self, batch: TokenBatch, split: str) -> dict | None:
+        """Update the evaluator; pair batches return ``{"predicted": (B,), "gold": (B,)}`` for callbacks
+        such as ``EvaluationPlots``, other batches None."""
+        if self.evaluator is None:  # no DataModule named one: the evaluator of this kind of batch
+            self.evaluator = evaluator_for(batch).to(self.device)
+        return self.evaluator.update(self.model, batch)
 
     def _log_evaluation(self, split: str) -> None:
-        if self._retrieval_texts:
-            metrics = self._retrieval_metrics()
-        elif self.eval_labels.update_called:
-            metrics = self._classification_metrics(split)
-        else:
-            spearman, pearson = self._correlations(split)
-            metrics = {"spearman": spearman.compute(), "pearson": pearson.compute()}
-            spearman.reset()
-            pearson.reset()
-        for name, value in metrics.items():
+        record = not self.trainer.sanity_checking  # the sanity check chooses nothing for later splits
+        for name, value in self.evaluator.compute(self.model, split, record=record).items():
             # x100, the convention of STS papers and MTEB tables; thresholds are similarities, kept as they are.
             scale = 1.0 if name.endswith("threshold") else 100.0
             self.log(f"{split}/{name}", scale * torch.as_tensor(value, dtype=torch.float32),
-                     prog_bar=name in ("spearman", "auc", "mrr@10"))
-
-    def _correlations(self, split: str) -> tuple:
-        return (self.val_spearman, self.val_pearson) if split == "val" else (self.test_spearman, self.test_pearson)
-
-    def _classification_metrics(self, split: str) -> dict:
-        scores, labels = self.eval_scores.compute().flatten(), self.eval_labels.compute().flatten()
-        self.eval_scores.reset()
-        self.eval_labels.reset()
-        metrics = {"auc": binary_auroc(scores, labels.long())}
-        if split == "val" or torch.isnan(self.decision_thresholds).any():
-            if split != "val":
-                log.warning("No validation has chosen decision thresholds: %s F1 and accuracy use the best "
-                            "thresholds of this split itself (optimistic)", split)
-            best = best_threshold_metrics(scores, labels)
-            if split == "val" and not self.trainer.sanity_checking:
-                self.decision_thresholds.copy_(torch.tensor([best["f1_threshold"], best["accuracy_threshold"]]))
-            return {**metrics, **best}
-        f1_threshold, accuracy_threshold = self.decision_thresholds.tolist()
-        return {
-            **metrics,
-            "f1": metrics_at_threshold(scores, labels, f1_threshold)["f1"],
-            "accuracy": metrics_at_threshold(scores, labels, accuracy_threshold)["accuracy"],
-        }
-
-    def _retrieval_metrics(self) -> dict:
-        """Every query of the split against the whole corpus, from the token vectors kept on the CPU."""
-        texts, self._retrieval_texts = self._retrieval_texts, []
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, texts)  # every process needs the whole corpus
-            texts = [text for shard in gathered for text in shard]
-        queries = {key: (vectors, relevant) for is_query, key, vectors, relevant in texts if is_query}
-        corpus = {key: vectors for is_query, key, vectors, _ in texts if not is_query}
-        # A partial pass (fast_dev_run, limit_val_batches) may miss corpus texts: keep the queries
-        # whose relevant texts were all seen, and rank them against the corpus that was.
-        complete = {k: q for k, q in queries.items() if all(c in corpus for c in q[1])}
-        if len(complete) < len(queries):
-            log.warning("Retrieval evaluation on %d of %d queries: the others' relevant texts were not embedded "
-                        "(a partial validation pass)", len(complete), len(queries))
-        queries = complete
-        if not queries or not corpus:
-            return {"mrr@10": float("nan"), "recall@1": float("nan"), "recall@10": float("nan")}
-        query_keys, corpus_keys = sorted(queries), sorted(corpus)
-        column = {key: i for i, key in enumerate(corpus_keys)}
-        scores = self.model.score_vectors([queries[k][0] for k in query_keys], [corpus[k] for k in corpus_keys],
-                                          show_progress_bar=True, desc="retrieval evaluation")
-        return retrieval_metrics(scores, [[column[c] for c in queries[k][1]] for k in query_keys])
+                     prog_bar=name == self.evaluator.primary_metric)
 
 
 def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, projection_lr_multiplier: float):
@@ -309,31 +244,6 @@ def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tupl
     """``(T, L)`` -> ``(T, L')``: drop the trailing columns that are padding in every row."""
     length = int(attention_mask.any(dim=0).nonzero().max()) + 1
     return input_ids[:, :length], attention_mask[:, :length]
-
-
-def _engine_settings(maxsim: dict[str, Any] | None) -> dict[str, Any]:
-    """``ENGINE_DEFAULTS`` updated with ``maxsim``. Refused here, at construction rather than at
-    the first in-batch step: anything but a mapping, unknown keys and backend names, and a
-    backend whose package is not installed. (Whether the tensors are on a GPU, which the
-    triton and late-interaction-kernels backends need, is known only when they are scored.)"""
-    if maxsim is not None and not isinstance(maxsim, Mapping):
-        raise ValueError(f"model.maxsim must be a mapping of engine settings such as {{backend: auto}}, got "
-                         f"{maxsim!r}; to choose a backend: model.maxsim.backend=<name>")
-    settings = {**ENGINE_DEFAULTS, **(maxsim or {})}
-    unknown = sorted(set(settings) - set(ENGINE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
-    if settings["backend"] not in BACKENDS:
-        raise ValueError(f"model.maxsim.backend must be one of {BACKENDS}, got {settings['backend']!r}")
-    budget = settings["chunk_budget_mb"]
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget * 2**20 >= 1:
-        raise ValueError(f"model.maxsim.chunk_budget_mb must be a number of megabytes > 0, got {budget!r}")
-    if settings["backend"] == "triton" and not triton_installed():
-        raise ValueError("model.maxsim.backend=triton needs the triton package: pip install 'maxsim-lightning[triton]'")
-    if settings["backend"] == "late-interaction-kernels" and not maxsim_lik.installed():
-        raise ValueError("model.maxsim.backend=late-interaction-kernels needs that package: "
-                         "pip install late-interaction-kernels")
-    return settings
 
 
 def _enable_checkpointing(backbone) -> None:

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.export import export_model, load_pretrained, text_settings_from
+from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.results import build_results, format_summary, write_results
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ def run(cfg: DictConfig) -> dict:
 
     datamodule = hydra.utils.instantiate(cfg.data)
     # Read and check the data before loading the model: bad input fails in seconds, and
-    # the data decides what "best" means (Spearman, ROC-AUC or MRR@10).
+    # the data's evaluator decides what "best" means (Spearman, ROC-AUC or MRR@10).
     datamodule.setup("fit")
     if cfg.optimized_metric == "auto":
         with open_dict(cfg):
-            cfg.optimized_metric = datamodule.monitor_metric
+            cfg.optimized_metric = f"val/{datamodule.evaluator.primary_metric}"
         log.info("Best checkpoint by %s", cfg.optimized_metric)
     module = hydra.utils.instantiate(cfg.model)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -80,7 +80,7 @@ def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict
     """Export the best checkpoint (or, without one, the final weights) with a model card; record where."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        model = load_pretrained(best)
+        model = LateInteractionModel.load(best)
     else:
         model = module.model
         model.text_settings = text_settings_from(dict(datamodule.hparams))
@@ -91,5 +91,5 @@ def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict
         "metrics": {k: v for k, v in results.items() if k.startswith(("val/", "test/"))},
         "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
-    results["exported_model"] = str(export_model(model.eval(), out_dir, card=card, overwrite=True))
+    results["exported_model"] = str(model.eval().save_pretrained(out_dir, card=card, overwrite=True))
     log.info("Model exported to %s (loads in PyLate and sentence-transformers)", out_dir)
