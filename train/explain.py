@@ -5,32 +5,23 @@ of ``b`` (columns), each token's best match marked and the model's MaxSim score 
 the title (see ``lightning_modules.plots``), and prints the score and the path.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-
-class InputError(ValueError):
-    """A text given on the command line cannot be explained (empty, or not one text)."""
+from lightning_modules.errors import InputError
+from train.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="explain")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        # The texts first, before the imports (seconds of torch and transformers): a typo fails at once.
-        a, b = _text(cfg.a, "a"), _text(cfg.b, "b")
-    except InputError as error:
-        _fail(error)
-    from lightning_modules.encoder import ModelLoadError
+    # The texts first, before the imports (seconds of torch and transformers): a typo fails at once.
+    a, b = _text(cfg.a, "a"), _text(cfg.b, "b")
     from lightning_modules.model import LateInteractionModel
     from lightning_modules.plots import draw_token_heatmap, token_similarity
 
-    try:
-        model = LateInteractionModel.from_pretrained(cfg.model)
-        match = token_similarity(model, a, b)
-    except ModelLoadError as error:
-        _fail(error)
+    model = LateInteractionModel.from_pretrained(cfg.model)
+    match = token_similarity(model, a, b)
     out = draw_token_heatmap(match, cfg.out, title=cfg.title)
     print(match.describe_score())
     print(f"Saved to {out}")
@@ -48,12 +39,6 @@ def _text(value, name: str) -> str:
     if not value.strip():
         raise InputError(f"{name} is empty; give the text to compare, e.g. {name}=\"A man is playing a guitar.\"")
     return value
-
-
-def _fail(error: Exception) -> None:
-    """Bad input is the user's to fix: one line, no traceback, exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

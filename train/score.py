@@ -7,11 +7,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.data.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.writing import WRITABLE, write_table
-from lightning_modules.encoder import ModelLoadError
-from lightning_modules.evaluation import load_any_model
+from lightning_modules.errors import DataError, InputError
+from lightning_modules.evaluation.sts import load_any_model
+from train.cli import exit_on_user_error
 
 
 def score_file(model, cfg: DictConfig) -> Path:
@@ -41,19 +41,15 @@ def score_file(model, cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="score")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     if (cfg.input is None) == (cfg.a is None or cfg.b is None):
-        print("error: give two texts (a=... b=...) or a file (input=...)", file=sys.stderr)
-        sys.exit(2)
-    try:
-        model = load_any_model(cfg.model)
-        if cfg.input is not None:
-            print(f"Written to {score_file(model, cfg)}")
-        else:
-            print(f"{float(model.score([str(cfg.a)], [str(cfg.b)])[0]):.4f}")
-    except (DataError, ModelLoadError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise InputError("give two texts (a=... b=...) or a file (input=...)")
+    model = load_any_model(cfg.model)
+    if cfg.input is not None:
+        print(f"Written to {score_file(model, cfg)}")
+    else:
+        print(f"{float(model.score([str(cfg.a)], [str(cfg.b)])[0]):.4f}")
 
 
 if __name__ == "__main__":
