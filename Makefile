@@ -42,18 +42,19 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 train: install
 	$(PY) -m train +experiment=sts $(ARGS)
 
-## The test suite (offline, a few minutes on 2 CPU cores); also builds the PyLate check's environment
+## The test suite (offline, a few minutes on 2 CPU cores), the layers contract among it
+## (tests/test_layers.py); also builds the PyLate check's environment
 test: install interop-env
 	$(PY) -m pytest $(ARGS)
 
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench
-	$(PY) benchmarks/maxsim.py
+	$(PY) -m benchmarks.maxsim
 	$(PY) -m tools.kernels.auto_limit
 	$(PY) -m tools.kernels.triton_compile_check
 	$(PY) -m tools.kernels.triton_sass  # ours; late-interaction-kernels' too where it imports
-	-$(PY) benchmarks/contrastive_batch.py  # reads ../shared/data/stsb; without it, the others still run
-	$(PY) benchmarks/sts_vs_sentence_transformers.py $(ARGS)
+	-$(PY) -m benchmarks.contrastive_batch  # reads ../shared/data/stsb; without it, the others still run
+	$(PY) -m benchmarks.sts_vs_sentence_transformers $(ARGS)
 
 ## What tools/kernels/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
 ## wheels (benchmarks/wheels/) and MiniLM's config and tokenizer (.carry/minilm: the tests that
