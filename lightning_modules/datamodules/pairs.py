@@ -141,11 +141,6 @@ class PairsDataModule(pl.LightningDataModule):
     def has_test(self) -> bool:
         return self.hparams.test is not None
 
-    @property
-    def monitor_metric(self) -> str:
-        """The validation metric that picks the best checkpoint: ``val/`` + the evaluator's primary metric."""
-        return f"val/{self.evaluator.primary_metric}"
-
     # ---- reading and checking ------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:

@@ -63,11 +63,6 @@ class STSBDataModule(pl.LightningDataModule):
         # Graded pairs: Spearman (the primary metric) and Pearson.
         self.evaluator: Evaluator = CorrelationEvaluator()
 
-    @property
-    def monitor_metric(self) -> str:
-        """The validation metric that picks the best checkpoint: ``val/`` + the evaluator's primary metric."""
-        return f"val/{self.evaluator.primary_metric}"
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
