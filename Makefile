@@ -10,7 +10,7 @@ ARGS ?=
 PYLATE_VENV ?= .venv-pylate
 PYLATE_PY := $(PYLATE_VENV)/bin/python
 
-.PHONY: install interop-env train test bench gpu-wheels clean
+.PHONY: install interop-env train test test-all bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ train: install
 ## (tests/test_layers.py); also builds the PyLate check's environment
 test: install interop-env
 	$(PY) -m pytest $(ARGS)
+
+## The default suite and the `slow` tests (Triton's CPU interpreter at multi-tile shapes: a
+## quarter of an hour more on 2 cores)
+test-all: install interop-env
+	$(PY) -m pytest -m "" $(ARGS)
 
 ## Benchmarks against the peers, side by side
 bench: $(VENV)/.installed-bench

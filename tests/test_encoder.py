@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from lightning_modules.encoder import ModelLoadError, TokenEncoder
+from lightning_modules.encoder import TokenEncoder
+from lightning_modules.errors import ModelLoadError
 
 TEXTS = ["A man is playing a guitar.", "Hello, world.", "Two dogs run through the snow, fast."]
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 from lightning_modules.callbacks.evaluation_plots import _log_images, _validation_pairs, _wanted
 from lightning_modules.encoder import TokenEncoder
-from lightning_modules.export import export_model
+from lightning_modules.model import export_model
 from lightning_modules.model import LateInteractionModel, TextSettings
 from lightning_modules.plots import (
     DPI,
@@ -31,9 +31,10 @@ from lightning_modules.plots import (
     token_similarity,
 )
 from train.pipeline import run
+from tests.helpers.cli import run_module
+from tests.helpers.models import TINY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 A = "A man is playing a guitar on stage."
 B = "Someone plays music, loudly!"
 
@@ -185,6 +186,7 @@ def exported(encoder, tmp_path_factory) -> Path:
 
 
 def _explain(*overrides, cwd):
+    """A real ``python -m train.explain``, for the wiring; the bad-input cases run in-process."""
     command = [sys.executable, "-m", "train.explain", *overrides]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
 
@@ -205,7 +207,7 @@ def test_cli_bad_input_exits_2_with_one_line(exported, tmp_path, case):
         "blank text": [f"model={exported}", f"a={A}", "b= "],
         "not our model": [f"model={tmp_path}", f"a={A}", f"b={A}"],  # a folder without maxsim_lightning.json
     }[case]
-    done = _explain(*overrides, f"out={tmp_path / 'heat.png'}", cwd=tmp_path)
+    done = run_module("train.explain", *overrides, f"out={tmp_path / 'heat.png'}", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
@@ -228,13 +230,15 @@ def test_plots_are_wanted_during_fit_and_zero_shot_only():
 
 
 def test_validation_pairs_are_the_first_pair_items_and_none_for_retrieval():
-    pairs = [{"a": [101, i, 102], "b": [101, i + 1, 102], "score": i / 10} for i in range(5)]
+    from lightning_modules.data.batches import PairItem, TextItem
+
+    pairs = [PairItem([101, i, 102], [101, i + 1, 102], i / 10) for i in range(5)]
     datamodule = SimpleNamespace(datasets={"validation": pairs})
     assert _validation_pairs(datamodule, 2) == [
         ([101, 0, 102], [101, 1, 102], 0.0),
         ([101, 1, 102], [101, 2, 102], 0.1),
     ]
-    retrieval = SimpleNamespace(datasets={"validation": [{"ids": [101, 5, 102], "key": 0, "is_query": True}]})
+    retrieval = SimpleNamespace(datasets={"validation": [TextItem([101, 5, 102], key=0, is_query=True)]})
     assert _validation_pairs(retrieval, 3) == []
     assert _validation_pairs(None, 3) == []
 
@@ -247,6 +251,7 @@ def test_images_go_to_wandb_loggers_only(tmp_path):
     assert csv.method_calls == []
 
 
+@pytest.mark.training
 def test_training_run_saves_scatters_and_heatmaps(compose_cfg, tmp_path, stsb_dir):
     cfg = compose_cfg(
         [

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from lightning_modules.maxsim import ChunkedMaxSim, maxsim_matrix, triton_installed
-from helpers.maxsim_reference import reference_matrix, reference_matrix_gradients
+from tests.helpers.maxsim_reference import reference_matrix, reference_matrix_gradients
 
 if triton_installed():  # (importing the kernels needs triton)
     from lightning_modules.maxsim.triton import host as triton_host
@@ -39,8 +39,9 @@ TRITON = pytest.param(
 )
 
 
-# The interpreter runs each kernel program in Python: fewer random examples for triton.
-FEW = settings(max_examples=30, deadline=None)
+# The interpreter runs each kernel program in Python: fewer random examples for triton, and
+# fewer still without a GPU (there each example takes a second or more).
+FEW = settings(max_examples=30 if torch.cuda.is_available() else 12, deadline=None)
 
 
 @contextlib.contextmanager

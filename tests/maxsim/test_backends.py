@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     DEVICE,
@@ -24,7 +24,8 @@ from helpers.maxsim_inputs import (
     lean,
     triton_matrix,
 )
-from helpers.maxsim_reference import reference_pairwise, reference_matrix
+from tests.helpers.maxsim_reference import reference_pairwise, reference_matrix
+from tests.helpers.memory import saved_bytes
 
 
 @pytest.mark.parametrize(
@@ -137,20 +138,9 @@ def test_bf16_inputs_stay_within_bf16_rounding_of_float32(reduction, backend):
         torch.testing.assert_close(mine.float(), theirs, rtol=0, atol=2e-2 * (L if reduction == "sum" else 1))
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of ``fn()``."""
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor.numel() * tensor.element_size())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(saved)
-
-
-@pytest.mark.parametrize("backend", ["chunked", TRITON])
+# Triton's CPU interpreter takes most of a minute on this shape: `slow` there (a GPU runs it in seconds).
+@pytest.mark.parametrize("backend", ["chunked", pytest.param(*TRITON.values, marks=[*TRITON.marks, pytest.mark.slow],
+                                                           id="triton")])
 def test_lean_backends_keep_a_fraction_of_the_dense_memory_for_backward(backend):
     # The issue's CPU case: B = 128 texts, 32 x 180 tokens, D = 128 (here B = 32 to stay fast:
     # the ratio grows with Lb and does not depend on B).
@@ -159,8 +149,8 @@ def test_lean_backends_keep_a_fraction_of_the_dense_memory_for_backward(backend)
     b = torch.nn.functional.normalize(torch.randn(32, 180, 128, generator=g), dim=-1).to(DEVICE).requires_grad_(True)
     am = torch.ones(32, 32, dtype=torch.bool, device=DEVICE)
     bm = torch.ones(32, 180, dtype=torch.bool, device=DEVICE)
-    dense = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="dense"))
-    lean = _saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend=backend))
+    dense = saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend="dense"))
+    lean = saved_bytes(lambda: maxsim_matrix(a, am, b, bm, backend=backend))
     similarity_tensor = 32 * 32 * 32 * 180 * 4
     assert dense >= similarity_tensor  # autograd keeps at least the (B, B, La, Lb) similarities
     # What is kept: the inputs, int32 (chunked) or int16 (triton) indices of the best matches,
@@ -244,14 +234,17 @@ def test_float64_stays_float64_under_autocast(backend):
 @pytest.mark.parametrize("backend", ["chunked", TRITON])
 def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, backend):
     """The LightningModule's InfoNCE step through model.maxsim.backend: same loss and gradients as dense."""
+    from pytorch_lightning.utilities import move_data_to_device
+
+    from lightning_modules.data.batches import ContrastiveItem
     from lightning_modules.data.collate import ContrastiveCollator
     from lightning_modules.module import MaxSimModule
 
     tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    items = [{"a": [101, 2000 + i, 102], "b": [101, 3000 + i, 3100 + i, 102], "a_key": i, "b_key": i,
-              "negatives": [(100 + i, [101, 4000 + i, 102])]} for i in range(6)]
+    items = [ContrastiveItem([101, 2000 + i, 102], [101, 3000 + i, 3100 + i, 102], a_key=i, b_key=i,
+                             negatives=[(100 + i, [101, 4000 + i, 102])]) for i in range(6)]
     batch = ContrastiveCollator(0, {i: {i} for i in range(6)}, max_negatives=1)(items)
-    batch = {key: value.to(DEVICE) if torch.is_tensor(value) else value for key, value in batch.items()}
+    batch = move_data_to_device(batch, DEVICE)  # as Lightning moves a batch: every tensor field
     results = []
     for name in ("dense", backend):
         torch.manual_seed(0)

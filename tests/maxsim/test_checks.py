@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     ok_inputs,
 )
 

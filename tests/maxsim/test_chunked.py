@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lightning_modules.maxsim import ChunkedMaxSim, chunked, maxsim_matrix
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     FAST,

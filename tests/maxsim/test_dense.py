@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lightning_modules.maxsim import maxsim_matrix, maxsim_pairwise
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     TEMPERATURES,
@@ -24,7 +24,7 @@ from helpers.maxsim_inputs import (
     untied_inputs,
     check_against_reference,
 )
-from helpers.maxsim_reference import reference_pairwise, reference_matrix
+from tests.helpers.maxsim_reference import reference_pairwise, reference_matrix
 
 
 # ----------------------------------------------------------------------------

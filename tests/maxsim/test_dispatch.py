@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.maxsim import dispatch, maxsim_matrix
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DEVICE,
     TRITON,
     untied_inputs,

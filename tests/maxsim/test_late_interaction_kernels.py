@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from lightning_modules.maxsim import late_interaction_kernels, maxsim_matrix
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     build,
     untied_inputs,
 )
-from helpers.maxsim_reference import reference_matrix
+from tests.helpers.maxsim_reference import reference_matrix
 
 
 def _colbert_reference(q, d, q_mask, d_mask):
@@ -52,6 +52,7 @@ def test_late_interaction_kernels_backend_says_what_is_missing(monkeypatch):
         maxsim_matrix(a.float(), am, b.float(), bm, backend="late-interaction-kernels")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("late_interaction_kernels") is None,
                     reason="needs a GPU and late-interaction-kernels")
 @pytest.mark.parametrize("direction", DIRECTIONS)

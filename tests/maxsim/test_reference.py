@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     untied_inputs,
 )
-from helpers.maxsim_reference import reference_maxsim, reference_matrix, reference_matrix_gradients
+from tests.helpers.maxsim_reference import reference_maxsim, reference_matrix, reference_matrix_gradients
 
 
 def test_reference_on_hand_computed_example():

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lightning_modules.maxsim import maxsim_matrix
-from helpers.maxsim_inputs import (
+from tests.helpers.maxsim_inputs import (
     DIRECTIONS,
     REDUCTIONS,
     FEW,
@@ -37,11 +37,21 @@ def test_triton_matches_reference_scores_and_gradients(direction, reduction, bat
     check_against_reference(backend, direction, reduction, torch.float32, batch, exact_order=exact_order)
 
 
-@pytest.mark.parametrize("backend", [TRITON])
 # Every kernel of the deterministic path runs in direction "both": the interpreter is slow.
-@pytest.mark.parametrize("direction, exact_order", [("a2b", False), ("b2a", False), ("both", False), ("both", True)],
-                         ids=["a2b", "b2a", "both", "both-deterministic"])
-@pytest.mark.parametrize("ba, la, bb, lb, d", [(20, 10, 4, 150, 200), (3, 150, 2, 64, 24)], ids=["many", "long-a"])
+_TILE_DIRECTIONS = {"a2b": ("a2b", False), "b2a": ("b2a", False), "both": ("both", False),
+                    "both-deterministic": ("both", True)}
+_TILE_SHAPES = {"many": (20, 10, 4, 150, 200), "long-a": (3, 150, 2, 64, 24)}
+# "many" takes minutes per direction in Triton's CPU interpreter, a2b's excepted: the others
+# are `slow` (make test-all; tools/kernels/gpu_check.sh runs them on a GPU in seconds).
+_TILE_CASES = [
+    pytest.param(*_TILE_DIRECTIONS[direction], *shape, id=f"{name}-{direction}",
+                 marks=[pytest.mark.slow] if name == "many" and direction != "a2b" else [])
+    for name, shape in _TILE_SHAPES.items() for direction in _TILE_DIRECTIONS
+]
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("direction, exact_order, ba, la, bb, lb, d", _TILE_CASES)
 def test_triton_tiles_cover_many_texts_long_texts_and_wide_vectors(ba, la, bb, lb, d, direction, exact_order, backend,
                                                                    monkeypatch):
     """Shapes beyond one tile in every dimension: several blocks of a texts (backward blocks
@@ -128,14 +138,28 @@ def test_triton_backward_path_follows_torch_deterministic_mode(backend, monkeypa
         torch.testing.assert_close(atomic, ordered, rtol=1e-6, atol=1e-6)  # the same sums, in another order
 
 
+_SIXTEEN_BIT_CASES = {
+    "a2b-bf16": ("a2b", torch.bfloat16, "ab", True), "a2b-fp16": ("a2b", torch.float16, "ab", True),
+    "b2a-bf16": ("b2a", torch.bfloat16, "ab", True), "both-bf16": ("both", torch.bfloat16, "ab", True),
+    "both-bf16-b-frozen": ("both", torch.bfloat16, "a", True), "both-bf16-a-frozen": ("both", torch.bfloat16, "b", True),
+    "a2b-bf16-default-b-side": ("a2b", torch.bfloat16, "ab", False),
+    "both-bf16-default-b-side": ("both", torch.bfloat16, "ab", False),
+}
+# Tens of seconds a case in Triton's CPU interpreter: the default run takes each case on one
+# backward path (the sorted one, cheaper there; a2b-bf16 on both; a2b's default b side on its
+# atomic adds); the others are `slow` (make test-all; a GPU runs them all in seconds).
+_SIXTEEN_BIT_FAST = {"a2b-bf16-atomic", "a2b-bf16-default-b-side-atomic"} | {
+    f"{name}-deterministic" for name in _SIXTEEN_BIT_CASES if name != "a2b-bf16-default-b-side"}
+_SIXTEEN_BIT_PARAMS = [
+    pytest.param(*case, exact_order, id=f"{name}-{path}",
+                 marks=[] if f"{name}-{path}" in _SIXTEEN_BIT_FAST else [pytest.mark.slow])
+    for name, case in _SIXTEEN_BIT_CASES.items()
+    for exact_order, path in ((False, "atomic"), (True, "deterministic"))
+]
+
+
 @pytest.mark.parametrize("backend", [TRITON])
-@pytest.mark.parametrize("exact_order", [False, True], ids=["atomic", "deterministic"])
-@pytest.mark.parametrize("direction, dtype, trained, one_hot_a2b", [
-    ("a2b", torch.bfloat16, "ab", True), ("a2b", torch.float16, "ab", True), ("b2a", torch.bfloat16, "ab", True),
-    ("both", torch.bfloat16, "ab", True), ("both", torch.bfloat16, "a", True), ("both", torch.bfloat16, "b", True),
-    ("a2b", torch.bfloat16, "ab", False), ("both", torch.bfloat16, "ab", False),
-], ids=["a2b-bf16", "a2b-fp16", "b2a-bf16", "both-bf16", "both-bf16-b-frozen", "both-bf16-a-frozen",
-        "a2b-bf16-default-b-side", "both-bf16-default-b-side"])
+@pytest.mark.parametrize("direction, dtype, trained, one_hot_a2b, exact_order", _SIXTEEN_BIT_PARAMS)
 def test_triton_16_bit_gradients_are_float32_sums_with_the_one_hot_picked_sides(direction, dtype, trained, one_hot_a2b,
                                                                                 exact_order, backend, monkeypatch):
     """16-bit inputs: the picked side of each direction (a2b's b side with ``ONEHOT_A2B`` on,
@@ -241,6 +265,7 @@ def test_triton_float32_gradients_do_not_take_the_one_hot_kernel(backend, monkey
             torch.autograd.grad(maxsim_matrix(a, am.to(DEVICE), b, bm.to(DEVICE), backend=backend).sum(), (a, b))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU: the interpreter runs programs one at a time, so no add races")
 @pytest.mark.parametrize("backend", [TRITON])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])  # bf16: b2a's one-hot side

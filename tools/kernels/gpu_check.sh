@@ -89,7 +89,7 @@ for name in "${@:-quick default tests profile bench shapes ties tune fp32}"; do
                     --out "$OUT/triton_tune_both_mean.json"
                 sed -n '/^$/,/^{/p' "$OUT/gpu_default.txt" | grep -v '^{' ;;
             tests)
-                step tests 240 "$PY" -m pytest -q -rs -rf -p no:cacheprovider tests/maxsim \
+                step tests 240 "$PY" -m pytest -q -rs -rf -p no:cacheprovider -m "" tests/maxsim \
                     --ignore=tests/maxsim/test_triton_compile.py \
                     -k "triton or lean or training_step or fully_masked or in_place or late_interaction"
                 tail -30 "$OUT/gpu_tests.txt" ;;

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score
 from torchmetrics.functional.retrieval import retrieval_recall, retrieval_reciprocal_rank
 
-from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
+from lightning_modules.evaluation.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 
 
 def _brute_force_best(scores, labels):
@@ -29,7 +29,7 @@ scores_and_labels = st.integers(2, 40).flatmap(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scores_and_labels)
 def test_best_f1_and_accuracy_match_brute_force(data):
     scores, labels = data

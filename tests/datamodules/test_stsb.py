@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.data import DataError, PairCollator, STSBDataModule, read_scored_pairs_csv
+from lightning_modules.data import DataError, PairCollator, ScoredPairsBatch, read_scored_pairs_csv
+from lightning_modules.data.batches import PairItem
+from lightning_modules.datamodules import STSBDataModule
 
 HEADER = "sentence1,sentence2,score\n"
 
@@ -132,8 +134,8 @@ def test_empty_score_range_is_refused(tmp_path):
 
 def test_pair_collator_pads_a_then_b_to_the_longest_text():
     items = [
-        {"a": [101, 7, 8, 102], "b": [101, 9, 102], "score": 0.5},
-        {"a": [101, 102], "b": [101, 3, 4, 5, 6, 102], "score": 1.0},
+        PairItem([101, 7, 8, 102], [101, 9, 102], 0.5),
+        PairItem([101, 102], [101, 3, 4, 5, 6, 102], 1.0),
     ]
     batch = PairCollator(pad_token_id=0)(items)
     expected_ids = torch.tensor(
@@ -152,18 +154,18 @@ def test_pair_collator_pads_a_then_b_to_the_longest_text():
             [1, 1, 1, 1, 1, 1],
         ]
     )
-    assert set(batch) == {"input_ids", "attention_mask", "scores"}
-    assert torch.equal(batch["input_ids"], expected_ids)
-    assert torch.equal(batch["attention_mask"], expected_mask)
-    assert batch["input_ids"].dtype == torch.long
-    assert batch["scores"].dtype == torch.float32
-    assert torch.equal(batch["scores"], torch.tensor([0.5, 1.0]))
+    assert isinstance(batch, ScoredPairsBatch) and batch.num_pairs == 2
+    assert torch.equal(batch.input_ids, expected_ids)
+    assert torch.equal(batch.attention_mask, expected_mask)
+    assert batch.input_ids.dtype == torch.long
+    assert batch.scores.dtype == torch.float32
+    assert torch.equal(batch.scores, torch.tensor([0.5, 1.0]))
 
 
 def test_pair_collator_uses_the_given_pad_id():
-    batch = PairCollator(pad_token_id=-3)([{"a": [1], "b": [2, 2], "score": 0.0}])
-    assert torch.equal(batch["input_ids"], torch.tensor([[1, -3], [2, 2]]))
-    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 0], [1, 1]]))
+    batch = PairCollator(pad_token_id=-3)([PairItem([1], [2, 2], 0.0)])
+    assert torch.equal(batch.input_ids, torch.tensor([[1, -3], [2, 2]]))
+    assert torch.equal(batch.attention_mask, torch.tensor([[1, 0], [1, 1]]))
 
 
 # --- STSBDataModule ----------------------------------------------------------------------------
@@ -216,10 +218,10 @@ def test_train_batches_on_real_data(stsb_dir, minilm_path):
     datamodule.setup("fit")
     assert len(datamodule.datasets["train"]) == 50
     batches = list(datamodule.train_dataloader())
-    assert [b["scores"].shape[0] for b in batches] == [16, 16, 16, 2]
+    assert [b.scores.shape[0] for b in batches] == [16, 16, 16, 2]
     pad_id = datamodule.tokenizer.pad_token_id
     for batch in batches:
-        ids, mask, scores = batch["input_ids"], batch["attention_mask"], batch["scores"]
+        ids, mask, scores = batch.input_ids, batch.attention_mask, batch.scores
         n = scores.shape[0]
         assert ids.dim() == 2 and ids.shape[0] == 2 * n
         assert mask.shape == ids.shape
@@ -243,7 +245,7 @@ def test_train_subset_is_seeded(stsb_dir, minilm_path):
 
 
 def _mean_padding_fraction(loader) -> float:
-    fractions = [1.0 - b["attention_mask"].float().mean().item() for b in loader]
+    fractions = [1.0 - b.attention_mask.float().mean().item() for b in loader]
     return sum(fractions) / len(fractions)
 
 
@@ -261,15 +263,15 @@ def test_group_by_length_reduces_padding(stsb_full, stsb_dir, minilm_path):
 
 def test_train_epoch_covers_every_pair_once(stsb_full):
     torch.manual_seed(0)
-    seen = sum(b["scores"].shape[0] for b in stsb_full.train_dataloader())
+    seen = sum(b.scores.shape[0] for b in stsb_full.train_dataloader())
     assert seen == len(stsb_full.datasets["train"])
 
 
 def _unpad(batch) -> list[tuple]:
-    n = batch["scores"].shape[0]
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    texts = [tuple(row[:length].tolist()) for row, length in zip(batch["input_ids"], lengths)]
-    return [(texts[i], texts[n + i], round(float(batch["scores"][i]), 6)) for i in range(n)]
+    n = batch.scores.shape[0]
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    texts = [tuple(row[:length].tolist()) for row, length in zip(batch.input_ids, lengths)]
+    return [(texts[i], texts[n + i], round(float(batch.scores[i]), 6)) for i in range(n)]
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
@@ -277,7 +279,7 @@ def test_eval_loaders_cover_every_pair_exactly_once(stsb_full, stsb_dir, split):
     loader = stsb_full.val_dataloader() if split == "validation" else stsb_full.test_dataloader()
     seen = [pair for batch in loader for pair in _unpad(batch)]
     dataset = stsb_full.datasets[split]
-    expected = [(tuple(item["a"]), tuple(item["b"]), round(item["score"], 6)) for item in dataset]
+    expected = [(tuple(item.a), tuple(item.b), round(item.target, 6)) for item in dataset]
     assert Counter(seen) == Counter(expected)
     # Independent of the library: the CSV itself, read with the csv module and tokenised directly.
     rows = _csv_rows(stsb_dir / f"{split}.csv")

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from lightning_modules.data import PairsDataModule
+from lightning_modules.callbacks.mining import mine_hard_negatives
+from lightning_modules.data.batches import (
+    ContrastiveBatch,
+    ContrastiveItem,
+    LabelledPairsBatch,
+    RetrievalBatch,
+    ScoredPairsBatch,
+)
 from lightning_modules.data.collate import ContrastiveCollator
-from lightning_modules.data.errors import DataError
-from lightning_modules.data.mining import mine_hard_negatives
+from lightning_modules.datamodules import PairsDataModule
+from lightning_modules.errors import DataError
+from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, RetrievalEvaluator
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
-from tests.test_pairs_reading import write_rows
+from tests.helpers.tables import write_rows
+from tests.helpers.models import TINY
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 def _datamodule(minilm_path, train, **options) -> PairsDataModule:
@@ -32,14 +42,15 @@ def test_graded_scores_are_scaled_by_the_observed_or_declared_range(tmp_path, mi
     rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": 10 + i} for i in range(40)]
     path = write_rows(tmp_path / "g.csv", rows)
     datamodule = _datamodule(minilm_path, path, validation_fraction=0.25)
-    assert datamodule.supervision == "graded" and datamodule.monitor_metric == "val/spearman"
-    scores = [item["score"] for split in ("train", "validation") for item in datamodule.datasets[split]]
+    assert datamodule.supervision == "graded" and datamodule.evaluator.primary_metric == "spearman"
+    scores = [item.target for split in ("train", "validation") for item in datamodule.datasets[split]]
     assert min(scores) == 0.0 and max(scores) == 1.0
     assert len(datamodule.datasets["validation"]) == 10
     declared = _datamodule(minilm_path, path, validation_fraction=0.25, score_range=[0, 100])
-    assert sorted(item["score"] for item in declared.datasets["train"])[0] >= 0.10
+    assert sorted(item.target for item in declared.datasets["train"])[0] >= 0.10
     batch = next(iter(declared.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "scores"}
+    assert isinstance(batch, ScoredPairsBatch)
+    assert isinstance(datamodule.evaluator, CorrelationEvaluator)
 
 
 def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minilm_path):
@@ -47,25 +58,26 @@ def test_binary_contrastive_uses_label_0_pairs_as_hard_negatives(tmp_path, minil
     rows += [{"text1": f"q{i}", "text2": f"bad {i}", "label": 0} for i in range(30)]
     rows += [{"text1": "lonely", "text2": "nothing", "label": 0}]
     datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), validation_fraction=0.2, seed=1)
-    assert datamodule.supervision == "binary" and datamodule.monitor_metric == "val/auc"
+    assert datamodule.supervision == "binary" and datamodule.evaluator.primary_metric == "auc"
     assert any(n.startswith("binary_objective=auto chose contrastive") for n in datamodule.reports["train"].notes)
     train = datamodule.datasets["train"]
-    assert all(item["negatives"] for item in train)  # every positive got its label-0 partner
+    assert all(item.negatives for item in train)  # every positive got its label-0 partner
     decode = datamodule.tokenizer.decode
     for item in train:
-        query = decode(item["a"], skip_special_tokens=True)
-        assert [decode(ids, skip_special_tokens=True) for _, ids in item["negatives"]] == [
+        query = decode(item.a, skip_special_tokens=True)
+        assert [decode(ids, skip_special_tokens=True) for _, ids in item.negatives] == [
             query.replace("q", "bad ")]
     note = next(n for n in datamodule.reports["train"].notes if n.startswith("binary_objective=contrastive"))
     assert f"{len(train)} positive pairs train, {len(train)} label-0 pairs serve as their hard negatives" in note
     unused = 0 if "lonely" in datamodule.examples["validation"].text_a else 1
     assert f"{unused} label-0 pairs have no positive with the same text_a" in note
     val = next(iter(datamodule.val_dataloader()))
-    assert set(val) == {"input_ids", "attention_mask", "labels"}
-    assert set(val["labels"].tolist()) <= {0.0, 1.0}
+    assert isinstance(val, LabelledPairsBatch) and isinstance(datamodule.evaluator, ClassificationEvaluator)
+    assert set(val.labels.tolist()) <= {0.0, 1.0}
     batch = next(iter(datamodule.train_dataloader()))
-    pairs = batch["false_negatives"].shape[0]
-    assert batch["input_ids"].shape[0] == 2 * pairs + (batch["false_negatives"].shape[1] - pairs)
+    assert isinstance(batch, ContrastiveBatch)
+    pairs = batch.false_negatives.shape[0]
+    assert batch.input_ids.shape[0] == 2 * pairs + (batch.false_negatives.shape[1] - pairs)
 
 
 @pytest.mark.parametrize("objective", ["ranking", "auto"])
@@ -75,7 +87,7 @@ def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path, object
     datamodule = _datamodule(minilm_path, write_rows(tmp_path / "b.csv", rows), binary_objective=objective,
                              validation_fraction=0.25)
     assert len(datamodule.datasets["train"]) + len(datamodule.datasets["validation"]) == 40
-    assert set(next(iter(datamodule.train_dataloader()))) == {"input_ids", "attention_mask", "scores"}
+    assert isinstance(next(iter(datamodule.train_dataloader())), ScoredPairsBatch)
     if objective == "auto":
         assert "binary_objective=auto chose ranking: 0% of the label-0 pairs" in " ".join(
             datamodule.reports["train"].notes)
@@ -83,36 +95,36 @@ def test_binary_ranking_trains_cosent_on_all_pairs(tmp_path, minilm_path, object
 
 def test_contrastive_validation_is_retrieval_over_unique_texts(tmp_path, minilm_path):
     datamodule = _datamodule(minilm_path, write_rows(tmp_path / "t.jsonl", _triplets()), validation_fraction=0.2)
-    assert datamodule.supervision == "contrastive" and datamodule.monitor_metric == "val/mrr@10"
+    assert datamodule.supervision == "contrastive" and datamodule.evaluator.primary_metric == "mrr@10"
     validation = datamodule.examples["validation"]
     items = datamodule.datasets["validation"]
-    queries = [item for item in items if item["is_query"]]
-    corpus = [item for item in items if not item["is_query"]]
+    queries = [item for item in items if item.is_query]
+    corpus = [item for item in items if not item.is_query]
     assert len(queries) == len(set(validation.text_a))
     # The corpus: each distinct positive and hard negative of the validation pairs.
     assert len(corpus) == len(set(validation.text_b) | {n for ns in validation.negatives for n in ns})
-    assert sum(len(item["relevant"]) for item in queries) == len(validation)
+    assert sum(len(item.relevant) for item in queries) == len(validation)
     batch = next(iter(datamodule.val_dataloader()))
-    assert {"text_keys", "is_query", "relevant"} <= set(batch)
+    assert isinstance(batch, RetrievalBatch) and isinstance(datamodule.evaluator, RetrievalEvaluator)
 
 
 def test_contrastive_collator_masks_known_positives_only():
     # Two rows share text_a (key 0): each one's positive is a false negative of the other.
     items = [
-        {"a": [1, 2], "b": [3], "a_key": 0, "b_key": 10, "negatives": [(12, [5])]},
-        {"a": [1, 2], "b": [4], "a_key": 0, "b_key": 11, "negatives": []},
-        {"a": [6], "b": [7, 8, 9], "a_key": 1, "b_key": 13, "negatives": []},
+        ContrastiveItem([1, 2], [3], a_key=0, b_key=10, negatives=[(12, [5])]),
+        ContrastiveItem([1, 2], [4], a_key=0, b_key=11),
+        ContrastiveItem([6], [7, 8, 9], a_key=1, b_key=13),
     ]
     batch = ContrastiveCollator(0, {0: {10, 11}, 1: {13}}, max_negatives=4)(items)
-    assert batch["input_ids"].shape == (7, 3)
-    assert batch["input_ids"][6].tolist() == [5, 0, 0]
-    assert batch["false_negatives"].tolist() == [
+    assert batch.input_ids.shape == (7, 3)
+    assert batch.input_ids[6].tolist() == [5, 0, 0]
+    assert batch.false_negatives.tolist() == [
         [False, True, False, False],
         [True, False, False, False],
         [False, False, False, False],
     ]
-    capped = ContrastiveCollator(0, {}, max_negatives=1)([{**items[0], "negatives": [(12, [5]), (14, [6])]}])
-    assert capped["input_ids"].shape[0] == 3
+    capped = ContrastiveCollator(0, {}, max_negatives=1)([replace(items[0], negatives=[(12, [5]), (14, [6])])])
+    assert capped.input_ids.shape[0] == 3
 
 
 def test_asymmetric_roles_mark_and_cut_queries(tmp_path, minilm_path):
@@ -124,8 +136,8 @@ def test_asymmetric_roles_mark_and_cut_queries(tmp_path, minilm_path):
     tokenizer = datamodule.tokenizer
     q_marker, d_marker = tokenizer.convert_tokens_to_ids(["[unused0]", "[unused1]"])
     for item in datamodule.datasets["train"]:
-        assert len(item["a"]) == 8 and item["a"][1] == q_marker and item["a"][-1] == tokenizer.sep_token_id
-        assert item["b"][1] == d_marker
+        assert len(item.a) == 8 and item.a[1] == q_marker and item.a[-1] == tokenizer.sep_token_id
+        assert item.b[1] == d_marker
     notes = " ".join(datamodule.reports["train"].notes)
     assert "query texts longer than 8 tokens were truncated" in notes
     with pytest.raises(DataError, match="marker 'not-a-token' is not a token of the vocabulary"):
@@ -202,12 +214,13 @@ def test_a_validation_file_equal_to_the_training_file_leaves_no_training_pair(tm
 
 
 def test_retrieval_metrics_of_a_partial_pass_use_the_queries_it_can_rank(minilm_path):
-    from lightning_modules.module import MaxSimModule
+    from lightning_modules.model import LateInteractionModel
 
-    module = MaxSimModule(minilm_path, projection_dim=8, random_init=True,
-                          config_overrides={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                            "intermediate_size": 64})
+    model = LateInteractionModel.build(minilm_path, projection_dim=8, random_init=True,
+                                       config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
+                                                         "num_attention_heads": 2, "intermediate_size": 64})
     vector = torch.nn.functional.normalize(torch.ones(1, 8), dim=-1)
-    module._retrieval_texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]
-    metrics = module._retrieval_metrics()  # query 1's relevant text 5 was never embedded
+    evaluator = RetrievalEvaluator()
+    evaluator._texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]
+    metrics = evaluator.compute(model, "val")  # query 1's relevant text 5 was never embedded
     assert metrics == {"mrr@10": 1.0, "recall@1": 1.0, "recall@10": 1.0}

@@ -10,34 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.data.errors import DataError
+from lightning_modules.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.pairs import build_examples, choose_supervision
 from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split
+from tests.helpers.tables import write_rows
 
 ROWS = [
     {"sentence1": "A cat sits.", "sentence2": "A cat is sitting.", "score": 4.5},
     {"sentence1": "A dog runs.", "sentence2": "The sky is blue.", "score": 0.2},
     {"sentence1": "Héllo, wörld", "sentence2": "Hi, world", "score": 3.0},
 ]
-
-
-def write_rows(path, rows, columns=None):
-    """Write ``rows`` (dicts) in the format that ``path``'s suffix names."""
-    columns = columns or list(rows[0])
-    suffix = path.suffix
-    if suffix in (".csv", ".tsv"):
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, delimiter="," if suffix == ".csv" else "\t")
-            writer.writerow(columns)
-            writer.writerows([[row.get(c, "") for c in columns] for row in rows])
-    elif suffix == ".jsonl":
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    elif suffix == ".json":
-        path.write_text(json.dumps(rows), encoding="utf-8")
-    elif suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def read(path, split="train"):

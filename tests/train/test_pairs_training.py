@@ -11,11 +11,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from lightning_modules.data import PairsDataModule
-from lightning_modules.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
+from lightning_modules.datamodules import PairsDataModule
+from lightning_modules.evaluation.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
 from lightning_modules.module import MaxSimModule
-from tests.test_pairs_reading import write_rows
+from tests.helpers.cli import run_module
+from tests.helpers.memory import saved_bytes
+from tests.helpers.tables import write_rows
 from train.pipeline import run
+from tests.helpers.models import TINY
 
 
 def _stsb_rows(stsb_dir, split, n):
@@ -43,11 +46,12 @@ def _scores_and_targets(module, loader, key):
     scores, targets = [], []
     with torch.no_grad():
         for batch in loader:
-            scores.append(module(batch["input_ids"], batch["attention_mask"]))
-            targets.append(batch[key])
+            scores.append(module(batch.input_ids, batch.attention_mask))
+            targets.append(getattr(batch, key))
     return torch.cat(scores), torch.cat(targets)
 
 
+@pytest.mark.training
 def test_binary_pairs_report_auc_and_apply_validation_thresholds_on_test(compose_cfg, tmp_path, stsb_dir):
     train = write_rows(tmp_path / "train.csv", _binary_rows(_stsb_rows(stsb_dir, "train", 200)))
     test = write_rows(tmp_path / "test.csv", _binary_rows(_stsb_rows(stsb_dir, "test", 80)))
@@ -63,7 +67,7 @@ def test_binary_pairs_report_auc_and_apply_validation_thresholds_on_test(compose
     module, datamodule = _reload(results, cfg)
     val_scores, val_labels = _scores_and_targets(module, datamodule.val_dataloader(), "labels")
     best = best_threshold_metrics(val_scores, val_labels)
-    assert module.decision_thresholds.tolist() == pytest.approx([best["f1_threshold"], best["accuracy_threshold"]],
+    assert module.evaluator.decision_thresholds.tolist() == pytest.approx([best["f1_threshold"], best["accuracy_threshold"]],
                                                                 abs=1e-5)
     assert results["val/f1_threshold"] == pytest.approx(best["f1_threshold"], abs=1e-4)
     # ... and the test figures are at those thresholds, AUC as scikit-learn computes it.
@@ -74,6 +78,7 @@ def test_binary_pairs_report_auc_and_apply_validation_thresholds_on_test(compose
     assert (tmp_path / "run" / "results.json").is_file()
 
 
+@pytest.mark.training
 def test_triplets_train_contrastively_and_report_retrieval(compose_cfg, tmp_path, stsb_dir):
     rows = [r for r in _stsb_rows(stsb_dir, "train", 600) if float(r["score"]) >= 3.5]
     triplets = [{"anchor": r["sentence1"], "positive": r["sentence2"], "negative": rows[(i + 5) % len(rows)]["sentence2"]}
@@ -104,6 +109,7 @@ def test_triplets_train_contrastively_and_report_retrieval(compose_cfg, tmp_path
     assert results["val/mrr@10"] == pytest.approx(100 * expected["mrr@10"], abs=0.01)
 
 
+@pytest.mark.training
 def test_graded_pairs_in_tsv_with_a_declared_range(compose_cfg, tmp_path, stsb_dir):
     rows = [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": 20 * float(r["score"])}
             for r in _stsb_rows(stsb_dir, "train", 150)]
@@ -113,16 +119,15 @@ def test_graded_pairs_in_tsv_with_a_declared_range(compose_cfg, tmp_path, stsb_d
     assert results["monitor"] == "val/spearman" and "val/spearman" in results["zero_shot"]
 
 
+@pytest.mark.training
 def test_cli_bad_pairs_file_ends_in_one_clear_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text1,text2,label\na,b,1\nc,d,maybe\n", encoding="utf-8")
-    command = [sys.executable, "-m", "train", *_overrides(bad), f"hydra.run.dir='{tmp_path / 'run'}'"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    done = run_module("train", *_overrides(bad), f"hydra.run.dir='{tmp_path / 'run'}'", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"error: {bad}, line 3, column 'label': label 'maybe' is not 0 or 1" in done.stderr
     assert "Traceback" not in done.stderr
-    missing = [sys.executable, "-m", "train", "+experiment=pairs", "model=tiny", f"hydra.run.dir='{tmp_path / 'r2'}'"]
-    done = subprocess.run(missing, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    done = run_module("train", "+experiment=pairs", "model=tiny", f"hydra.run.dir='{tmp_path / 'r2'}'", cwd=tmp_path)
     assert done.returncode == 2 and "error: no training data: python -m train +experiment=pairs data.train=FILE" in (
         done.stderr)
 
@@ -140,6 +145,7 @@ def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path):
     assert data["validation"]["rows_read"] == data["train"]["held_out"]
 
 
+@pytest.mark.training
 def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path, stsb_dir):
     """Each process embeds its shard of the validation texts; the metric must be that of the whole set."""
     rows = [{"anchor": r["sentence1"], "positive": r["sentence2"]} for r in _stsb_rows(stsb_dir, "train", 300)]
@@ -147,10 +153,13 @@ def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path
     results = {}
     for name, trainer in (("one", "default"), ("two", "ddp_sim")):
         run_dir = tmp_path / name
-        command = [sys.executable, "-m", "train", *_overrides(train, f"trainer={trainer}", "trainer.max_epochs=1",
-                                                              "data.validation_fraction=0.2"),
-                   f"hydra.run.dir='{run_dir}'"]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        overrides = [*_overrides(train, f"trainer={trainer}", "trainer.max_epochs=1", "data.validation_fraction=0.2"),
+                     f"hydra.run.dir='{run_dir}'"]
+        if trainer == "default":
+            done = run_module("train", *overrides, cwd=tmp_path)
+        else:  # DDP starts its second process from the command line: a real one
+            done = subprocess.run([sys.executable, "-m", "train", *overrides], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results[name] = json.loads((run_dir / "results.json").read_text())
     # The same untrained model (seed 42) on the same 60 validation pairs: the same figures.
@@ -161,15 +170,16 @@ def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path
 # The contrastive step at large batches: each side at its own length, gradient checkpointing
 # ----------------------------------------------------------------------------
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 def _contrastive_batch():
     """Short queries and long documents, padded together by the collator to the longest document."""
     from lightning_modules.data.collate import ContrastiveCollator
 
-    items = [{"a": [101, 2000 + i, 102], "b": [101, *range(3000 + 10 * i, 3000 + 10 * i + 5 + 2 * i), 102],
-              "a_key": i, "b_key": i, "negatives": [(100 + i, [101, 4000 + i, 4100 + i, 102])]} for i in range(5)]
+    from lightning_modules.data.batches import ContrastiveItem
+
+    items = [ContrastiveItem([101, 2000 + i, 102], [101, *range(3000 + 10 * i, 3000 + 10 * i + 5 + 2 * i), 102],
+                             a_key=i, b_key=i, negatives=[(100 + i, [101, 4000 + i, 4100 + i, 102])]) for i in range(5)]
     return items, ContrastiveCollator(0, {i: {i} for i in range(5)}, max_negatives=1)(items)
 
 
@@ -193,21 +203,19 @@ def test_contrastive_loss_encodes_each_text_as_if_alone(minilm_path):
     got = module._contrastive_loss(batch)
     model.embed = embed
     # Queries at their own length (3 tokens), not padded to the longest candidate (15).
-    longest = max(len(i["b"]) for i in items)
+    longest = max(len(i.b) for i in items)
     assert widths == [(5, 3), (10, longest)], widths
     with torch.no_grad():
         alone = [model.embed(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).vectors[0]
-                 for ids in [i["a"] for i in items] + [i["b"] for i in items] + [i["negatives"][0][1] for i in items]]
+                 for ids in [i.a for i in items] + [i.b for i in items] + [i.negatives[0][1] for i in items]]
     from lightning_modules.encoder import TokenEmbeddings
 
     a, candidates = TokenEmbeddings.stack(alone[:5]), TokenEmbeddings.stack(alone[5:])
-    want = module.pair_infonce(model.score_matrix(a, candidates), mask=batch["false_negatives"])
+    want = module.pair_infonce(model.score_matrix(a, candidates), mask=batch.false_negatives)
     torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_checkpointing_gives_the_same_step_for_less_kept_memory(minilm_path):
-    from tests.test_maxsim import _saved_bytes
-
     _, batch = _contrastive_batch()
     results = []
     for checkpointing in (False, True):
@@ -216,7 +224,7 @@ def test_gradient_checkpointing_gives_the_same_step_for_less_kept_memory(minilm_
         switched = getattr(backbone, "is_activation_checkpointing", None)  # transformers 5; 4 says "gradient"
         assert (backbone.is_gradient_checkpointing if switched is None else switched) == checkpointing
         params = [p for p in module.parameters() if p.requires_grad]
-        kept = _saved_bytes(lambda: module._contrastive_loss(batch))
+        kept = saved_bytes(lambda: module._contrastive_loss(batch))
         loss = module._contrastive_loss(batch)
         results.append((kept, loss.detach(), torch.autograd.grad(loss, params)))
     (kept_plain, loss_plain, grads_plain), (kept_ckpt, loss_ckpt, grads_ckpt) = results

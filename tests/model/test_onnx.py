@@ -18,13 +18,13 @@ for _package in ("onnx", "onnxruntime", "onnxscript"):
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 
-from lightning_modules.data.collate import pad_token_ids  # noqa: E402
+from lightning_modules.tokenization import pad_token_ids  # noqa: E402
 from lightning_modules.encoder import TokenEncoder  # noqa: E402
-from lightning_modules.export import export_model  # noqa: E402
+from lightning_modules.model import export_model  # noqa: E402
 from lightning_modules.model import LateInteractionModel  # noqa: E402
-from lightning_modules.onnx_export import EXAMPLE_TEXTS, OnnxExportError, export_onnx  # noqa: E402
+from lightning_modules.model.onnx import EXAMPLE_TEXTS, OnnxExportError, export_onnx  # noqa: E402
+from tests.helpers.models import TINY
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 # Five texts of clearly different lengths: padding in every row but the longest, and both
 # the batch size and the padded length differ from the export example's (checked below).
 SENTENCES = [

@@ -9,13 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from scipy.stats import spearmanr
 
-from lightning_modules.data import STSBDataModule
+from lightning_modules.datamodules import STSBDataModule
 from lightning_modules.module import MaxSimModule
+from tests.helpers.cli import run_module
 from train.pipeline import run
+
+# Each test trains a model or runs a whole training command.
+pytestmark = pytest.mark.training
 
 RESULT_KEYS = ("zero_shot", "test/spearman", "test/pearson", "train_pairs_per_second", "versions")
 
@@ -87,8 +92,8 @@ def test_two_epochs_test_the_best_checkpoint_and_log_csv_metrics(compose_cfg, tm
     predicted, gold = [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            predicted.append(module(batch["input_ids"], batch["attention_mask"]))
-            gold.append(batch["scores"])
+            predicted.append(module(batch.input_ids, batch.attention_mask))
+            gold.append(batch.scores)
     expected = 100 * spearmanr(torch.cat(predicted).numpy(), torch.cat(gold).numpy()).statistic
     assert abs(written["test/spearman"] - expected) < 0.01
 
@@ -133,8 +138,8 @@ def test_cli_two_process_ddp_and_bad_data_folder(tmp_path, stsb_dir):
     assert results["steps"] == 2
 
     missing = tmp_path / "no_such_folder"
-    command = base + ["++trainer.fast_dev_run=true", f"data.data_dir='{missing}'", f"hydra.run.dir='{tmp_path / 'bad'}'"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    done = run_module("train", *base[3:], "++trainer.fast_dev_run=true", f"data.data_dir='{missing}'",
+                      f"hydra.run.dir='{tmp_path / 'bad'}'", cwd=tmp_path)
     assert done.returncode == 2
     assert f"error: No STS-B data folder at {missing}" in done.stderr
     assert "Traceback" not in done.stderr

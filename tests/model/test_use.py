@@ -11,11 +11,12 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from lightning_modules.data.errors import DataError
-from lightning_modules.evaluation import MTEB_STS, evaluate_sts, resolve_task
+from lightning_modules.errors import DataError
+from lightning_modules.evaluation.sts import MTEB_STS, evaluate_sts, resolve_task
 from lightning_modules.maxsim import maxsim_pairwise
-from tests.test_export import _tiny_model
-from tests.test_pairs_reading import write_rows
+from tests.helpers.cli import run_module
+from tests.helpers.models import tiny_model
+from tests.helpers.tables import write_rows
 
 
 def _stsb_folder(stsb_dir, folder, n=40):
@@ -28,12 +29,13 @@ def _stsb_folder(stsb_dir, folder, n=40):
     return folder
 
 
-def _run(*args, cwd):
+def _process(*args, cwd):
+    """A real ``python -m ...``: once per tool, for the wiring; the other calls run in-process."""
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_matches_pair_by_pair_scoring_and_scipy(tmp_path, minilm_path, stsb_dir):
-    model = _tiny_model(minilm_path)
+    model = tiny_model(minilm_path)
     folder = _stsb_folder(stsb_dir, tmp_path / "stsb")
     result = evaluate_sts(model, [str(folder)], split="test")
     rows = list(csv.DictReader((folder / "test.csv").open(encoding="utf-8")))
@@ -59,8 +61,8 @@ def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, t
     cfg = compose_cfg(["+experiment=sts", "model=tiny", f"data.data_dir='{folder}'", "data.hub_id=null", "~logger",
                        "trainer.max_epochs=1", "++trainer.enable_progress_bar=false"], tmp_path / "run")
     results = run(cfg)
-    done = _run("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
-                f"out={tmp_path / 'eval.json'}", cwd=tmp_path)
+    done = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
+                      f"out={tmp_path / 'eval.json'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert abs(evaluation["tasks"]["stsb"]["spearman"] - results["test/spearman"]) <= 0.01
@@ -73,12 +75,12 @@ def test_evaluate_a_plain_encoder_zero_shot_and_refuse_bad_tasks(tmp_path, minil
     write_rows(de, [{"sentence1": "Ein Hund läuft.", "sentence2": "Ein Hund rennt.", "score": 4.5},
                     {"sentence1": "Ein Mann isst.", "sentence2": "Es regnet.", "score": 0.2},
                     {"sentence1": "Kinder spielen.", "sentence2": "Kinder spielen draußen.", "score": 4.0}])
-    done = _run("train.evaluate", f"model={minilm_path}", f"tasks=[{folder},{de}]", "out=null", cwd=tmp_path)
+    done = run_module("train.evaluate", f"model={minilm_path}", f"tasks=[{folder},{de}]", "out=null", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()}
     assert lines["stsb"][1] == "30" and float(lines["stsb"][2]) > 50  # MiniLM ranks STS-B pairs well zero-shot
     assert lines["de"][1] == "3"
-    bad = _run("train.evaluate", f"model={minilm_path}", f"tasks=[{tmp_path}]", cwd=tmp_path)
+    bad = run_module("train.evaluate", f"model={minilm_path}", f"tasks=[{tmp_path}]", cwd=tmp_path)
     assert bad.returncode == 2 and "must hold test.csv" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -91,11 +93,11 @@ def test_mteb_names_resolve_to_their_hub_datasets(tmp_path):
 
 
 def test_score_two_texts_and_a_file(tmp_path, minilm_path):
-    from lightning_modules.export import export_model
+    from lightning_modules.model import export_model
 
-    model = _tiny_model(minilm_path)
+    model = tiny_model(minilm_path)
     folder = export_model(model, tmp_path / "m")
-    done = _run("train.score", f"model={folder}", "a=A man plays a guitar.", "b=Someone plays music.", cwd=tmp_path)
+    done = _process("train.score", f"model={folder}", "a=A man plays a guitar.", "b=Someone plays music.", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = float(model.score(["A man plays a guitar."], ["Someone plays music."])[0])
     assert float(done.stdout.strip()) == pytest.approx(expected, abs=1e-4)
@@ -103,7 +105,7 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
     rows = [{"id": i, "query": f"question {i}", "positive": f"an answer to {i}"} for i in range(5)]
     for suffix in (".csv", ".jsonl"):
         source = write_rows(tmp_path / f"in{suffix}", rows)
-        done = _run("train.score", f"model={folder}", f"input={source}", cwd=tmp_path)
+        done = run_module("train.score", f"model={folder}", f"input={source}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         scored = tmp_path / f"in.scored{suffix}"
         if suffix == ".csv":
@@ -113,12 +115,12 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
         assert [str(r["id"]) for r in written] == [str(r["id"]) for r in rows]  # every row, in order
         expected = model.score([r["query"] for r in rows], [r["positive"] for r in rows]).tolist()
         assert [float(r["maxsim_score"]) for r in written] == pytest.approx(expected, abs=1e-5)
-        again = _run("train.score", f"model={folder}", f"input={source}", cwd=tmp_path)
+        again = run_module("train.score", f"model={folder}", f"input={source}", cwd=tmp_path)
         assert again.returncode == 2 and "already exists" in again.stderr
 
     empty = write_rows(tmp_path / "empty.csv", [{"query": "q", "positive": "p"}, {"query": "q2", "positive": " "}])
-    done = _run("train.score", f"model={folder}", f"input={empty}", cwd=tmp_path)
+    done = run_module("train.score", f"model={folder}", f"input={empty}", cwd=tmp_path)
     assert done.returncode == 2 and f"{empty}, line 3, column 'positive': empty text" in done.stderr
     assert not (tmp_path / "empty.scored.csv").exists()
-    neither = _run("train.score", f"model={folder}", cwd=tmp_path)
+    neither = run_module("train.score", f"model={folder}", cwd=tmp_path)
     assert neither.returncode == 2 and "give two texts" in neither.stderr

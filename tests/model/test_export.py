@@ -12,27 +12,23 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_modules.encoder import ModelLoadError, TokenEncoder
-from lightning_modules.export import ExportError, export_model, load_pretrained
+from lightning_modules.encoder import TokenEncoder
+from lightning_modules.errors import ModelLoadError
+from lightning_modules.errors import ExportError
+from lightning_modules.model import export_model, load_pretrained
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel, TextSettings
+from tests.helpers.cli import run_module
+from tests.helpers.models import TINY, tiny_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PYLATE_PYTHON = REPO_ROOT / ".venv-pylate" / "bin" / "python"
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TEXTS = ["A man is playing a guitar, loudly!", "Hi", "Two dogs run across the snowy field near a red barn."]
-
-
-def _tiny_model(minilm_path, projection_dim=16, **options) -> LateInteractionModel:
-    torch.manual_seed(0)
-    settings = options.pop("text_settings", None)
-    encoder = TokenEncoder(minilm_path, projection_dim=projection_dim, random_init=True, config_overrides=TINY, **options)
-    return LateInteractionModel(encoder, text_settings=settings).eval()
 
 
 @pytest.fixture
 def exported(tmp_path, minilm_path):
-    model = _tiny_model(minilm_path)
+    model = tiny_model(minilm_path)
     return model, export_model(model, tmp_path / "model", card={"base_model": "tiny", "metrics": {"test/spearman": 1.0}})
 
 
@@ -62,7 +58,7 @@ def test_the_directory_has_pylate_layout_and_safetensors_only(exported):
 
 @pytest.mark.parametrize("projection_dim", [16, None])
 def test_export_loads_back_with_equal_vectors_and_scores(tmp_path, minilm_path, projection_dim):
-    model = _tiny_model(minilm_path, projection_dim, skip_special_tokens=True,
+    model = tiny_model(minilm_path, projection_dim, skip_special_tokens=True,
                         text_settings=TextSettings(max_length=12))
     folder = export_model(model, tmp_path / "m")
     loaded = LateInteractionModel.from_pretrained(str(folder))
@@ -128,11 +124,12 @@ def _pylate_encode(folder: Path, texts: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("asymmetric", [False, True])
 def test_pylate_colbert_gives_our_vectors(tmp_path, minilm_path, asymmetric):
     settings = TextSettings(max_length=24, query_max_length=10, roles="asymmetric", query_marker="[unused0]",
                             document_marker="[unused1]") if asymmetric else TextSettings(max_length=24)
-    model = _tiny_model(minilm_path, text_settings=settings)
+    model = tiny_model(minilm_path, text_settings=settings)
     folder = export_model(model, tmp_path / "m")
     result = _pylate_encode(folder, TEXTS)
     assert result["pylate"] == "1.6.0"
@@ -170,12 +167,12 @@ def test_an_existing_output_is_refused_unless_overwrite_and_failures_leave_nothi
     with pytest.raises(ExportError, match="already exists; choose another folder or pass overwrite=true"):
         export_model(model, folder)
     before = (folder / "README.md").read_text()
-    import lightning_modules.export as export
+    import lightning_modules.model.saving as saving
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "model_card", fail)
+    monkeypatch.setattr(saving, "model_card", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(model, folder, overwrite=True)
     assert (folder / "README.md").read_text() == before  # the old export is untouched
@@ -185,6 +182,7 @@ def test_an_existing_output_is_refused_unless_overwrite_and_failures_leave_nothi
     assert "other" in (folder / "README.md").read_text()
 
 
+@pytest.mark.training
 def test_export_cli(tmp_path, compose_cfg):
     from lightning_modules.module import MaxSimModule
 
@@ -201,10 +199,10 @@ def test_export_cli(tmp_path, compose_cfg):
     assert (out / "maxsim_lightning.json").is_file() and f"Exported to {out}" in done.stdout
     exported = LateInteractionModel.from_pretrained(str(out))
     assert _max_difference(module.model.eval().encode(TEXTS), exported.encode(TEXTS)) == 0.0
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    # The bad cases in-process (the same argv and exit status, without a fresh interpreter).
+    again = run_module("train.export", *command[3:], cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
-    missing = subprocess.run([sys.executable, "-m", "train.export", f"ckpt={tmp_path / 'no.ckpt'}", f"out={out}2"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    missing = run_module("train.export", f"ckpt={tmp_path / 'no.ckpt'}", f"out={out}2", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert not (tmp_path / f"{out.name}2").exists()
 

@@ -1,0 +1,38 @@
+"""The one wrapper that turns a user error into one paragraph and exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import InstantiationException
+
+from lightning_modules.errors import DataError, ExportError, InputError, ModelLoadError, UserError
+from train.cli import exit_on_user_error, user_error_in
+
+
+@pytest.mark.parametrize("kind", [DataError, ModelLoadError, ExportError, InputError])
+def test_every_user_error_exits_2_with_its_message_only(kind, capsys):
+    @exit_on_user_error
+    def task():
+        raise kind("data.train: no such file /x.csv")
+
+    with pytest.raises(SystemExit) as stopped:
+        task()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: data.train: no such file /x.csv\n"
+
+
+def test_a_user_error_inside_hydras_instantiate_is_found_and_a_bug_keeps_its_traceback(capsys):
+    cause = DataError("bad row 3")
+    try:
+        raise InstantiationException("Error in call to target 'X'") from cause
+    except InstantiationException as wrapped:
+        assert user_error_in(wrapped) is cause
+
+    @exit_on_user_error
+    def buggy():
+        raise KeyError("a bug, not the user's")
+
+    with pytest.raises(KeyError):
+        buggy()
+    assert capsys.readouterr().err == ""
+    assert issubclass(DataError, ValueError) and issubclass(ModelLoadError, UserError)
