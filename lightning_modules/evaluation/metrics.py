@@ -5,6 +5,8 @@ Plain functions over tensors, so that they can be checked against brute force.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -12,8 +14,9 @@ def best_threshold_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[s
     """Best F1 and best accuracy over all decision thresholds, and those thresholds.
 
     A pair is predicted positive when its score is ``>= threshold``. Candidate
-    thresholds sit halfway between consecutive distinct scores (and below the
-    lowest), so a threshold chosen on one split transfers to another.
+    thresholds sit halfway between consecutive distinct scores (or at the lowest,
+    or just above the highest), so a threshold chosen on one split transfers to
+    another and stays within the range of MaxSim scores.
 
     Args:
         scores: ``(N,)`` similarities.
@@ -44,11 +47,13 @@ def best_threshold_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[s
 
 
 def _threshold_at(sorted_scores: torch.Tensor, k: int) -> float:
-    """The threshold that predicts exactly the top ``k`` (of descending ``sorted_scores``) as positive."""
-    if k == 0:
-        return float(sorted_scores[0]) + 1.0  # above every score: nothing positive
-    if k == len(sorted_scores):
-        return float(sorted_scores[-1]) - 1e-6
+    """The threshold that predicts exactly the top ``k`` (of descending ``sorted_scores``) as
+    positive (``score >= threshold``), always within the range of the scores seen: never
+    above what MaxSim can give, so that it still means something on other data."""
+    if k == 0:  # nothing positive: the next float above the highest score
+        return math.nextafter(float(sorted_scores[0]), math.inf)
+    if k == len(sorted_scores):  # everything positive: the lowest score itself
+        return float(sorted_scores[-1])
     return float((sorted_scores[k - 1] + sorted_scores[k]) / 2)
 
 

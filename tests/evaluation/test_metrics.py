@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -42,6 +44,19 @@ def test_best_f1_and_accuracy_match_brute_force(data):
     at_accuracy = metrics_at_threshold(torch.tensor(scores), torch.tensor(labels), result["accuracy_threshold"])
     assert at_f1["f1"] == pytest.approx(best_f1, abs=1e-12)
     assert at_accuracy["accuracy"] == pytest.approx(best_accuracy, abs=1e-12)
+
+
+@pytest.mark.parametrize("labels", [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0]],
+                         ids=["none-positive", "all-positive", "positive-scored-lowest"])
+def test_thresholds_stay_within_the_scores_seen(labels):
+    # On three pairs, the best cut can be "nothing positive" or "everything positive": its
+    # threshold must still lie within the scores (once 1.83 on cosines of at most 1).
+    scores = torch.tensor([0.83, 0.5, 0.2], dtype=torch.float64)
+    result = best_threshold_metrics(scores, torch.tensor(labels))
+    for name in ("f1_threshold", "accuracy_threshold"):
+        assert 0.2 <= result[name] <= math.nextafter(0.83, 1.0), (name, result)
+        at = metrics_at_threshold(scores, torch.tensor(labels), result[name])
+        assert at[name.removesuffix("_threshold")] == pytest.approx(result[name.removesuffix("_threshold")])
 
 
 def test_threshold_sits_between_the_classes():
