@@ -77,6 +77,8 @@ def format_summary(results: dict) -> str:
         f"epochs {results['epochs']}, wall time {results['wall_time_s']} s, "
         f"{results['train_pairs_per_second']} training pairs/s, peak memory {results['peak_memory_mb']} MB"
     )
+    # What the data said about these figures (a validation split too small to trust, ...).
+    lines += [f"warning: {warning}" for warning in (results.get("data") or {}).get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ from lightning_modules.data.pairs import (
     choose_supervision,
     normalise_scores,
 )
-from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split
+from lightning_modules.data.splitting import MAX_HOLDOUT_SHARE, drop_leaked_pairs, holdout_split
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, Evaluator, RetrievalEvaluator
 from lightning_modules.tokenization import load_tokenizer, tokenize_texts
@@ -58,8 +58,11 @@ class PairsDataModule(pl.LightningDataModule):
         train: the training data: a file path, a hub dataset id, or ``{path, name, split}``.
         tokenizer_name_or_path: the model's tokenizer.
         validation, test: the same, optional. Without ``validation`` a seeded
-            ``validation_fraction`` of the training pairs (at most
-            ``validation_max_pairs``) is held out, whole ``text_a`` groups at a time.
+            ``validation_fraction`` of the training pairs is held out, whole ``text_a``
+            groups at a time: at least ``validation_min_pairs`` (but never more than
+            ``MAX_HOLDOUT_SHARE``, 20%, of the file), at most ``validation_max_pairs``.
+            A validation split smaller than ``validation_min_pairs`` gives a warning, in
+            the log, in results.json (``data.warnings``) and under the final summary.
         columns: ``{text_a, text_b, score, label, negatives}`` column names; ``None``
             entries are detected from common names.
         supervision: ``auto`` (from the columns), ``graded``, ``binary`` or ``contrastive``.
@@ -105,6 +108,7 @@ class PairsDataModule(pl.LightningDataModule):
         mine_negatives: int = 0,
         mine_margin: float = 0.05,
         validation_fraction: float = 0.05,
+        validation_min_pairs: int = 100,
         validation_max_pairs: int | None = 1000,
         batch_size: int = 32,
         eval_batch_size: int = 128,
@@ -127,6 +131,7 @@ class PairsDataModule(pl.LightningDataModule):
         self.tokenizer = None
         self.supervision: str | None = None
         self.reports: dict[str, ReadReport] = {}
+        self.warnings: list[str] = []  # what makes the run's figures less trustworthy, for results.json
         self.examples: dict[str, PairExamples] = {}
         self.datasets: dict[str, list] = {}
         self.evaluator: Evaluator | None = None  # known once setup has read the data's supervision
@@ -170,6 +175,7 @@ class PairsDataModule(pl.LightningDataModule):
         for split in ("train", "validation"):
             if not len(self.examples[split]):
                 raise DataError(f"{self.reports[split].source}: no {split} pair is left:\n  {self.reports[split].summary()}")
+        self._warn_if_validation_is_small()
         if self.supervision == "graded":
             self._normalise_scores()
         if self.supervision == "binary":
@@ -202,7 +208,7 @@ class PairsDataModule(pl.LightningDataModule):
         hp = self.hparams
         try:
             train_idx, val_idx = holdout_split(train, hp.validation_fraction, hp.validation_max_pairs, hp.seed,
-                                               self.symmetric)
+                                               self.symmetric, min_pairs=hp.validation_min_pairs)
         except ValueError as error:
             raise DataError(f"{self.reports['train'].source}: {error}; give data.validation=FILE") from error
         self.examples["train"], self.examples["validation"] = train.subset(train_idx), train.subset(val_idx)
@@ -210,6 +216,26 @@ class PairsDataModule(pl.LightningDataModule):
         self.reports["validation"] = ReadReport(
             "validation", f"a seeded hold-out of {self.reports['train'].source}", rows_read=len(val_idx)
         )
+
+    def _warn_if_validation_is_small(self) -> None:
+        """Metrics of a few pairs swing wildly (Spearman of 3 pairs is one of four values), and
+        they pick the best checkpoint: say so wherever the figures are read."""
+        hp, n = self.hparams, len(self.examples["validation"])
+        if n >= hp.validation_min_pairs:
+            return
+        if hp.validation is None:
+            total = n + len(self.examples["train"])
+            why = (f"only {n} validation pairs held out of {total} (data.validation_min_pairs="
+                   f"{hp.validation_min_pairs}; a hold-out takes at most {MAX_HOLDOUT_SHARE:.0%} of the file)")
+            fix = "give a separate validation file with data.validation=FILE"
+        else:
+            why = f"only {n} validation pairs in {self.reports['validation'].source}"
+            fix = f"give a validation file of at least {hp.validation_min_pairs} pairs"
+        warning = (f"{why}: validation metrics and the choice of the best checkpoint are noisy on so few pairs; "
+                   f"{fix}")
+        log.warning("%s", warning)
+        self.reports["validation"].notes.append(warning)
+        self.warnings.append(warning)
 
     def _check_both_labels(self) -> None:
         """ROC-AUC and a decision threshold need pairs of both labels in each evaluated split."""
@@ -429,4 +455,5 @@ class PairsDataModule(pl.LightningDataModule):
 
     def report_dict(self) -> dict:
         """What was read, kept and dropped in each split, for results.json."""
-        return {"supervision": self.supervision, **{split: r.as_dict() for split, r in self.reports.items()}}
+        return {"supervision": self.supervision, "warnings": list(self.warnings),
+                **{split: r.as_dict() for split, r in self.reports.items()}}

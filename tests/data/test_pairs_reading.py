@@ -13,7 +13,7 @@ from lightning_modules.data.columns import resolve_columns
 from lightning_modules.errors import DataError
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.pairs import build_examples, choose_supervision
-from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split
+from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split, holdout_target
 from tests.helpers.tables import write_rows
 
 ROWS = [
@@ -332,3 +332,19 @@ def test_holdout_never_takes_a_group_larger_than_its_target(tmp_path):
         assert len(holdout_split(two_big, 0.05, None, seed=seed)[1]) == 50
     with pytest.raises(ValueError, match="validation_max_pairs must be at least 1"):
         holdout_split(examples, 0.05, 0, seed=0)
+
+
+# ---- the hold-out's floor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, fraction, min_pairs, max_pairs, expected", [
+    (60, 0.05, 100, 1000, 12),  # raised to the floor, but never more than a fifth of the file
+    (1000, 0.05, 100, 1000, 100),  # 50 by the fraction, raised to 100
+    (10000, 0.05, 100, 1000, 500),  # the fraction, above the floor
+    (100000, 0.05, 100, 1000, 1000),  # capped
+    (60, 0.05, 100, 5, 5),  # an explicit cap below the floor wins
+    (3, 0.05, 100, None, 1),  # at least one pair
+    (40, 0.25, 100, 1000, 10),  # a fraction asked for above the share is the user's to choose
+])
+def test_holdout_target_has_a_floor_and_caps(n, fraction, min_pairs, max_pairs, expected):
+    assert holdout_target(n, fraction, min_pairs, max_pairs) == expected

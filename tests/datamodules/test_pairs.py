@@ -224,3 +224,18 @@ def test_retrieval_metrics_of_a_partial_pass_use_the_queries_it_can_rank(minilm_
     evaluator._texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]
     metrics = evaluator.compute(model, "val")  # query 1's relevant text 5 was never embedded
     assert metrics == {"mrr@10": 1.0, "recall@1": 1.0, "recall@10": 1.0}
+
+
+def test_a_small_hold_out_is_raised_to_its_floor_and_warned_about(tmp_path, minilm_path):
+    rows = [{"text1": f"sentence {i}", "text2": f"another sentence {i}", "score": i % 6} for i in range(60)]
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "mine.csv", rows))
+    # 5% of 60 is 3 pairs; the floor (validation_min_pairs=100) raises it to a fifth of the file.
+    assert len(datamodule.datasets["validation"]) == 12 and len(datamodule.datasets["train"]) == 48
+    [warning] = datamodule.warnings
+    assert "only 12 validation pairs held out of 60" in warning and "data.validation=FILE" in warning
+    assert datamodule.report_dict()["warnings"] == [warning]
+    assert warning in datamodule.report_dict()["validation"]["notes"]
+    # A validation file of its own that is large enough: no warning.
+    enough = _datamodule(minilm_path, write_rows(tmp_path / "mine.csv", rows), validation_min_pairs=10,
+                         validation=str(write_rows(tmp_path / "val.csv", rows[:10])))
+    assert enough.warnings == []

@@ -132,7 +132,7 @@ def test_cli_bad_pairs_file_ends_in_one_clear_line(tmp_path):
         done.stderr)
 
 
-def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path):
+def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path, capsys):
     rows = [{"query": f"q{i % 30}", "positive": f"p{i}"} for i in range(90)]
     rows += [{"query": "q1", "positive": "p1"}, {"query": " ", "positive": "p"}]
     train = write_rows(tmp_path / "t.jsonl", rows)
@@ -143,6 +143,10 @@ def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path):
     assert data["train"]["dropped"] == {"empty or whitespace-only text": 1, "duplicate pair": 1}
     assert data["train"]["kept"] + data["train"]["held_out"] == 90
     assert data["validation"]["rows_read"] == data["train"]["held_out"]
+    # 90 pairs hold out fewer than validation_min_pairs: said in results.json and under the summary.
+    [warning] = data["warnings"]
+    assert f"only {data['train']['held_out']} validation pairs held out of 90" in warning
+    assert f"warning: {warning}" in capsys.readouterr().out
 
 
 @pytest.mark.training
