@@ -23,10 +23,11 @@ def score_file(model, cfg: DictConfig) -> Path:
     if output.suffix.lower() not in WRITABLE:  # say so before scoring, not after
         raise DataError(f"{output}: cannot write {output.suffix or '(no suffix)'!r}; choose output= ending in "
                         f"{', '.join(WRITABLE)}")
-    table = read_table(TableSpec(str(source)))
+    table = read_table(TableSpec(str(source)), delimiter=cfg.delimiter, setting="delimiter")
     if cfg.column in table.columns:
         raise DataError(f"{source} already has a column {cfg.column!r}; choose another name with column=...")
-    mapping = resolve_columns(table.source, table.columns, OmegaConf.to_container(cfg.columns))
+    mapping = resolve_columns(table.source, table.columns, OmegaConf.to_container(cfg.columns), setting="columns",
+                              read_as=table.read_as)
     a = [row.get(mapping.text_a) for row in table.rows]
     b = [row.get(mapping.text_b) for row in table.rows]
     for index, pair in enumerate(zip(a, b)):
@@ -36,7 +37,8 @@ def score_file(model, cfg: DictConfig) -> Path:
     print(f"Scoring {len(a)} pairs of {mapping.text_a!r} and {mapping.text_b!r} from {source}", file=sys.stderr)
     scores = model.score(a, b, batch_size=cfg.batch_size).tolist()
     rows = [{**row, cfg.column: round(score, 6)} for row, score in zip(table.rows, scores)]
-    write_table(output, [*table.columns, cfg.column], rows)
+    same_format = output.suffix.lower() == source.suffix.lower()
+    write_table(output, [*table.columns, cfg.column], rows, delimiter=table.delimiter if same_format else None)
     return output
 
 

@@ -50,12 +50,16 @@ class ColumnMapping:
         return ", ".join(parts) + how
 
 
-def resolve_columns(source: str, columns: list[str], explicit: dict | None = None) -> ColumnMapping:
+def resolve_columns(source: str, columns: list[str], explicit: dict | None = None, *,
+                    setting: str | None = "data.columns", read_as: str | None = None) -> ColumnMapping:
     """Map roles to the ``columns`` of ``source``: explicit entries first, then detection by name.
 
     ``explicit`` maps a role to a column name (``negatives`` to a name or a list of
     names); ``None`` entries are detected. A score column, when found, takes
-    precedence over a label column in detection.
+    precedence over a label column in detection. ``setting``: the option that maps
+    columns in the calling command (``data.columns`` for training, ``columns`` for
+    ``train.score``; ``None`` where there is none), named in messages. ``read_as``: how
+    a delimited file was split (``RawTable.read_as``), named when only one column was found.
 
     Raises:
         DataError: an explicit column that is missing, an unknown role, or no pair
@@ -64,7 +68,7 @@ def resolve_columns(source: str, columns: list[str], explicit: dict | None = Non
     explicit = {k: v for k, v in (explicit or {}).items() if v not in (None, [], "")}
     unknown = sorted(set(explicit) - set(ROLES))
     if unknown:
-        raise DataError(f"data.columns: unknown role(s) {unknown}; the roles are {list(ROLES)}")
+        raise DataError(f"{setting or 'columns'}: unknown role(s) {unknown}; the roles are {list(ROLES)}")
     by_lower = {name.lower(): name for name in columns}
     mapping: dict = {}
     detected: list[str] = []
@@ -75,7 +79,7 @@ def resolve_columns(source: str, columns: list[str], explicit: dict | None = Non
         if missing:
             guess = _detect(columns)
             raise DataError(
-                f"{source}: mapped column(s) {missing} (data.columns.{role}) not found. "
+                f"{source}: mapped column(s) {missing} ({setting or 'columns'}.{role}) not found. "
                 f"Columns found: {columns}. Detected mapping: {guess}"
             )
         mapping[role] = names if role == "negatives" else names[0]
@@ -83,9 +87,13 @@ def resolve_columns(source: str, columns: list[str], explicit: dict | None = Non
     if "text_a" not in mapping or "text_b" not in mapping:
         pair = next(((by_lower[a], by_lower[b]) for a, b in PAIR_NAMES if a in by_lower and b in by_lower), None)
         if pair is None:
+            how = f", or map them: {setting}.text_a=... {setting}.text_b=..." if setting else ""
+            split = ""
+            if len(columns) == 1 and read_as:  # one column: most likely split at the wrong separator
+                split = f" The file was read as {read_as}: is that its separator?"
             raise DataError(
-                f"{source}: no pair of text columns found. Columns found: {columns}. Name them one of "
-                f"{[f'{a}/{b}' for a, b in PAIR_NAMES]}, or map them: data.columns.text_a=... data.columns.text_b=..."
+                f"{source}: no pair of text columns found. Columns found: {columns}.{split} Name them one of "
+                f"{[f'{a}/{b}' for a, b in PAIR_NAMES]}{how}"
             )
         for role, name in zip(("text_a", "text_b"), pair):
             if role not in mapping:

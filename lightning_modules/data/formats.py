@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,7 +19,11 @@ from typing import Any
 
 from lightning_modules.errors import DataError
 
-TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}  # suffix -> the delimiter preferred in detection
+# The separators a delimited file may use (Excel in many European locales writes ';').
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+DETECTION_SAMPLE = 1 << 16  # characters read to detect the delimiter
+DETECTION_ROWS = 50
 JSON_FORMATS = (".jsonl", ".ndjson", ".json")
 PARQUET_FORMATS = (".parquet", ".pq")
 SUPPORTED = ", ".join([*TEXT_FORMATS, *JSON_FORMATS, *PARQUET_FORMATS]) + ", or a Hugging Face dataset id"
@@ -34,6 +39,8 @@ class RawTable:
     columns: list[str]
     rows: list[dict[str, Any]]
     row_labels: list[str] = field(default_factory=list)
+    delimiter: str | None = None  # a delimited file's separator
+    read_as: str | None = None  # how it was split, for messages: "semicolon-separated (detected; ...)"
 
     def where(self, index: int, column: str | None = None) -> str:
         """``'data.csv, line 12, column 'score''``: the place of row ``index`` (0-based)."""
@@ -67,8 +74,25 @@ class TableSpec:
         raise DataError(f"a dataset is a path or {{path, name, split}}; got {spec!r}")
 
 
-def read_table(spec: TableSpec) -> RawTable:
+def parse_delimiter(value: str | None, setting: str = "data.delimiter") -> str | None:
+    """``None`` (or ``auto``: detect), or one of ``DELIMITERS`` given as itself or by name."""
+    if value is None or value == "auto":
+        return None
+    # The character, its name, or a backslash-t as a shell passes it.
+    accepted = {**{char: char for char in DELIMITERS}, **{name: char for char, name in DELIMITERS.items()},
+                "\\t": "\t"}
+    if value in accepted:
+        return accepted[value]
+    raise DataError(f"{setting}={value!r}: expected comma, semicolon or tab (or the character itself: ',' ';'), "
+                    "or null to detect it")
+
+
+def read_table(spec: TableSpec, delimiter: str | None = None, setting: str = "data.delimiter") -> RawTable:
     """Read a local file (format from its suffix) or, when no such file exists, a hub dataset.
+
+    ``delimiter``: the separator of a ``.csv``/``.tsv`` file (``None``: detected among
+    ``DELIMITERS``, the suffix's own first); ``setting`` names the option that sets it,
+    for messages.
 
     Raises:
         DataError: a path that does not exist and is not a loadable hub id, a format
@@ -80,7 +104,7 @@ def read_table(spec: TableSpec) -> RawTable:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in TEXT_FORMATS:
-            table = _read_delimited(path, TEXT_FORMATS[suffix])
+            table = _read_delimited(path, TEXT_FORMATS[suffix], parse_delimiter(delimiter, setting), setting)
         elif suffix in JSON_FORMATS:
             table = _read_json(path)
         elif suffix in PARQUET_FORMATS:
@@ -109,10 +133,38 @@ def read_utf8(path: Path) -> str:
         ) from error
 
 
-def _read_delimited(path: Path, delimiter: str) -> RawTable:
+def detect_delimiter(text: str, preferred: str) -> str:
+    """The separator of delimited ``text``: ``preferred`` (the suffix's) if it splits the
+    first rows into two or more fields, the same number in each; else the other candidate
+    of ``DELIMITERS`` that does, with the most fields; else ``preferred`` (whose errors then
+    say how the file was split)."""
+    sample = text[:DETECTION_SAMPLE]
+    best, best_fields = preferred, 0
+    for candidate in (preferred, *(d for d in DELIMITERS if d != preferred)):
+        try:
+            rows = [r for r in itertools.islice(csv.reader(io.StringIO(sample, newline=""), delimiter=candidate),
+                                                DETECTION_ROWS) if r]
+        except csv.Error:
+            continue
+        if len(text) > DETECTION_SAMPLE and len(rows) > 1:
+            rows = rows[:-1]  # the sample may cut the last row short
+        fields = len(rows[0]) if rows else 0
+        if fields >= 2 and all(len(r) == fields for r in rows):
+            if candidate == preferred:
+                return preferred
+            if fields > best_fields:
+                best, best_fields = candidate, fields
+    return best
+
+
+def _read_delimited(path: Path, preferred: str, delimiter: str | None, setting: str) -> RawTable:
     text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
+    read_as = f"{DELIMITERS[delimiter]}-separated ({setting})" if delimiter else None
+    if delimiter is None:
+        delimiter = detect_delimiter(text, preferred)
+        read_as = f"{DELIMITERS[delimiter]}-separated (detected; {setting}= sets it)"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -125,14 +177,14 @@ def _read_delimited(path: Path, delimiter: str) -> RawTable:
             where = f"line {reader.line_num}"
             if len(values) != len(columns):
                 raise DataError(
-                    f"{path}, {where}: {len(values)} fields, but the header has {len(columns)} ({columns}); "
-                    "a field that contains the delimiter must be quoted"
+                    f"{path}, {where}: {len(values)} fields, but the header has {len(columns)} ({columns}), "
+                    f"read as {read_as}; a field that contains the delimiter must be quoted"
                 )
             rows.append(dict(zip(columns, values)))
             labels.append(where)
     except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not readable as delimited text: {error}") from error
-    return RawTable(str(path), columns, rows, labels)
+        raise DataError(f"{path}, line {reader.line_num}: not readable as {read_as} text: {error}") from error
+    return RawTable(str(path), columns, rows, labels, delimiter=delimiter, read_as=read_as)
 
 
 def _check_header(path: Path, columns: list[str]) -> None:
@@ -194,3 +246,10 @@ def _read_hub(spec: TableSpec) -> RawTable:
             f"({error.__class__.__name__}: {error})"
         ) from error
     return RawTable(source, list(table.column_names), table.to_list())
+
+
+def decimal_comma_hint(value) -> str:
+    """``'; write it with a decimal point: 4.3'`` when ``value`` reads like ``4,3``, else ``''``."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+,\d+\s*", value):
+        return f"; write it with a decimal point: {value.strip().replace(',', '.')}"
+    return ""

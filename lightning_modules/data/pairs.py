@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from lightning_modules.data.columns import ColumnMapping
 from lightning_modules.errors import DataError
-from lightning_modules.data.formats import RawTable
+from lightning_modules.data.formats import RawTable, decimal_comma_hint
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _score(value, table: RawTable, index: int, column: str, score_range) -> floa
     try:
         score = float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: {value!r} is not a number") from None
+        raise DataError(f"{where}: {value!r} is not a number{decimal_comma_hint(value)}") from None
     if not math.isfinite(score):
         raise DataError(f"{where}: {value!r} is not a finite number")
     if score_range is not None and not score_range[0] <= score <= score_range[1]:
@@ -243,3 +243,4 @@ def _negatives(row: dict, columns: list[str], table: RawTable, index: int) -> tu
             else:
                 empty += 1
     return negatives, empty
+

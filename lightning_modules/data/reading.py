@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.errors import DataError
-from lightning_modules.data.formats import read_utf8
+from lightning_modules.data.formats import decimal_comma_hint, read_utf8
 
 COLUMNS = ("sentence1", "sentence2", "score")
 
@@ -80,7 +80,7 @@ def _parse_score(raw: str | None, where: str, score_min: float, score_max: float
     try:
         score = float(text)
     except ValueError:
-        raise DataError(f"{where}, column 'score': {text!r} is not a number") from None
+        raise DataError(f"{where}, column 'score': {text!r} is not a number{decimal_comma_hint(text)}") from None
     if math.isnan(score) or not score_min <= score <= score_max:
         raise DataError(f"{where}, column 'score': {text} is outside the declared range [{score_min}, {score_max}]")
     return score

@@ -12,12 +12,13 @@ from lightning_modules.data.formats import TEXT_FORMATS
 WRITABLE = (*TEXT_FORMATS, ".jsonl", ".ndjson", ".parquet", ".pq")
 
 
-def write_table(path: Path, columns: list[str], rows: list[dict]) -> None:
-    """Write ``rows`` to ``path`` as CSV/TSV, JSON Lines or Parquet, by its suffix."""
+def write_table(path: Path, columns: list[str], rows: list[dict], delimiter: str | None = None) -> None:
+    """Write ``rows`` to ``path`` as CSV/TSV, JSON Lines or Parquet, by its suffix; a delimited
+    file with ``delimiter`` (as the input was read: a semicolon CSV stays one), else the suffix's."""
     suffix = path.suffix.lower()
     if suffix in TEXT_FORMATS:
         with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, delimiter=TEXT_FORMATS[suffix])
+            writer = csv.DictWriter(f, fieldnames=columns, delimiter=delimiter or TEXT_FORMATS[suffix])
             writer.writeheader()
             writer.writerows(rows)
     elif suffix in (".jsonl", ".ndjson"):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from lightning_modules.data.batches import ContrastiveItem, PairItem, TextItem
 from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.data.formats import TableSpec, read_table
+from lightning_modules.data.formats import TableSpec, parse_delimiter, read_table
 from lightning_modules.data.loading import make_loader, training_sampler
 from lightning_modules.data.pairs import (
     PairExamples,
@@ -63,6 +63,8 @@ class PairsDataModule(pl.LightningDataModule):
             ``MAX_HOLDOUT_SHARE``, 20%, of the file), at most ``validation_max_pairs``.
             A validation split smaller than ``validation_min_pairs`` gives a warning, in
             the log, in results.json (``data.warnings``) and under the final summary.
+        delimiter: the field separator of ``.csv``/``.tsv`` files: ``,``, ``;``, a tab
+            (or ``comma``, ``semicolon``, ``tab``); ``None`` detects it from the file.
         columns: ``{text_a, text_b, score, label, negatives}`` column names; ``None``
             entries are detected from common names.
         supervision: ``auto`` (from the columns), ``graded``, ``binary`` or ``contrastive``.
@@ -110,6 +112,7 @@ class PairsDataModule(pl.LightningDataModule):
         validation_fraction: float = 0.05,
         validation_min_pairs: int = 100,
         validation_max_pairs: int | None = 1000,
+        delimiter: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 128,
         max_length: int = 128,
@@ -126,6 +129,7 @@ class PairsDataModule(pl.LightningDataModule):
             raise DataError(f"data.roles must be one of {list(ROLES)}, got {roles!r}")
         if binary_objective not in BINARY_OBJECTIVES:
             raise DataError(f"data.binary_objective must be one of {list(BINARY_OBJECTIVES)}, got {binary_objective!r}")
+        parse_delimiter(delimiter)  # a bad value fails now, not after the model has loaded
         if score_range is not None and not (len(score_range) == 2 and score_range[0] < score_range[1]):
             raise DataError(f"data.score_range must be [low, high] with low < high, got {score_range}")
         self.tokenizer = None
@@ -193,8 +197,8 @@ class PairsDataModule(pl.LightningDataModule):
             log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
 
     def _read(self, split: str, spec) -> PairExamples:
-        table = read_table(TableSpec.parse(spec, default_split=split))
-        mapping = resolve_columns(table.source, table.columns, self.hparams.columns)
+        table = read_table(TableSpec.parse(spec, default_split=split), delimiter=self.hparams.delimiter)
+        mapping = resolve_columns(table.source, table.columns, self.hparams.columns, read_as=table.read_as)
         requested = self.supervision or self.hparams.supervision  # later splits follow the training file
         supervision = choose_supervision(mapping, requested, table.source)
         self.supervision = supervision

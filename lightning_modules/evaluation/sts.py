@@ -67,7 +67,7 @@ def evaluate_sts(model: LateInteractionModel, tasks: list[str], split: str = "te
     for task in tasks:
         name, spec = resolve_task(task, split)
         table = read_table(spec)
-        mapping = resolve_columns(table.source, table.columns)
+        mapping = resolve_columns(table.source, table.columns, setting=None, read_as=table.read_as)
         if mapping.score is None:
             raise DataError(f"{table.source}: no score column found (columns: {table.columns}); STS needs one")
         examples, report = build_examples(table, mapping, "graded", split, keep_duplicates=True)

@@ -11,7 +11,7 @@ import pytest
 
 from lightning_modules.data.columns import resolve_columns
 from lightning_modules.errors import DataError
-from lightning_modules.data.formats import TableSpec, read_table
+from lightning_modules.data.formats import TableSpec, detect_delimiter, parse_delimiter, read_table
 from lightning_modules.data.pairs import build_examples, choose_supervision
 from lightning_modules.data.splitting import drop_leaked_pairs, holdout_split, holdout_target
 from tests.helpers.tables import write_rows
@@ -332,6 +332,63 @@ def test_holdout_never_takes_a_group_larger_than_its_target(tmp_path):
         assert len(holdout_split(two_big, 0.05, None, seed=seed)[1]) == 50
     with pytest.raises(ValueError, match="validation_max_pairs must be at least 1"):
         holdout_split(examples, 0.05, 0, seed=0)
+
+
+# ---- delimiters: what spreadsheets write -------------------------------------------------------
+
+
+EXCEL_SEMICOLONS = "\ufeffsentence1;sentence2;score\r\nA man, a plan;A canal;4.5\r\n\"Two; in quotes\";b;1\r\n"
+
+
+def test_a_semicolon_csv_with_a_byte_order_mark_is_detected(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(EXCEL_SEMICOLONS.encode("utf-8"))
+    table = read(path)
+    assert table.columns == ["sentence1", "sentence2", "score"]  # the BOM is not part of a name
+    assert table.rows[0] == {"sentence1": "A man, a plan", "sentence2": "A canal", "score": "4.5"}
+    assert table.rows[1]["sentence1"] == "Two; in quotes" and table.delimiter == ";"
+    assert "semicolon-separated (detected" in table.read_as
+    examples, report = examples_of(path)
+    assert examples.text_a == ["A man, a plan", "Two; in quotes"] and report.kept == 2
+
+
+@pytest.mark.parametrize("text, preferred, expected", [
+    ("a,b,score\nx;y,z,1\n", ",", ","),  # the suffix's own wins while it splits every row alike
+    ("a;b;score\nx, y;z;1\n", ",", ";"),
+    ("a\tb\tscore\nx,y\tz\t1\n", ",", "\t"),  # a tab-separated .csv
+    ("a;b\nx;y\n", "\t", ";"),  # a .tsv written with semicolons
+    ("only\none\n", ",", ","),  # no candidate splits it: the suffix's, whose errors say so
+])
+def test_delimiter_detection_prefers_the_suffix_and_needs_consistent_rows(text, preferred, expected):
+    assert detect_delimiter(text, preferred) == expected
+
+
+def test_a_decimal_comma_says_to_use_a_point(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("sentence1;sentence2;score\na;b;4,3\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2, column 'score': '4,3' is not a number; write it with a decimal "
+                                        r"point: 4\.3"):
+        examples_of(path)
+
+
+def test_a_forced_delimiter_is_used_and_named_in_errors(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("sentence1;sentence2;score\na, b;c;1\n", encoding="utf-8")
+    assert read_table(TableSpec(str(path)), delimiter="semicolon").rows[0]["sentence1"] == "a, b"
+    with pytest.raises(DataError, match=r"line 2: 2 fields, but the header has 1 .*read as comma-separated "
+                                        r"\(data.delimiter\)"):
+        read_table(TableSpec(str(path)), delimiter=",")
+    # One column only: the column error says how the file was split.
+    one = tmp_path / "one.csv"
+    one.write_text("sentence1;sentence2\nab;c\n", encoding="utf-8")
+    table = read_table(TableSpec(str(one)), delimiter=",")
+    with pytest.raises(DataError, match=r"The file was read as comma-separated \(data.delimiter\): is that its "
+                                        r"separator\?"):
+        resolve_columns(table.source, table.columns, read_as=table.read_as)
+    assert [parse_delimiter(v) for v in (None, "auto", ";", "semicolon", "tab", "\\t", ",")] == [
+        None, None, ";", ";", "\t", "\t", ","]
+    with pytest.raises(DataError, match="data.delimiter='|': expected comma, semicolon or tab"):
+        parse_delimiter("|")
 
 
 # ---- the hold-out's floor ----------------------------------------------------------------------

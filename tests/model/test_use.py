@@ -122,5 +122,26 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
     done = run_module("train.score", f"model={folder}", f"input={empty}", cwd=tmp_path)
     assert done.returncode == 2 and f"{empty}, line 3, column 'positive': empty text" in done.stderr
     assert not (tmp_path / "empty.scored.csv").exists()
+    unnamed = write_rows(tmp_path / "cols.csv", [{"left": "q", "right": "p"}])
+    done = run_module("train.score", f"model={folder}", f"input={unnamed}", cwd=tmp_path)
+    # The tool's own keys, not training's (data.columns...).
+    assert done.returncode == 2 and "columns.text_a=... columns.text_b=..." in done.stderr
+    assert "data.columns" not in done.stderr
     neither = run_module("train.score", f"model={folder}", cwd=tmp_path)
     assert neither.returncode == 2 and "give two texts" in neither.stderr
+
+
+def test_score_reads_a_semicolon_csv_and_writes_it_back_alike(tmp_path, minilm_path):
+    from lightning_modules.model import export_model
+
+    model = tiny_model(minilm_path)
+    folder = export_model(model, tmp_path / "m")
+    source = tmp_path / "excel.csv"
+    source.write_bytes("\ufeffquery;positive\r\nA man, a plan;A canal\r\n".encode("utf-8"))  # as Excel saves it
+    done = run_module("train.score", f"model={folder}", f"input={source}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = (tmp_path / "excel.scored.csv").read_text(encoding="utf-8").splitlines()
+    expected = float(model.score(["A man, a plan"], ["A canal"])[0])
+    assert written[0] == "query;positive;maxsim_score"
+    text_a, text_b, score = written[1].split(";")
+    assert (text_a, text_b) == ("A man, a plan", "A canal") and float(score) == pytest.approx(expected, abs=1e-5)
