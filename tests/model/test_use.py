@@ -131,6 +131,30 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
     assert neither.returncode == 2 and "give two texts" in neither.stderr
 
 
+@pytest.mark.parametrize("tool", ["train.score", "train.evaluate"])
+def test_a_model_that_is_not_there_names_the_tools_own_key(tmp_path, tool):
+    missing = tmp_path / "nope"
+    args = ["a=x", "b=y"] if tool == "train.score" else ["tasks=[STSBenchmark]"]
+    done = run_module(tool, f"model={missing}", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"error: model={missing}: no such folder or file" in done.stderr
+    # Not the training key, and no announcement of a zero-shot evaluation that cannot happen.
+    assert "model_name_or_path" not in done.stderr and "zero-shot" not in done.stdout + done.stderr
+
+
+def test_a_hub_id_that_cannot_load_names_the_tools_own_key(monkeypatch):
+    from lightning_modules.errors import ModelLoadError
+    from lightning_modules.evaluation.sts import load_any_model
+
+    def offline(name, *args, **kwargs):  # what from_pretrained raises without a hub, at once
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}")
+
+    monkeypatch.setattr("lightning_modules.tokenization.AutoTokenizer.from_pretrained", offline)
+    with pytest.raises(ModelLoadError, match="point model= at a local folder") as raised:
+        load_any_model("someone/not-a-cached-model")
+    assert "model_name_or_path" not in str(raised.value) and "couldn't connect" in str(raised.value)
+
+
 def test_score_reads_a_semicolon_csv_and_writes_it_back_alike(tmp_path, minilm_path):
     from lightning_modules.model import export_model
 
