@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import create_autospec
@@ -185,17 +183,12 @@ def exported(encoder, tmp_path_factory) -> Path:
     return export_model(_model(encoder), tmp_path_factory.mktemp("export") / "tiny")
 
 
-def _explain(*overrides, cwd):
-    """A real ``python -m train.explain``, for the wiring; the bad-input cases run in-process."""
-    command = [sys.executable, "-m", "train.explain", *overrides]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
 def test_cli_draws_the_heatmap_and_prints_the_score(exported, tmp_path):
     out = tmp_path / "new" / "heat.png"
-    done = _explain(f"model={exported}", f"a={A}", f"b='{B}'", f"out={out}", cwd=tmp_path)
+    a = "The man's guitar, on stage [live]"  # an apostrophe and brackets, as typed in a shell
+    done = run_module("train.explain", f"model={exported}", f"a={a}", f"b='{B}'", f"out={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = LateInteractionModel.from_pretrained(str(exported)).score([A], [B])[0].item()
+    expected = LateInteractionModel.from_pretrained(str(exported)).score([a], [B])[0].item()
     assert f"MaxSim {expected:.4f} (both, mean)" in done.stdout
     assert str(out) in done.stdout
     assert _read_png(out).shape[0] >= 300

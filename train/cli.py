@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lightning_modules.errors import UserError
 
@@ -38,3 +41,34 @@ def user_error_in(error: BaseException) -> UserError | None:
         seen.add(id(error))
         error = error.__cause__
     return None
+
+
+def literal_text_arguments(argv: list[str], keys: tuple[str, ...]) -> list[str]:
+    """``argv`` with each ``key=TEXT`` of ``keys`` turned into a Hydra quoted string, so that any
+    text is taken as it is: an apostrophe (``a=The man's guitar``), brackets, commas, ``=`` or
+    ``${...}`` would otherwise be read as Hydra's override grammar. A value already written as
+    a Hydra quoted string (``a="'...'"``) is left as it is."""
+    pattern = re.compile(rf"^({'|'.join(map(re.escape, keys))})=(.*)$", re.DOTALL)
+    return [_quoted(match) if (match := pattern.match(arg)) else arg for arg in argv]
+
+
+def _quoted(match: re.Match) -> str:
+    key, text = match.groups()
+    if _is_hydra_quoted(text):
+        return f"{key}={text}"
+    # Hydra unescapes backslashes only before a quote (and before the closing one); OmegaConf
+    # would resolve ${...}: escape exactly those.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", escaped)
+    return f"{key}='{escaped}'"
+
+
+def _is_hydra_quoted(text: str) -> bool:
+    if len(text) < 2 or text[0] not in "'\"" or text[-1] != text[0]:
+        return False
+    try:
+        OverridesParser.create().parse_override(f"x={text}")
+    except Exception:  # noqa: BLE001 - not a valid quoted string: take it literally
+        return False
+    return True

@@ -5,11 +5,13 @@ of ``b`` (columns), each token's best match marked and the model's MaxSim score 
 the title (see ``lightning_modules.plots``), and prints the score and the path.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from lightning_modules.errors import InputError
-from train.cli import exit_on_user_error
+from train.cli import exit_on_user_error, literal_text_arguments
 
 
 @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="explain")
@@ -42,4 +44,5 @@ def _text(value, name: str) -> str:
 
 
 if __name__ == "__main__":
+    sys.argv = literal_text_arguments(sys.argv, ("a", "b"))  # any text: apostrophes, brackets, ${...}
     main()

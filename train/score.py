@@ -11,7 +11,7 @@ from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.writing import WRITABLE, write_table
 from lightning_modules.errors import DataError, InputError
 from lightning_modules.evaluation.sts import load_any_model
-from train.cli import exit_on_user_error
+from train.cli import exit_on_user_error, literal_text_arguments
 
 
 def score_file(model, cfg: DictConfig) -> Path:
@@ -55,4 +55,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = literal_text_arguments(sys.argv, ("a", "b"))  # any text: apostrophes, brackets, ${...}
     main()

@@ -97,10 +97,17 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
 
     model = tiny_model(minilm_path)
     folder = export_model(model, tmp_path / "m")
-    done = _process("train.score", f"model={folder}", "a=A man plays a guitar.", "b=Someone plays music.", cwd=tmp_path)
+    # Any text, as the shell passes it: an apostrophe, brackets, a comma, "=", "${...}".
+    a, b = "The man's guitar [new], costs ${5}", "Someone plays music = joy, isn't it?"
+    done = _process("train.score", f"model={folder}", f"a={a}", f"b={b}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = float(model.score(["A man plays a guitar."], ["Someone plays music."])[0])
+    expected = float(model.score([a], [b])[0])
     assert float(done.stdout.strip()) == pytest.approx(expected, abs=1e-4)
+    assert expected != pytest.approx(float(model.score(["The man"], [b])[0]), abs=1e-4)  # the whole text counted
+    # Hydra's own quoting (what the README showed before) still works.
+    quoted = run_module("train.score", f"model={folder}", "a='A man\\'s guitar.'", "b=Music.", cwd=tmp_path)
+    assert float(quoted.stdout.strip()) == pytest.approx(float(model.score(["A man's guitar."], ["Music."])[0]),
+                                                         abs=1e-4)
 
     rows = [{"id": i, "query": f"question {i}", "positive": f"an answer to {i}"} for i in range(5)]
     for suffix in (".csv", ".jsonl"):

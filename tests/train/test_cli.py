@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 
 from lightning_modules.errors import DataError, ExportError, InputError, ModelLoadError, UserError
-from train.cli import exit_on_user_error, user_error_in
+from train.cli import exit_on_user_error, literal_text_arguments, user_error_in
 
 
 @pytest.mark.parametrize("kind", [DataError, ModelLoadError, ExportError, InputError])
@@ -36,3 +38,20 @@ def test_a_user_error_inside_hydras_instantiate_is_found_and_a_bug_keeps_its_tra
         buggy()
     assert capsys.readouterr().err == ""
     assert issubclass(DataError, ValueError) and issubclass(ModelLoadError, UserError)
+
+
+@pytest.mark.parametrize("text", [
+    "The man's guitar", "a, b [c] {d} = e", "costs ${5} or $HOME", "back\\slash", "ends with a backslash\\",
+    "a\\'b", "\\${x}", "", "  spaced  ", "x=y",
+])
+def test_text_arguments_reach_the_config_as_typed(text):
+    # The reference: Hydra's own override parser, then OmegaConf's resolution, as a tool reads a=.
+    [argument] = literal_text_arguments([f"a={text}"], ("a",))
+    value = OverridesParser.create().parse_override(argument).value()
+    assert OmegaConf.create({"a": value}).a == text
+
+
+def test_hydra_quoted_and_other_arguments_are_left_alone():
+    argv = ["train.score", "model=/m", "a='A man\\'s guitar'", "b=x", "+a=y", "ab=z"]
+    assert literal_text_arguments(argv, ("a", "b")) == ["train.score", "model=/m", "a='A man\\'s guitar'", "b='x'",
+                                                        "+a=y", "ab=z"]
