@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lightning_modules.errors import UserError
+
+# What the console gets by print (the summary, a user error, a bug's traceback), for the run's
+# log file too: conf/hydra/default.yaml sends this logger to the file handler only.
+run_log = logging.getLogger("train.run_log")
 
 
 def exit_on_user_error(task):
@@ -23,8 +28,10 @@ def exit_on_user_error(task):
         except Exception as error:  # noqa: BLE001 - re-raised unless a user error is inside
             cause = user_error_in(error)
             if cause is None:
+                run_log.exception("failed with a bug, not bad input:")
                 raise
             # Bad input is the user's to fix: one clear paragraph, not a library traceback.
+            run_log.error("error: %s", cause)
             print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.results import build_results, format_summary, write_results
+from train.cli import run_log
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ def run(cfg: DictConfig) -> dict:
         if cfg.get("export"):
             export_run_model(cfg, trainer, module, datamodule, results, output_dir / "model")
         write_results(results, output_dir / "results.json")
-        print(format_summary(results))
+        summary = format_summary(results)
+        print(summary)
+        run_log.info("%s", summary)
         log.info("Results written to %s", output_dir / "results.json")
     return results
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,23 +103,37 @@ def test_two_epochs_test_the_best_checkpoint_and_log_csv_metrics(compose_cfg, tm
 
 
 def test_cli_fast_dev_run(tmp_path, stsb_dir):
+    # In-process (the two-process tests below start real ones); from an unrelated directory:
+    # paths must not depend on the working directory.
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "train", "+experiment=sts", "model=tiny", "++trainer.fast_dev_run=true", "~logger",
+    done = run_module(
+        "train", "+experiment=sts", "model=tiny", "++trainer.fast_dev_run=true", "~logger",
         "data.limit_train_pairs=32", "data.limit_eval_pairs=32", f"data.data_dir='{stsb_dir}'", "data.hub_id=null",
-        "++trainer.enable_progress_bar=false", f"hydra.run.dir='{run_dir}'",
-    ]
-    # Run from an unrelated directory: paths must not depend on the working directory.
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        "++trainer.enable_progress_bar=false", f"hydra.run.dir='{run_dir}'", cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     for key in RESULT_KEYS:
         assert key in results
     assert results["steps"] == 1
     assert "test/spearman" in done.stdout  # the summary table
+    # ... and in the run's log file, which must tell the whole story without the terminal.
+    log = (run_dir / "__main__.log").read_text()
+    assert "test/spearman" in log and f"epochs {results['epochs']}, wall time" in log
     resolved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert Path(resolved["paths"]["output_dir"]) == run_dir  # ${hydra:runtime.output_dir} is hydra.run.dir
+
+
+def test_an_epoch_shorter_than_the_logging_interval_still_logs_its_training_curve(compose_cfg, tmp_path, stsb_dir):
+    # 48 pairs at batch 16: 3 steps an epoch, 6 in all, below the default log_every_n_steps (10).
+    cfg = compose_cfg(_overrides(stsb_dir, "trainer.max_epochs=2", "data.limit_train_pairs=48",
+                                 "data.limit_eval_pairs=32"), tmp_path)
+    assert cfg.trainer.log_every_n_steps > 6
+    run(cfg)
+    metrics = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    losses = [row for row in metrics if row.get("train/loss")]
+    assert {"train/loss", "train/lr"} <= set(metrics[0]) and len(losses) == 2  # one a 3-step epoch
+    assert all(row["train/lr"] for row in losses)
 
 
 def test_cli_two_process_ddp_and_bad_data_folder(tmp_path, stsb_dir):
@@ -140,6 +153,8 @@ def test_cli_two_process_ddp_and_bad_data_folder(tmp_path, stsb_dir):
     missing = tmp_path / "no_such_folder"
     done = run_module("train", *base[3:], "++trainer.fast_dev_run=true", f"data.data_dir='{missing}'",
                       f"hydra.run.dir='{tmp_path / 'bad'}'", cwd=tmp_path)
+    # The run folder's log holds the error too, not only the terminal.
+    assert f"error: No STS-B data folder at {missing}" in (tmp_path / "bad" / "__main__.log").read_text()
     assert done.returncode == 2
     assert f"error: No STS-B data folder at {missing}" in done.stderr
     assert "Traceback" not in done.stderr
