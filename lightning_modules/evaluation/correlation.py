@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torchmetrics import PearsonCorrCoef, SpearmanCorrCoef
 
 from lightning_modules.data.batches import ScoredPairsBatch
@@ -20,7 +22,10 @@ class CorrelationEvaluator(Evaluator):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spearman, self.pearson = SpearmanCorrCoef(), PearsonCorrCoef()
+        with warnings.catch_warnings():
+            # torchmetrics warns that Spearman keeps every prediction: it must, to rank them.
+            warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save all", category=UserWarning)
+            self.spearman, self.pearson = SpearmanCorrCoef(), PearsonCorrCoef()
 
     def update(self, model, batch: ScoredPairsBatch) -> dict:
         predicted = score_aligned_pairs(model, batch)

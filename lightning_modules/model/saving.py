@@ -39,6 +39,7 @@ from lightning_modules.encoder import TokenEncoder
 from lightning_modules.errors import ExportError, ModelLoadError
 from lightning_modules.model.card import model_card
 from lightning_modules.model.settings import TextSettings, text_settings_from
+from lightning_modules.tokenization import quiet_transformers
 
 OUR_CONFIG = "maxsim_lightning.json"
 FORMAT_VERSION = 1
@@ -98,8 +99,9 @@ def _umask() -> int:
 
 def _write(model, folder: Path, card: dict) -> None:
     encoder, settings = model.encoder, model.text_settings
-    encoder.backbone.save_pretrained(folder, safe_serialization=True)
-    encoder.tokenizer.save_pretrained(folder)
+    with quiet_transformers():  # no progress bar over a single shard
+        encoder.backbone.save_pretrained(folder, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(folder)
     hidden = encoder.backbone.config.hidden_size
     weight = encoder.projection.weight if encoder.projection is not None else torch.eye(hidden)
     (folder / DENSE_DIR).mkdir()
