@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
 
@@ -51,6 +52,43 @@ def build_results(
     if data_report is not None:
         results["data"] = data_report
     return results
+
+
+
+def card_from_checkpoint(path: str | Path) -> dict:
+    """What an export's model card can say about the run that wrote checkpoint ``path``: its
+    base model, training data and metrics, and its resolved config, as the run's own export
+    (``export: true``) says them.
+
+    Metrics come from the run's ``results.json`` (``<run>/checkpoints/<name>.ckpt`` sits two
+    levels below it) when that names this checkpoint as the one it tested; else from the
+    checkpoint itself: the score that made ``ModelCheckpoint`` keep it. An unreadable
+    checkpoint gives ``{}`` (loading the model says why).
+    """
+    path = Path(path).resolve()
+    try:  # mmap: only the small records are read, not the weights
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the model's own loading reports a bad file
+        return {}
+    card = {}
+    model = checkpoint.get("hyper_parameters") or {}
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if model.get("model_name_or_path"):
+        card["base_model"] = model["model_name_or_path"]
+    source = data.get("train") or data.get("data_dir") or data.get("hub_id")
+    if source:
+        card["data"] = str(source)
+    run = path.parent.parent
+    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    if results.get("best_checkpoint") and Path(results["best_checkpoint"]).resolve() == path:
+        card["metrics"] = {k: v for k, v in results.items() if k.startswith(("val/", "test/"))}
+    else:
+        kept_for = [state for state in (checkpoint.get("callbacks") or {}).values()
+                    if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None]
+        card["metrics"] = {state["monitor"]: round(float(state["best_model_score"]), 2) for state in kept_for}
+    if (run / "config_resolved.yaml").is_file():
+        card["config"] = (run / "config_resolved.yaml").read_text()
+    return card
 
 
 def _round(name: str, value) -> float:

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lightning_modules.model import LateInteractionModel
+from lightning_modules.results import card_from_checkpoint
 from train.cli import exit_on_user_error
 
 
@@ -11,8 +12,9 @@ from train.cli import exit_on_user_error
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     model = LateInteractionModel.load(cfg.ckpt)
-    out = model.save_pretrained(cfg.out, card={"base_model": model.encoder.backbone.config._name_or_path},
-                                overwrite=cfg.overwrite, onnx=cfg.onnx)
+    # The model card tells what the run knew: its data, metrics and config (results.json beside it).
+    card = {"base_model": model.encoder.backbone.config._name_or_path, **card_from_checkpoint(cfg.ckpt)}
+    out = model.save_pretrained(cfg.out, card=card, overwrite=cfg.overwrite, onnx=cfg.onnx)
     print(f"Exported to {out}")
 
 

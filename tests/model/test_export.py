@@ -193,14 +193,14 @@ def test_export_cli(tmp_path, compose_cfg):
     # What a Lightning checkpoint holds for loading: plain hyperparameters and the weights.
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, saved)
     out = tmp_path / "cli-export"
-    command = [sys.executable, "-m", "train.export", f"ckpt={saved}", f"out={out}"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    arguments = [f"ckpt={saved}", f"out={out}"]
+    done = run_module("train.export", *arguments, cwd=tmp_path)  # a real process: the test below
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "maxsim_lightning.json").is_file() and f"Exported to {out}" in done.stdout
     exported = LateInteractionModel.from_pretrained(str(out))
     assert _max_difference(module.model.eval().encode(TEXTS), exported.encode(TEXTS)) == 0.0
-    # The bad cases in-process (the same argv and exit status, without a fresh interpreter).
-    again = run_module("train.export", *command[3:], cwd=tmp_path)
+    assert "None recorded." in (out / "README.md").read_text()  # a bare checkpoint: no run beside it
+    again = run_module("train.export", *arguments, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     missing = run_module("train.export", f"ckpt={tmp_path / 'no.ckpt'}", f"out={out}2", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
@@ -233,3 +233,28 @@ def test_old_checkpoints_without_thresholds_or_engine_settings_load_and_overwrit
     with pytest.raises(ExportError, match="is not an earlier export"):
         export_model(model, run_folder, overwrite=True)
     assert (run_folder / "checkpoints").is_dir()
+
+
+@pytest.mark.training
+def test_export_of_a_runs_checkpoint_tells_its_run_and_checks_onnx_quietly(tmp_path, compose_cfg, stsb_dir):
+    from train.pipeline import run
+
+    cfg = compose_cfg(["+experiment=sts", "model=tiny", f"data.data_dir='{stsb_dir}'", "data.hub_id=null", "~logger",
+                       "trainer.max_epochs=1", "data.limit_train_pairs=32", "data.limit_eval_pairs=32",
+                       "++trainer.enable_progress_bar=false", "export=false"], tmp_path / "run")
+    results = run(cfg)
+    out = tmp_path / "exported"
+    done = subprocess.run([sys.executable, "-m", "train.export", f"ckpt={results['best_checkpoint']}", f"out={out}",
+                           "onnx=true"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The model card says what the run knew: its metrics (results.json beside the checkpoint),
+    # its training data and its configuration.
+    card = (out / "README.md").read_text()
+    assert f"| val/spearman | {results['val/spearman']} |" in card
+    assert f"| test/spearman | {results['test/spearman']} |" in card
+    assert f"Training data: {stsb_dir}" in card and "None recorded" not in card and "## Training configuration" in card
+    # The ONNX check is reported in one line, without the exporter's hundred lines of passes.
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert any("onnx/model.onnx: onnxruntime's token vectors match PyTorch's within" in line for line in output)
+    assert len(output) <= 3, output
+    assert (out / "onnx" / "model.onnx").is_file()
