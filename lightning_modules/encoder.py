@@ -115,7 +115,8 @@ def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remo
     try:
         if random_init:
             config = AutoConfig.from_pretrained(model_name_or_path, **options)
-            build = lambda **kw: (AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw), None)  # noqa: E731
+            build = lambda **kw: (  # noqa: E731 - (model, no loading report), as from_pretrained below
+                AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw), None)
         else:
             build = lambda **kw: AutoModel.from_pretrained(  # noqa: E731
                 model_name_or_path, **options, **kw, output_loading_info=True)

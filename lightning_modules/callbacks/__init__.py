@@ -5,4 +5,6 @@ from lightning_modules.callbacks.logging_interval import LogShortEpochs
 from lightning_modules.callbacks.mining import HardNegativeMining, mine_hard_negatives
 from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
 
-__all__ = ["EvaluationPlots", "HardNegativeMining", "LogShortEpochs", "TrainingStats", "mine_hard_negatives", "peak_memory_mb"]
+__all__ = [
+    "EvaluationPlots", "HardNegativeMining", "LogShortEpochs", "TrainingStats", "mine_hard_negatives", "peak_memory_mb",
+]

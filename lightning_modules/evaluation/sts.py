@@ -50,7 +50,8 @@ def load_any_model(path: str, setting: str = "model") -> LateInteractionModel:
     if not local.exists() and not HUB_ID.match(path):
         raise ModelLoadError(
             f"{setting}={path}: no such folder or file (working directory {Path.cwd()}); give a folder written by "
-            "python -m train.export (or a run's model/ folder), a .ckpt, or a Hugging Face encoder (a folder or a hub id)"
+            "python -m train.export (or a run's model/ folder), a .ckpt, or a Hugging Face encoder "
+            "(a folder or a hub id)"
         )
     try:
         encoder = TokenEncoder(path, projection_dim=None)
