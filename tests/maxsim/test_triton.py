@@ -41,11 +41,11 @@ def test_triton_matches_reference_scores_and_gradients(direction, reduction, bat
 _TILE_DIRECTIONS = {"a2b": ("a2b", False), "b2a": ("b2a", False), "both": ("both", False),
                     "both-deterministic": ("both", True)}
 _TILE_SHAPES = {"many": (20, 10, 4, 150, 200), "long-a": (3, 150, 2, 64, 24)}
-# "many" takes minutes per direction in Triton's CPU interpreter, a2b's excepted: the others
-# are `slow` (make test-all; tools/kernels/gpu_check.sh runs them on a GPU in seconds).
+# "many" takes up to minutes per direction in Triton's CPU interpreter: `slow` (make test-all;
+# tools/kernels/gpu_check.sh runs them on a GPU in seconds). "long-a" runs everywhere.
 _TILE_CASES = [
     pytest.param(*_TILE_DIRECTIONS[direction], *shape, id=f"{name}-{direction}",
-                 marks=[pytest.mark.slow] if name == "many" and direction != "a2b" else [])
+                 marks=[pytest.mark.slow] if name == "many" else [])
     for name, shape in _TILE_SHAPES.items() for direction in _TILE_DIRECTIONS
 ]
 
@@ -145,11 +145,11 @@ _SIXTEEN_BIT_CASES = {
     "a2b-bf16-default-b-side": ("a2b", torch.bfloat16, "ab", False),
     "both-bf16-default-b-side": ("both", torch.bfloat16, "ab", False),
 }
-# Tens of seconds a case in Triton's CPU interpreter: the default run takes each case on one
-# backward path (the sorted one, cheaper there; a2b-bf16 on both; a2b's default b side on its
-# atomic adds); the others are `slow` (make test-all; a GPU runs them all in seconds).
+# Tens of seconds a case in Triton's CPU interpreter: the default run takes each one-hot case
+# on one backward path (the sorted one, cheaper there; a2b-bf16 on both) and a2b's default b
+# side on its atomic adds; the others are `slow` (make test-all; a GPU runs them in seconds).
 _SIXTEEN_BIT_FAST = {"a2b-bf16-atomic", "a2b-bf16-default-b-side-atomic"} | {
-    f"{name}-deterministic" for name in _SIXTEEN_BIT_CASES if name != "a2b-bf16-default-b-side"}
+    f"{name}-deterministic" for name in _SIXTEEN_BIT_CASES if "default-b-side" not in name}
 _SIXTEEN_BIT_PARAMS = [
     pytest.param(*case, exact_order, id=f"{name}-{path}",
                  marks=[] if f"{name}-{path}" in _SIXTEEN_BIT_FAST else [pytest.mark.slow])

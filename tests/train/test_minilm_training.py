@@ -69,9 +69,9 @@ def test_minilm_fine_tuning_on_a_stsb_subset(stsb_dir, minilm_path):
     zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     assert len(datamodule.datasets["train"]) == len(datamodule.datasets["validation"]) == 300
 
-    # The same 300 training pairs, scored before and after: does the model learn what it is shown?
+    # 100 of the training pairs, scored before and after: does the model learn what it is shown?
     train_loader = DataLoader(
-        datamodule.datasets["train"], batch_size=100, collate_fn=PairCollator(datamodule.tokenizer.pad_token_id)
+        datamodule.datasets["train"][:100], batch_size=100, collate_fn=PairCollator(datamodule.tokenizer.pad_token_id)
     )
     train_before = _spearman(*_predict(module, train_loader))
 
