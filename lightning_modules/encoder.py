@@ -145,10 +145,14 @@ def _report_loading(model_name_or_path: str, loading: dict | None) -> None:
     ignored = sorted(key for key in loading.get("unexpected_keys") or [] if not key.startswith("pooler."))
     if missing:
         log.warning("%s: %d weights are not in the checkpoint and start random: %s", model_name_or_path,
-                    len(missing), ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
+                    len(missing), _first_few(missing))
     if ignored:
         log.info("%s: %d weights of the checkpoint are not used by this architecture: %s", model_name_or_path,
-                 len(ignored), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
+                 len(ignored), _first_few(ignored))
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _make_projection(hidden: int, out_dim: int) -> nn.Linear:

@@ -54,6 +54,17 @@ def build_results(
     return results
 
 
+def reported_metrics(results: dict) -> dict:
+    """The validation and test figures of ``results`` (what a model card reports)."""
+    return {k: v for k, v in results.items() if k.startswith(("val/", "test/"))}
+
+
+def training_data_source(data_settings) -> str | None:
+    """Where a run's training data came from, by its DataModule's settings (a config's ``data``
+    or a checkpoint's DataModule hyperparameters): the pairs file, the STS-B folder or hub id."""
+    source = data_settings.get("train") or data_settings.get("data_dir") or data_settings.get("hub_id")
+    return str(source) if source else None
+
 
 def card_from_checkpoint(path: str | Path) -> dict:
     """What an export's model card can say about the run that wrote checkpoint ``path``: its
@@ -75,13 +86,12 @@ def card_from_checkpoint(path: str | Path) -> dict:
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if model.get("model_name_or_path"):
         card["base_model"] = model["model_name_or_path"]
-    source = data.get("train") or data.get("data_dir") or data.get("hub_id")
-    if source:
-        card["data"] = str(source)
+    if source := training_data_source(data):
+        card["data"] = source
     run = path.parent.parent
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     if results.get("best_checkpoint") and Path(results["best_checkpoint"]).resolve() == path:
-        card["metrics"] = {k: v for k, v in results.items() if k.startswith(("val/", "test/"))}
+        card["metrics"] = reported_metrics(results)
     else:
         kept_for = [state for state in (checkpoint.get("callbacks") or {}).values()
                     if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None]

@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_modules.model import LateInteractionModel, text_settings_from
-from lightning_modules.results import build_results, format_summary, write_results
+from lightning_modules.results import (
+    build_results, format_summary, reported_metrics, training_data_source, write_results,
+)
 from train.cli import run_log
 
 log = logging.getLogger(__name__)
@@ -87,11 +89,11 @@ def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict
     else:
         model = module.model
         model.text_settings = text_settings_from(dict(datamodule.hparams))
-    data = cfg.data.get("train") or cfg.data.get("data_dir") or cfg.data.get("hub_id")
+    data = training_data_source(cfg.data)
     card = {
         "base_model": cfg.model.model_name_or_path,
         "data": f"{cfg.data._target_.rsplit('.', 1)[-1]} from {data}",
-        "metrics": {k: v for k, v in results.items() if k.startswith(("val/", "test/"))},
+        "metrics": reported_metrics(results),
         "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
     results["exported_model"] = str(model.eval().save_pretrained(out_dir, card=card, overwrite=True))

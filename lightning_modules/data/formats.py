@@ -161,10 +161,10 @@ def _read_delimited(path: Path, preferred: str, delimiter: str | None, setting: 
     text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
-    read_as = f"{DELIMITERS[delimiter]}-separated ({setting})" if delimiter else None
+    how = setting
     if delimiter is None:
-        delimiter = detect_delimiter(text, preferred)
-        read_as = f"{DELIMITERS[delimiter]}-separated (detected; {setting}= sets it)"
+        delimiter, how = detect_delimiter(text, preferred), f"detected; {setting}= sets it"
+    read_as = f"{DELIMITERS[delimiter]}-separated ({how})"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)

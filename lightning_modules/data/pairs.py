@@ -243,4 +243,3 @@ def _negatives(row: dict, columns: list[str], table: RawTable, index: int) -> tu
             else:
                 empty += 1
     return negatives, empty
-
