@@ -123,3 +123,60 @@ class RetrievalBatch(TokenBatch):
     def num_pairs(self) -> int:
         """The queries of the batch: each is judged against the whole corpus."""
         return int(self.is_query.sum())
+
+
+# ---- retrieval against a whole corpus -------------------------------------------------------------
+
+
+class TokenizedCorpus:
+    """The documents every query of a retrieval evaluation is ranked against: ``ids`` (their corpus
+    ids, in order) and ``token_ids`` (one list of token ids each).
+
+    Shared, never copied: each ``QueryBatch`` points to the same one (Lightning deep-copies batches
+    when it moves them to a device, and a corpus can be large), and it holds the token vectors of
+    the latest encoding (``cache``, see ``lightning_modules.evaluation.corpus``), so that one set of
+    weights encodes the corpus once, for validation, test and mining alike. Not a dataclass on
+    purpose: Lightning would walk into it on every batch.
+    """
+
+    def __init__(self, ids: list[str], token_ids: list[list[int]]) -> None:
+        if len(ids) != len(token_ids):
+            raise ValueError(f"{len(ids)} corpus ids for {len(token_ids)} tokenised documents")
+        self.ids = list(ids)
+        self.token_ids = token_ids
+        self.cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __deepcopy__(self, memo) -> TokenizedCorpus:
+        return self
+
+    def __repr__(self) -> str:
+        return f"TokenizedCorpus({len(self)} documents)"
+
+
+@dataclass
+class QueryItem:
+    """One query of a retrieval evaluation: its token ids, its id, and its judgements
+    (corpus index -> grade > 0)."""
+
+    ids: list[int]
+    query_id: str
+    judgements: dict[int, int]
+
+
+@dataclass
+class QueryBatch(TokenBatch):
+    """Queries to rank against a whole corpus: ``input_ids (Q, L)``; ``query_ids`` (Q strings);
+    ``judgements``: for each query, ``{corpus index: grade}`` of its relevant documents;
+    ``corpus``: the ``TokenizedCorpus`` they are ranked against (the same object in every batch).
+    Evaluated by nDCG@10, MRR@10, Recall@10 and Recall@100."""
+
+    query_ids: list[str]
+    judgements: list[dict[int, int]]
+    corpus: TokenizedCorpus
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.query_ids)

@@ -9,13 +9,16 @@ from lightning_modules.data.batches import (
     ContrastiveItem,
     LabelledPairsBatch,
     PairItem,
+    QueryBatch,
+    QueryItem,
     RetrievalBatch,
     ScoredPairsBatch,
     TextItem,
+    TokenizedCorpus,
 )
 from lightning_modules.tokenization import pad_token_ids
 
-__all__ = ["ContrastiveCollator", "PairCollator", "RetrievalCollator", "pad_token_ids"]
+__all__ = ["ContrastiveCollator", "PairCollator", "QueryCollator", "RetrievalCollator", "pad_token_ids"]
 
 
 class PairCollator:
@@ -80,3 +83,16 @@ class RetrievalCollator:
             is_query=torch.tensor([item.is_query for item in items], dtype=torch.bool),
             relevant=[list(item.relevant) for item in items],
         )
+
+
+class QueryCollator:
+    """Queries of a retrieval evaluation (``QueryItem``) -> ``QueryBatch`` ranked against ``corpus``."""
+
+    def __init__(self, pad_token_id: int, corpus: TokenizedCorpus) -> None:
+        self.pad_token_id = pad_token_id
+        self.corpus = corpus
+
+    def __call__(self, items: list[QueryItem]) -> QueryBatch:
+        input_ids, attention_mask = pad_token_ids([item.ids for item in items], self.pad_token_id)
+        return QueryBatch(input_ids, attention_mask, query_ids=[item.query_id for item in items],
+                          judgements=[dict(item.judgements) for item in items], corpus=self.corpus)
