@@ -1,5 +1,5 @@
 """Evaluation: one evaluator per kind of evaluation batch, the metric functions they use,
-and the STS evaluation of any model on files (``python -m train.evaluate``).
+and the evaluation of any model on STS files and BEIR folders (``python -m train.evaluate``).
 
 ============================ ========================= =====================================
 evaluator                    batch                     metrics (primary first)
@@ -7,9 +7,11 @@ evaluator                    batch                     metrics (primary first)
 ``CorrelationEvaluator``     ``ScoredPairsBatch``      spearman, pearson
 ``ClassificationEvaluator``  ``LabelledPairsBatch``    auc, f1, accuracy (+ thresholds on val)
 ``RetrievalEvaluator``       ``RetrievalBatch``        mrr@10, recall@1, recall@10
+``CorpusRetrievalEvaluator`` ``QueryBatch``            ndcg@10, mrr@10, recall@10, recall@100
 ============================ ========================= =====================================
 """
 
+from lightning_modules.evaluation.beir import CorpusRetrievalEvaluator, evaluate_beir
 from lightning_modules.evaluation.base import EVALUATORS, Evaluator, evaluator_for, evaluator_named
 from lightning_modules.evaluation.classification import ClassificationEvaluator
 from lightning_modules.evaluation.correlation import CorrelationEvaluator
@@ -18,9 +20,11 @@ from lightning_modules.evaluation.retrieval import RetrievalEvaluator
 __all__ = [
     "EVALUATORS",
     "ClassificationEvaluator",
+    "CorpusRetrievalEvaluator",
     "CorrelationEvaluator",
     "Evaluator",
     "RetrievalEvaluator",
+    "evaluate_beir",
     "evaluator_for",
     "evaluator_named",
 ]

@@ -95,3 +95,39 @@ def retrieval_metrics(scores: torch.Tensor, relevant: list[list[int]], ks: tuple
     for k in ks:
         results[f"recall@{k}"] = float((is_relevant[:, :k].sum(1) / totals).mean())
     return results
+
+
+def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg_at: int = 10, mrr_at: int = 10,
+                    recall_at: tuple[int, ...] = (10, 100)) -> dict[str, float]:
+    """nDCG, MRR and Recall of ranked lists against graded judgements, as trec_eval (and so BEIR) counts them.
+
+    Args:
+        ranked: ``(Q, K)`` corpus indices, best first; ``-1`` pads a shorter list. ``K`` must reach
+            the deepest cut-off, or the corpus size when that is smaller (then the list is complete).
+        judgements: for each query, ``{corpus index: grade}`` of its relevant documents (grade > 0;
+            the grade is the gain). Every query needs at least one.
+
+    Returns, averaged over queries, in [0, 1]: ``ndcg@{ndcg_at}`` (gain / log2(rank + 1), over the
+    ideal ordering of all the query's relevant documents, retrieved or not), ``mrr@{mrr_at}``
+    (1 / rank of the first relevant document, 0 if none is in the top ``mrr_at``) and
+    ``recall@k`` (the share of the query's relevant documents in its top k).
+    """
+    if ranked.ndim != 2 or ranked.shape[0] != len(judgements):
+        raise ValueError(f"ranked must be (Q, K) with Q = {len(judgements)} queries, got {tuple(ranked.shape)}")
+    depth = max(ranked.shape[1], ndcg_at)
+    discounts = 1.0 / torch.log2(torch.arange(2, depth + 2, dtype=torch.float64))
+    totals = {f"ndcg@{ndcg_at}": 0.0, f"mrr@{mrr_at}": 0.0, **{f"recall@{k}": 0.0 for k in recall_at}}
+    for row, judged in enumerate(judgements):
+        relevant = {doc: grade for doc, grade in judged.items() if grade > 0}
+        if not relevant:
+            raise ValueError(f"query {row} has no relevant document (grade > 0)")
+        gains = torch.tensor([float(relevant.get(int(doc), 0)) for doc in ranked[row]], dtype=torch.float64)
+        ideal = torch.tensor(sorted(relevant.values(), reverse=True)[:ndcg_at], dtype=torch.float64)
+        cut = gains[:ndcg_at]
+        dcg = float((cut * discounts[: len(cut)]).sum())
+        totals[f"ndcg@{ndcg_at}"] += dcg / float((ideal * discounts[: len(ideal)]).sum())
+        hits = (gains[:mrr_at] > 0).nonzero()
+        totals[f"mrr@{mrr_at}"] += 1.0 / (int(hits[0]) + 1) if len(hits) else 0.0
+        for k in recall_at:
+            totals[f"recall@{k}"] += float((gains[:k] > 0).sum()) / len(relevant)
+    return {name: total / len(judgements) for name, total in totals.items()}

@@ -1,0 +1,82 @@
+"""Retrieval against a whole corpus: each query ranked by MaxSim against every document (BEIR's
+protocol), scored by nDCG@10, MRR@10, Recall@10 and Recall@100; and the same for any model on a
+BEIR folder (``python -m train.evaluate tasks=[FOLDER]``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from lightning_modules.data.batches import QueryBatch, TokenizedCorpus
+from lightning_modules.data.beir import read_beir
+from lightning_modules.evaluation.base import Evaluator
+from lightning_modules.evaluation.corpus import process_shard, rank_corpus
+from lightning_modules.evaluation.metrics import ranking_metrics
+
+log = logging.getLogger(__name__)
+
+# How deep each query's list goes: the deepest cut-off reported (Recall@100).
+RANKING_DEPTH = 100
+RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+
+class CorpusRetrievalEvaluator(Evaluator):
+    """``ndcg@10`` (primary), ``mrr@10``, ``recall@10`` and ``recall@100`` of the split's queries,
+    each ranked exactly against the whole corpus of its batches (``QueryBatch.corpus``).
+
+    ``update`` encodes the queries; ``compute`` gathers them from every process, encodes the
+    corpus (once per set of weights, each process its own shard) and merges the shards' top 100.
+    A document whose id is the query's own is never a hit (BEIR's convention).
+    """
+
+    batch_type = QueryBatch
+    primary_metric = "ndcg@10"
+    encode_batch_size = 64  # documents per encoder call when the corpus is encoded
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queries: list[tuple[str, torch.Tensor, dict[int, int]]] = []  # (id, (L, D) CPU vectors, judgements)
+        self._corpus: TokenizedCorpus | None = None
+
+    def update(self, model, batch: QueryBatch) -> None:
+        self._corpus = batch.corpus
+        encoded = model.embed(batch.input_ids, batch.attention_mask)
+        for row, (query_id, judged) in enumerate(zip(batch.query_ids, batch.judgements)):
+            self._queries.append((query_id, encoded.vectors[row][encoded.mask[row]].float().cpu(), judged))
+        return None  # queries alone: no pairs to draw
+
+    def compute(self, model, split: str, record: bool = True) -> dict:
+        queries, self._queries = self._queries, []
+        _, world = process_shard()
+        if world > 1:  # every process ranks every query against its own shard of the corpus
+            gathered = [None] * world
+            dist.all_gather_object(gathered, queries)
+            queries = [query for shard in gathered for query in shard]
+        # One entry per query (the distributed sampler repeats a few to even out the shards), in id order.
+        unique = sorted({query_id: (query_id, v, j) for query_id, v, j in queries}.items())
+        if not unique or self._corpus is None:
+            return {name: float("nan") for name in RETRIEVAL_METRICS}
+        corpus = self._corpus
+        position = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
+        _, top = rank_corpus(model, [v for _, (_, v, _) in unique], corpus, RANKING_DEPTH,
+                             exclude=[position.get(query_id) for query_id, _ in unique],
+                             batch_size=self.encode_batch_size)
+        return ranking_metrics(top, [j for _, (_, _, j) in unique])
+
+
+def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64) -> dict:
+    """nDCG@10, MRR@10, Recall@10 and Recall@100 (x100) of ``model`` on one split of a BEIR folder
+    (or ``BeIR/<name>`` with hub access), the queries encoded with the model's query settings."""
+    data = read_beir(source, [split])
+    judged = data.judgements[split]
+    corpus_index = {doc_id: i for i, doc_id in enumerate(data.corpus_ids)}
+    query_ids = sorted(judged.by_query)
+    corpus = TokenizedCorpus(data.corpus_ids, model.tokenize(data.corpus_texts, is_query=False))
+    query_vectors = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
+    _, top = rank_corpus(model, [v.float() for v in query_vectors], corpus, RANKING_DEPTH,
+                         exclude=[corpus_index.get(q) for q in query_ids], batch_size=batch_size)
+    metrics = ranking_metrics(top, [{corpus_index[d]: g for d, g in judged.by_query[q].items()} for q in query_ids])
+    return {**{name: round(100 * value, 2) for name, value in metrics.items()},
+            "queries": len(query_ids), "documents": len(corpus), "source": judged.source, "kind": "retrieval"}
