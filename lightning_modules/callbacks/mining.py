@@ -13,6 +13,9 @@ import logging
 import pytorch_lightning as pl
 import torch
 
+from lightning_modules.data.batches import TokenizedCorpus
+from lightning_modules.evaluation.corpus import rank_corpus
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +51,10 @@ def mine_hard_negatives(
     Args:
         model: a ``LateInteractionModel`` (``embed_token_ids``, ``score_vectors``); put in eval
             mode for the duration and restored after.
-        queries, corpus: token ids of each text.
+        queries: token ids of each query.
+        corpus: token ids of each candidate text, or a ``TokenizedCorpus`` (a retrieval corpus:
+            ranked in shards under several processes, and its encoding shared with the
+            evaluations at the same weights).
         positives: for each query, the corpus indices of its positives.
         k: negatives per query.
         margin: skip a candidate scoring above ``(lowest positive score) - margin``:
@@ -57,6 +63,8 @@ def mine_hard_negatives(
 
     Returns, for each query, up to ``k`` corpus indices, best first.
     """
+    if isinstance(corpus, TokenizedCorpus):
+        return _mine_corpus(model, queries, corpus, positives, k, margin, batch_size)
     was_training = model.training
     model.eval()
     try:
@@ -73,4 +81,24 @@ def mine_hard_negatives(
         candidates[candidates > ceiling] = float("-inf")
         best = candidates.topk(min(k, len(corpus))).indices.tolist()
         mined.append([i for i in best if candidates[i] > float("-inf")])
+    return mined
+
+
+def _mine_corpus(model, queries, corpus: TokenizedCorpus, positives, k, margin, batch_size) -> list[list[int]]:
+    """``mine_hard_negatives`` over a retrieval corpus: each query's top of the whole corpus, deep
+    enough to leave ``k`` after its positives and the margin; a positive ranked below that depth
+    scores under every candidate, so all of them are too close to it (none is mined)."""
+    was_training = model.training
+    model.eval()
+    try:
+        query_vectors = [v.float() for v in model.embed_token_ids(queries, batch_size, True, "mining: encoding queries")]
+    finally:
+        model.train(was_training)
+    depth = 3 * k + max((len(p) for p in positives), default=0)
+    top_scores, top_indices = rank_corpus(model, query_vectors, corpus, depth, batch_size=batch_size)
+    mined = []
+    for scores, indices, known in zip(top_scores.tolist(), top_indices.tolist(), positives):
+        found = [s for s, i in zip(scores, indices) if i in known]
+        ceiling = (min(found) - margin if len(found) == len(known) else float("-inf")) if known else float("inf")
+        mined.append([i for s, i in zip(scores, indices) if i not in known and i >= 0 and s <= ceiling][:k])
     return mined

@@ -1,7 +1,8 @@
 """LightningDataModules: read, check and tokenise the data once, serve batches, and name the
 evaluator of their evaluation batches (``datamodule.evaluator``)."""
 
+from lightning_modules.datamodules.beir import BeirDataModule
 from lightning_modules.datamodules.pairs import PairsDataModule
 from lightning_modules.datamodules.stsb import STSBDataModule
 
-__all__ = ["PairsDataModule", "STSBDataModule"]
+__all__ = ["BeirDataModule", "PairsDataModule", "STSBDataModule"]
