@@ -39,7 +39,8 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, marker_id: int 
     ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if texts else []
     # A text cut to the limit was longer; one of exactly the limit was not: re-tokenise only those.
     at_limit = [text for text, row in zip(texts, ids) if len(row) == limit]
-    truncated = sum(len(row) > limit for row in tokenizer(at_limit)["input_ids"]) if at_limit else 0
+    # (verbose=False: these are only counted, never fed to the model, so no "longer than 512" warning.)
+    truncated = sum(len(row) > limit for row in tokenizer(at_limit, verbose=False)["input_ids"]) if at_limit else 0
     if marker_id is not None:
         ids = [row[:1] + [marker_id] + row[1:] for row in ids]
     return ids, truncated

@@ -1,4 +1,9 @@
-"""``python -m train.evaluate model=DIR tasks=[...]``: STS evaluation with MaxSim; a table and JSON."""
+"""``python -m train.evaluate model=DIR tasks=[...]``: STS and retrieval evaluation with MaxSim; a table and JSON.
+
+A task that is a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/``) or ``BeIR/<name>``
+is a retrieval task (nDCG@10, MRR@10, Recall@10, Recall@100 over its whole corpus); any other is
+an STS task (Spearman, Pearson).
+"""
 
 import json
 from pathlib import Path
@@ -6,18 +11,43 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.evaluation import evaluate_beir
 from lightning_modules.evaluation.sts import evaluate_sts, format_table, load_any_model
 from train.cli import exit_on_user_error
+
+
+def is_retrieval_task(task: str) -> bool:
+    return (Path(task).expanduser() / "corpus.jsonl").is_file() or task.startswith("BeIR/")
+
+
+def format_retrieval_table(results: dict) -> str:
+    lines = [f"{'task':<28}{'queries':>8}{'ndcg@10':>9}{'mrr@10':>8}{'R@10':>8}{'R@100':>8}", "-" * 69]
+    for name, r in results.items():
+        lines.append(f"{name:<28}{r['queries']:>8}{r['ndcg@10']:>9.2f}{r['mrr@10']:>8.2f}"
+                     f"{r['recall@10']:>8.2f}{r['recall@100']:>8.2f}")
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     tasks = OmegaConf.to_container(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else [cfg.tasks]
+    tasks = [str(t) for t in tasks]
     model = load_any_model(cfg.model)
-    evaluation = evaluate_sts(model, [str(t) for t in tasks], cfg.split, cfg.batch_size)
+    for setting in ("max_length", "query_max_length"):  # the model's own unless told
+        if cfg.get(setting) is not None:
+            setattr(model.text_settings, setting, int(cfg[setting]))
+    sts_tasks = [t for t in tasks if not is_retrieval_task(t)]
+    evaluation = evaluate_sts(model, sts_tasks, cfg.split, cfg.batch_size) if sts_tasks else {}
+    retrieval = {Path(t).name or t: evaluate_beir(model, t, cfg.split, cfg.batch_size)
+                 for t in tasks if is_retrieval_task(t)}
+    if retrieval:
+        evaluation["retrieval"] = retrieval
     evaluation["model"] = str(cfg.model)
-    print(format_table(evaluation))
+    if sts_tasks:
+        print(format_table(evaluation))
+    if retrieval:
+        print(format_retrieval_table(retrieval))
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
         print(f"Written to {cfg.out}")

@@ -1,0 +1,60 @@
+"""``+experiment=scifact`` end to end with the tiny model on a slice of SciFact, and
+``python -m train.evaluate`` on a BEIR folder reproducing the run's test figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers.beir import SCIFACT_DIR, scifact_subset
+from tests.helpers.cli import run_module
+from train.pipeline import run
+
+METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+
+@pytest.fixture(scope="module")
+def scifact_slice(tmp_path_factory):
+    if not (SCIFACT_DIR / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT_DIR}")
+    return scifact_subset(tmp_path_factory.mktemp("scifact") / "slice", train_queries=60, test_queries=30, distractors=60)
+
+
+@pytest.mark.training
+def test_scifact_experiment_trains_tests_and_exports_a_model_that_evaluate_reproduces(compose_cfg, scifact_slice, tmp_path):
+    cfg = compose_cfg(["+experiment=scifact", "model=tiny", f"data.path={scifact_slice}", "data.validation_min_queries=10",
+                       "data.mine_negatives=5", "~logger", "++trainer.enable_progress_bar=false",
+                       "++trainer.enable_model_summary=false"], tmp_path / "run")
+    results = run(cfg)
+    assert results["monitor"] == "val/ndcg@10"
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    for split in ("val", "test"):
+        for name in METRICS:
+            assert 0 <= written[f"{split}/{name}"] <= 100 and f"{split}/{name}" in written["zero_shot"]
+    assert written["data"]["queries"] == {"train": 50, "validation": 10, "test": 30}
+    assert any("hard negatives from the model" in note for note in written["data"]["notes"])
+
+    # The export, measured by the evaluation tool on the same folder, gives the run's test figures.
+    out = tmp_path / "evaluation.json"
+    done = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{scifact_slice}]",
+                      f"out={out}", f"hydra.run.dir={tmp_path / 'evaluate'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(out.read_text())["retrieval"]["slice"]
+    assert evaluated["queries"] == 30 and evaluated["documents"] == written["data"]["documents"]
+    for name in METRICS:
+        assert evaluated[name] == pytest.approx(written[f"test/{name}"], abs=0.01)
+    assert "ndcg@10" in done.stdout and "slice" in done.stdout
+
+
+def test_evaluate_names_the_bad_line_of_a_beir_folder(scifact_slice, tmp_path, minilm_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (broken / name).write_text((scifact_slice / name).read_text())
+    (broken / "qrels").mkdir()
+    (broken / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t2\n")
+    done = run_module("train.evaluate", f"model={minilm_path}", f"tasks=[{broken}]", "out=null",
+                      f"hydra.run.dir={tmp_path / 'evaluate'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "test.tsv:2: expected 3 tab-separated fields" in done.stderr
