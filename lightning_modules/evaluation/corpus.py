@@ -1,8 +1,8 @@
 """Exact brute-force retrieval: every query scored by MaxSim against every document of a corpus.
 
 The corpus is encoded once per set of weights (``encode_corpus`` keeps the latest encoding on the
-``TokenizedCorpus``: validation, test and mining at the same weights share it) and scored in
-chunks of documents, keeping a running top-k per query, so memory grows with the corpus's token
+``TokenizedCorpus``, as padded blocks of documents of similar length: validation, test and mining
+at the same weights share it) and scored a block at a time, keeping a running top-k per query, so memory grows with the corpus's token
 vectors and ``Q * (k + chunk)`` scores, never with ``Q * corpus size``. Under several processes,
 each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
 shards' top-k lists are merged. How time and memory grow: docs/retrieval.md.
@@ -19,6 +19,8 @@ from lightning_modules.encoder import TokenEmbeddings
 
 # Documents scored against all queries at once: bounds the (Q, chunk) score block and its padding.
 SCORE_CHUNK = 512
+# Queries scored together, grouped by length.
+QUERY_GROUP = 64
 
 
 def weights_fingerprint(model: torch.nn.Module) -> tuple:
@@ -36,9 +38,10 @@ def process_shard() -> tuple[int, int]:
 
 @torch.no_grad()
 def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: int = 64,
-                  show_progress_bar: bool = True) -> list[torch.Tensor]:
-    """Token vectors ``(L_i, D)`` of the documents ``rows`` of ``corpus``, in eval mode; reused while
-    the weights (and ``rows``) are unchanged."""
+                  show_progress_bar: bool = True) -> list[tuple[torch.Tensor, TokenEmbeddings]]:
+    """The documents ``rows`` of ``corpus`` encoded in eval mode, as scoring blocks of at most
+    ``SCORE_CHUNK`` documents of similar length (little padding): ``(corpus indices (C,),
+    TokenEmbeddings (C, L, D))`` each. Reused while the weights (and ``rows``) are unchanged."""
     key = (weights_fingerprint(model), tuple(rows))
     if corpus.cache.get("key") != key:
         corpus.cache.clear()  # one encoding at a time: the old one is stale and may be large
@@ -49,8 +52,13 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
                                             f"encoding {len(rows)} corpus documents")
         finally:
             model.train(was_training)
-        corpus.cache.update(key=key, vectors=vectors)
-    return corpus.cache["vectors"]
+        order = sorted(range(len(rows)), key=lambda i: len(vectors[i]))
+        blocks = []
+        for start in range(0, len(order), SCORE_CHUNK):
+            chunk = order[start : start + SCORE_CHUNK]
+            blocks.append((torch.tensor([rows[i] for i in chunk]), TokenEmbeddings.stack([vectors[i] for i in chunk])))
+        corpus.cache.update(key=key, blocks=blocks, tokens=sum(len(v) for v in vectors), documents=len(rows))
+    return corpus.cache["blocks"]
 
 
 @torch.no_grad()
@@ -75,21 +83,21 @@ def rank_corpus(
     """
     rank, world = process_shard()
     rows = list(range(rank, len(corpus), world))
-    vectors = encode_corpus(model, corpus, rows, batch_size, show_progress_bar and rank == 0)
+    blocks = encode_corpus(model, corpus, rows, batch_size, show_progress_bar and rank == 0)
     depth = min(depth, len(corpus))
     excluded = torch.tensor([-1 if e is None else e for e in (exclude or [None] * len(queries))])
     top_scores = torch.full((len(queries), 0), float("-inf"))
     top_indices = torch.zeros((len(queries), 0), dtype=torch.long)
-    query_block = TokenEmbeddings.stack(queries) if queries else None
-    # Documents of similar length together: little padding in each scored block.
-    order = sorted(range(len(rows)), key=lambda i: len(vectors[i]))
-    chunks = range(0, len(order), SCORE_CHUNK)
-    for start in tqdm(chunks, desc="scoring queries against the corpus", unit="chunk",
-                      disable=not (show_progress_bar and rank == 0), leave=False):
-        chunk = order[start : start + SCORE_CHUNK]
-        block = TokenEmbeddings.stack([vectors[i] for i in chunk])
-        scores = model.score_matrix(query_block, block).float().cpu()
-        indices = torch.tensor([rows[i] for i in chunk]).expand(len(queries), -1)
+    # Queries of similar length together: padding a short query to the longest would multiply its work.
+    by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+    groups = [by_length[start : start + QUERY_GROUP] for start in range(0, len(by_length), QUERY_GROUP)]
+    query_blocks = [(torch.tensor(group), TokenEmbeddings.stack([queries[i] for i in group])) for group in groups]
+    for block_indices, block in tqdm(blocks, desc="scoring queries against the corpus", unit="block",
+                                     disable=not (show_progress_bar and rank == 0), leave=False):
+        scores = torch.empty(len(queries), len(block_indices))
+        for rows_of_group, query_block in query_blocks:
+            scores[rows_of_group] = model.score_matrix(query_block, block).float().cpu()
+        indices = block_indices.expand(len(queries), -1)
         scores = scores.masked_fill(indices == excluded[:, None], float("-inf"))
         top_scores, top_indices = _best(torch.cat([top_scores, scores], 1), torch.cat([top_indices, indices], 1), depth)
     if world > 1:  # merge the shards' lists: each process holds the best of its own documents

@@ -48,6 +48,7 @@ def _brute_force(model, queries, corpus):
 def test_chunked_top_k_is_the_full_matrix_sorted(setup, monkeypatch):
     model, corpus, queries = setup
     monkeypatch.setattr(corpus_module, "SCORE_CHUNK", 16)  # several chunks, each merged into the top-k
+    monkeypatch.setattr(corpus_module, "QUERY_GROUP", 4)  # and several groups of queries, by length
     corpus.cache.clear()
     scores, indices = rank_corpus(model, queries, corpus, depth=25, show_progress_bar=False)
     full = _brute_force(model, queries, corpus)
@@ -122,7 +123,7 @@ def _sharded_worker(rank, world, port, minilm_path, out):
         corpus = TokenizedCorpus([f"d{i}" for i in range(70)], model.tokenize(_texts(70, seed=1, length=30)))
         queries = model.encode(_texts(9, seed=2, length=8), is_query=True)
         scores, indices = rank_corpus(model, queries, corpus, depth=20, exclude=[5] * 9, show_progress_bar=False)
-        torch.save({"scores": scores, "indices": indices, "encoded": len(corpus.cache["vectors"])}, f"{out}.{rank}")
+        torch.save({"scores": scores, "indices": indices, "encoded": corpus.cache["documents"]}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
