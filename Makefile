@@ -28,7 +28,7 @@ $(PYLATE_VENV)/.installed: Makefile
 	$(PYLATE_PY) -m pip install --quiet $(TORCH)
 	$(PYLATE_PY) -m pip install --quiet --no-deps pylate==1.6.0 sentence-transformers==5.3.0 transformers==5.3.0
 	$(PYLATE_PY) -m pip install --quiet "huggingface-hub>=1.3,<2" "tokenizers>=0.22,<=0.23.0" ujson==5.12.0 \
-		datasets httpx safetensors numpy tqdm scipy scikit-learn pyyaml regex packaging
+		datasets httpx safetensors numpy tqdm scipy scikit-learn pyyaml regex packaging accelerate
 	$(PYLATE_PY) -c "import pylate.models"
 	touch $@
 
@@ -53,13 +53,14 @@ test-all: install interop-env
 	$(PY) -m pytest -m "" $(ARGS)
 
 ## Benchmarks against the peers, side by side
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench interop-env
 	$(PY) -m benchmarks.maxsim
 	$(PY) -m tools.kernels.auto_limit
 	$(PY) -m tools.kernels.triton_compile_check
 	$(PY) -m tools.kernels.triton_sass  # ours; late-interaction-kernels' too where it imports
 	-$(PY) -m benchmarks.contrastive_batch  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) -m benchmarks.sts_vs_sentence_transformers $(ARGS)
+	-$(PY) -m benchmarks.retrieval  # reads ../shared/data/scifact; PyLate runs in $(PYLATE_VENV)
 
 ## What tools/kernels/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
 ## wheels (benchmarks/wheels/) and MiniLM's config and tokenizer (.carry/minilm: the tests that

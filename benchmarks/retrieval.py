@@ -1,0 +1,300 @@
+"""Retrieval on a BEIR set (SciFact by default), side by side in one run, on the CPU:
+
+* **BM25** (``bm25s``, English stopwords);
+* the **all-MiniLM-L6-v2 bi-encoder** (mean pooling, cosine), zero-shot and fine-tuned with
+  sentence-transformers' ``MultipleNegativesRankingLoss``;
+* **PyLate's ColBERT** from the same MiniLM (PyLate's defaults: a fresh 128-d projection, its
+  query length and [MASK] expansion), fine-tuned with its ``Contrastive`` loss, in PyLate's own
+  virtual environment (``make interop-env``; ``benchmarks/pylate_retrieval.py``);
+* **ours**, zero-shot and trained by ``python -m train +experiment=scifact`` (through
+  ``train.pipeline.run``, the experiment's own recipe, its checkpoint picked by validation).
+
+Every trained system sees the same training queries (the experiment's, after its validation
+hold-out) and the same hard negatives: the ones our zero-shot model mines, as the experiment
+does (one per pair for the peers, drawn with the seed; a random non-relevant document where
+mining found none), with the same epochs, batch size, learning rate and seed. Documents are cut
+at the experiment's ``data.max_length`` tokens everywhere.
+
+For each: test nDCG@10, MRR@10 and Recall@100 (x100, over the whole corpus, the same metric
+function for all); training pairs per second; query latency (ms per query, one query at a
+time: encode it and rank the whole stored corpus; ours' trained row shares the zero-shot
+model's figure: same architecture and lengths); and the bytes per document of what has to be
+stored (float32 vectors; BM25's sparse index). Then the ratios against ours trained. A table
+and JSON (``--out``). Timings are reported, never judged.
+
+    python -m benchmarks.retrieval                     # SciFact, the experiment's settings
+    python -m benchmarks.retrieval --data path/to/beir_folder --skip pylate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scifact"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "retrieval.json"
+PYLATE_PYTHON = ROOT / ".venv-pylate" / "bin" / "python"
+SYSTEMS = ("bm25", "bi-encoder", "pylate", "ours")
+DEPTH = 100
+LATENCY_QUERIES = 20
+
+log = logging.getLogger("bench")
+
+
+def compose_ours(overrides: list[str]):
+    import train  # noqa: F401  (registers the OmegaConf resolvers used by conf/)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["+experiment=scifact", *overrides])
+
+
+def metrics_of(ranked, judgements) -> dict:
+    from lightning_modules.evaluation.metrics import ranking_metrics
+
+    values = ranking_metrics(torch.as_tensor(ranked), judgements)
+    return {name: round(100 * values[name], 2) for name in ("ndcg@10", "mrr@10", "recall@100")}
+
+
+# --------------------------------------------------------------------------- the shared data
+
+
+class Task:
+    """The experiment's data: corpus, test queries with judgements, training triples."""
+
+    def __init__(self, cfg) -> None:
+        from lightning_modules.datamodules import BeirDataModule
+
+        data = {k: v for k, v in dict(cfg.data).items() if not k.startswith("_")}
+        self.datamodule = BeirDataModule(**data)
+        self.datamodule.setup("fit")
+        dm = self.datamodule
+        self.corpus_texts = dm.data.corpus_texts
+        position = {doc_id: i for i, doc_id in enumerate(dm.corpus.ids)}
+        self.test_ids = sorted(dm.splits["test"])
+        self.test_texts = [dm.data.queries[q] for q in self.test_ids]
+        self.judgements = [{position[d]: g for d, g in dm.splits["test"][q].items()} for q in self.test_ids]
+        self.exclude = [position.get(q) for q in self.test_ids]
+
+    def triples(self, seed: int) -> list[dict]:
+        """(query, positive, negative) texts: one mined negative per pair, drawn with ``seed``."""
+        dm, rng = self.datamodule, random.Random(seed)
+        out = []
+        for item in dm.datasets["train"]:
+            negatives = [k for k, _ in item.negatives]
+            if not negatives:
+                negatives = [k for k in rng.sample(range(len(self.corpus_texts)), 10) if k not in dm._positives[item.a_key]]
+            out.append({"query": dm.data.queries[dm._train_queries[item.a_key]],
+                        "positive": self.corpus_texts[item.b_key], "negative": self.corpus_texts[rng.choice(negatives)]})
+        return out
+
+
+# --------------------------------------------------------------------------- systems
+
+
+def run_bm25(task: Task) -> dict:
+    import bm25s
+
+    from lightning_modules.data.bm25 import bm25_top_k
+
+    ranked, _ = bm25_top_k(task.corpus_texts, task.test_texts, DEPTH)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(task.corpus_texts, stopwords="en", show_progress=False), show_progress=False)
+    start = time.perf_counter()
+    for text in task.test_texts[:LATENCY_QUERIES]:
+        retriever.retrieve(bm25s.tokenize([text], stopwords="en", show_progress=False), k=min(DEPTH, len(task.corpus_texts)), show_progress=False,
+                           n_threads=1)
+    latency = 1000 * (time.perf_counter() - start) / min(LATENCY_QUERIES, len(task.test_texts))
+    index_bytes = sum(a.nbytes for a in retriever.scores.values() if hasattr(a, "nbytes"))
+    return {"system": "BM25 (bm25s)", **metrics_of(ranked, task.judgements), "train_pairs_per_second": None,
+            "latency_ms_per_query": round(latency, 2), "bytes_per_document": round(index_bytes / len(task.corpus_texts))}
+
+
+def _bi_encoder_row(model, task: Task, name: str) -> dict:
+    documents = model.encode(task.corpus_texts, batch_size=32, convert_to_tensor=True, normalize_embeddings=True,
+                             show_progress_bar=True)
+    queries = model.encode(task.test_texts, batch_size=32, convert_to_tensor=True, normalize_embeddings=True)
+    scores = queries @ documents.T
+    for row, excluded in enumerate(task.exclude):
+        if excluded is not None:
+            scores[row, excluded] = float("-inf")
+    ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :DEPTH]
+    start = time.perf_counter()
+    for text in task.test_texts[:LATENCY_QUERIES]:
+        query = model.encode([text], convert_to_tensor=True, normalize_embeddings=True)
+        torch.topk(query @ documents.T, min(DEPTH, len(documents)))
+    latency = 1000 * (time.perf_counter() - start) / min(LATENCY_QUERIES, len(task.test_texts))
+    return {"system": name, **metrics_of(ranked, task.judgements), "latency_ms_per_query": round(latency, 2),
+            "bytes_per_document": 4 * documents.shape[1]}
+
+
+def run_bi_encoder(task: Task, triples: list[dict], settings: dict) -> list[dict]:
+    import datasets
+    import transformers
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    try:  # sentence-transformers 6 moved the losses
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    transformers.set_seed(settings["seed"])
+    model = SentenceTransformer(settings["model_dir"], device="cpu")
+    model.max_seq_length = settings["max_length"]
+    rows = [{**_bi_encoder_row(model, task, "bi-encoder MiniLM, zero-shot"), "train_pairs_per_second": None}]
+    dataset = datasets.Dataset.from_dict({k: [t[k] for t in triples] for k in ("query", "positive", "negative")})
+    with tempfile.TemporaryDirectory(prefix="bench_st_") as tmpdir:
+        arguments = SentenceTransformerTrainingArguments(
+            output_dir=tmpdir, num_train_epochs=settings["epochs"], per_device_train_batch_size=settings["batch_size"],
+            learning_rate=settings["lr"], warmup_steps=0.1, seed=settings["seed"], eval_strategy="no", save_strategy="no",
+            report_to="none", logging_strategy="no", disable_tqdm=True, use_cpu=True)
+        trainer = SentenceTransformerTrainer(model=model, args=arguments, train_dataset=dataset,
+                                             loss=MultipleNegativesRankingLoss(model))
+        output = trainer.train()
+    pairs_per_s = len(dataset) * settings["epochs"] / float(output.metrics["train_runtime"])
+    rows.append({**_bi_encoder_row(model, task, "bi-encoder MiniLM, MNRL"), "train_pairs_per_second": round(pairs_per_s, 2)})
+    return rows
+
+
+def run_pylate(task: Task, triples: list[dict], settings: dict) -> dict:
+    if not PYLATE_PYTHON.is_file():
+        raise SystemExit(f"error: {PYLATE_PYTHON} not found: make interop-env builds PyLate's environment "
+                         "(or --skip pylate)")
+    request = {"model": settings["model_dir"], "triples": triples, "corpus": task.corpus_texts, "queries": task.test_texts,
+               "epochs": settings["epochs"], "batch_size": settings["batch_size"], "lr": settings["lr"],
+               "seed": settings["seed"], "document_length": settings["max_length"], "depth": DEPTH,
+               "latency_queries": LATENCY_QUERIES, "exclude": task.exclude}
+    with tempfile.TemporaryDirectory(prefix="bench_pylate_") as tmpdir:
+        request["out"] = str(Path(tmpdir) / "result.json")
+        done = subprocess.run([str(PYLATE_PYTHON), str(ROOT / "benchmarks" / "pylate_retrieval.py")],
+                              input=json.dumps(request), capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"error: PyLate's run failed:\n{done.stderr[-3000:]}")
+        result = json.loads(Path(request["out"]).read_text())
+    return {"system": f"PyLate {result['pylate']} ColBERT, Contrastive", **metrics_of(result["ranked"], task.judgements),
+            "train_pairs_per_second": round(result["train_pairs"] / result["train_time_s"], 2),
+            "latency_ms_per_query": round(result["latency_ms_per_query"], 2),
+            "bytes_per_document": round(result["bytes_per_document"])}
+
+
+def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
+    from lightning_modules.callbacks.mining import mine_hard_negatives
+    from lightning_modules.evaluation.corpus import rank_corpus
+    from lightning_modules.model import LateInteractionModel
+    from train.pipeline import run
+
+    dm = task.datamodule
+    model_cfg = {k: v for k, v in dict(cfg.model).items() if not k.startswith("_")}
+    wanted = ("model_name_or_path", "projection_dim", "skip_special_tokens", "skip_punctuation", "random_init",
+              "config_overrides", "direction", "reduction", "temperature", "maxsim")
+    model = LateInteractionModel.build(**{k: model_cfg[k] for k in wanted if k in model_cfg}).eval()
+    queries = model.embed_token_ids(dm._tokenize_queries("test", task.test_ids))
+    _, ranked = rank_corpus(model, [q.float() for q in queries], dm.corpus, DEPTH, exclude=task.exclude)
+    start = time.perf_counter()
+    for ids in dm._tokenize_queries("test", task.test_ids[:LATENCY_QUERIES]):
+        rank_corpus(model, [v.float() for v in model.embed_token_ids([ids])], dm.corpus, DEPTH, show_progress_bar=False)
+    latency = 1000 * (time.perf_counter() - start) / min(LATENCY_QUERIES, len(task.test_ids))
+    stored = 4 * model.encoder.dim * dm.corpus.cache["tokens"] / dm.corpus.cache["documents"]
+    zero = {"system": "ours zero-shot (MaxSim, raw token vectors)", **metrics_of(ranked, task.judgements),
+            "train_pairs_per_second": None, "latency_ms_per_query": round(latency, 2), "bytes_per_document": round(stored)}
+    # The peers' hard negatives: what the experiment itself mines with this zero-shot model.
+    if dm.mining_request() is not None:
+        request = dm.mining_request()
+        dm.add_hard_negatives(mine_hard_negatives(model, request["queries"], request["corpus"], request["positives"],
+                                                  request["k"], request["margin"], request["batch_size"]))
+    dm.corpus.cache.clear()
+
+    def train_ours() -> dict:
+        with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmpdir:
+            results = run(compose_ours([*overrides, "zero_shot=false", "export=false", f"paths.output_dir={tmpdir}"]))
+        return {"system": "ours, +experiment=scifact", "ndcg@10": results.get("test/ndcg@10"),
+                "mrr@10": results.get("test/mrr@10"), "recall@100": results.get("test/recall@100"),
+                "train_pairs_per_second": results.get("train_pairs_per_second"), "latency_ms_per_query": zero[
+                    "latency_ms_per_query"], "bytes_per_document": zero["bytes_per_document"],
+                "val/ndcg@10": results.get("val/ndcg@10")}
+
+    return [zero, train_ours]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'system':<46}{'nDCG@10':>9}{'MRR@10':>8}{'R@100':>8}{'pairs/s':>9}{'ms/query':>10}{'bytes/doc':>11}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        pairs = f"{r['train_pairs_per_second']:.1f}" if r.get("train_pairs_per_second") else "-"
+        lines.append(f"{r['system']:<46}{r['ndcg@10']:>9.2f}{r['mrr@10']:>8.2f}{r['recall@100']:>8.2f}{pairs:>9}"
+                     f"{r['latency_ms_per_query']:>10.1f}{r['bytes_per_document']:>11,}")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Against ours trained: nDCG@10 difference, and ratios of throughput, latency and storage."""
+    ours = next((r for r in rows if r["system"].startswith("ours, ")), None)
+    if ours is None:
+        return {}
+    out = {}
+    for r in rows:
+        if r is ours:
+            continue
+        entry = {"ndcg@10_ours_minus_theirs": round(ours["ndcg@10"] - r["ndcg@10"], 2),
+                 "latency_ours_over_theirs": round(ours["latency_ms_per_query"] / r["latency_ms_per_query"], 2),
+                 "bytes_ours_over_theirs": round(ours["bytes_per_document"] / r["bytes_per_document"], 2)}
+        if r.get("train_pairs_per_second") and ours.get("train_pairs_per_second"):
+            entry["train_pairs_per_second_ours_over_theirs"] = round(
+                ours["train_pairs_per_second"] / r["train_pairs_per_second"], 2)
+        out[r["system"]] = entry
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a BEIR folder (default: %(default)s)")
+    parser.add_argument("--skip", action="append", default=[], choices=SYSTEMS, help="leave a system out (repeatable)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for ours, applied to every system's shared settings (repeatable)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    args = parse_args(argv)
+    overrides = [f"data.path={args.data.resolve()}", *args.override]
+    cfg = compose_ours(overrides)
+    settings = {"model_dir": str(cfg.model.model_name_or_path), "epochs": int(cfg.trainer.max_epochs),
+                "batch_size": int(cfg.data.batch_size), "lr": float(cfg.model.lr), "seed": int(cfg.seed),
+                "max_length": int(cfg.data.max_length)}
+    task = Task(cfg)
+    rows, train_ours = [], None
+    if "ours" not in args.skip or {"bi-encoder", "pylate"} - set(args.skip):
+        zero, train_ours = run_ours(task, cfg, overrides)  # the zero-shot row, and the mined negatives
+        rows.append(zero)
+    triples = task.triples(settings["seed"])
+    if "bm25" not in args.skip:
+        rows.append(run_bm25(task))
+    if "bi-encoder" not in args.skip:
+        rows.extend(run_bi_encoder(task, triples, settings))
+    if "pylate" not in args.skip:
+        rows.append(run_pylate(task, triples, settings))
+    if "ours" not in args.skip and train_ours is not None:
+        rows.append(train_ours())
+    print(format_table(rows))
+    write_json({"data": str(args.data), "settings": settings, "training_pairs": len(triples),
+                "test_queries": len(task.test_ids), "documents": len(task.corpus_texts), "rows": rows,
+                "ratios": ratios(rows), "overrides": overrides}, args.out)
+
+
+if __name__ == "__main__":
+    main()
