@@ -88,11 +88,18 @@ def test_one_set_of_weights_encodes_the_corpus_once(setup, monkeypatch):
         corpus.cache.clear()
 
 
+JUDGEMENTS = [{(3 * i) % 70: 1, (5 * i + 1) % 70: 2} for i in range(9)]
+
+
+def _query_items(model) -> list[QueryItem]:
+    texts = _texts(9, seed=2, length=8)
+    return [QueryItem(ids, f"q{i}", judged) for i, (ids, judged) in enumerate(zip(model.tokenize(texts, True), JUDGEMENTS))]
+
+
 def test_the_evaluator_reports_the_metrics_of_the_brute_force_ranking(setup):
     model, corpus, queries = setup
-    texts = _texts(9, seed=2, length=8)
-    judgements = [{(3 * i) % 70: 1, (5 * i + 1) % 70: 2} for i in range(9)]
-    items = [QueryItem(ids, f"q{i}", judged) for i, (ids, judged) in enumerate(zip(model.tokenize(texts, True), judgements))]
+    judgements = JUDGEMENTS
+    items = _query_items(model)
     collate = QueryCollator(model.encoder.tokenizer.pad_token_id, corpus)
     evaluator = CorpusRetrievalEvaluator()
     with torch.no_grad():
@@ -123,7 +130,16 @@ def _sharded_worker(rank, world, port, minilm_path, out):
         corpus = TokenizedCorpus([f"d{i}" for i in range(70)], model.tokenize(_texts(70, seed=1, length=30)))
         queries = model.encode(_texts(9, seed=2, length=8), is_query=True)
         scores, indices = rank_corpus(model, queries, corpus, depth=20, exclude=[5] * 9, show_progress_bar=False)
-        torch.save({"scores": scores, "indices": indices, "encoded": corpus.cache["documents"]}, f"{out}.{rank}")
+        encoded = corpus.cache["documents"]
+        # The evaluator, each process holding its own share of the queries (with one repeated, as
+        # Lightning's distributed sampler does to even out the shards).
+        items = _query_items(model)
+        collate = QueryCollator(model.encoder.tokenizer.pad_token_id, corpus)
+        evaluator = CorpusRetrievalEvaluator()
+        with torch.no_grad():
+            evaluator.update(model, collate(items[:5] if rank == 0 else items[4:]))
+        metrics = evaluator.compute(model, "val")
+        torch.save({"scores": scores, "indices": indices, "encoded": encoded, "metrics": metrics}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -139,3 +155,9 @@ def test_two_processes_rank_their_shards_and_merge_to_the_single_process_ranking
         assert result["encoded"] == 35  # each process encoded half of the corpus, not all of it
         assert torch.equal(result["indices"], indices)
         torch.testing.assert_close(result["scores"], scores, atol=1e-5, rtol=0)
+    evaluator = CorpusRetrievalEvaluator()
+    with torch.no_grad():
+        evaluator.update(model, QueryCollator(model.encoder.tokenizer.pad_token_id, corpus)(_query_items(model)))
+    single = evaluator.compute(model, "val")
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank.{rank}", weights_only=True)["metrics"] == pytest.approx(single, abs=1e-6)
