@@ -60,6 +60,7 @@ class BeirDataModule(pl.LightningDataModule):
         batch_size: training queries per batch; eval_batch_size: queries (and documents) per
             encoder call in evaluation.
         group_by_length: batches of training pairs of similar document length (less padding).
+        num_workers: loader workers for training batches (evaluation batches are made in this process).
         limit_train_queries: train on a seeded subset of this many training queries.
         seed: seeds the hold-out and the subset.
     """
@@ -258,7 +259,10 @@ class BeirDataModule(pl.LightningDataModule):
     def _query_loader(self, split: str) -> DataLoader:
         data = sorted(self.datasets[split], key=lambda item: len(item.ids))
         collate = QueryCollator(self.tokenizer.pad_token_id, self.corpus)
-        return make_loader(data, self.hparams.eval_batch_size, collate, self.hparams.num_workers)
+        # In this process, always: a worker would send each batch back with its own copy of the
+        # corpus, and the one shared encoding (validation, test, mining) would be lost. Padding a few
+        # pre-tokenised queries needs no worker anyway.
+        return make_loader(data, self.hparams.eval_batch_size, collate, num_workers=0)
 
     # ---- mining (the HardNegativeMining callback, with the model being trained) ------------------
 

@@ -78,7 +78,8 @@ def test_training_batches_mask_each_querys_other_relevant_documents(folder, mini
 
 
 def test_evaluation_batches_rank_against_the_one_shared_corpus(folder, minilm_path):
-    datamodule = _datamodule(folder, minilm_path, eval_batch_size=4)
+    # Even with loader workers, which would each send back their own copy of the corpus.
+    datamodule = _datamodule(folder, minilm_path, eval_batch_size=4, num_workers=2)
     batches = list(datamodule.test_dataloader())
     assert all(isinstance(b, QueryBatch) and b.corpus is datamodule.corpus for b in batches)
     assert sorted(q for b in batches for q in b.query_ids) == sorted(f"q{i}" for i in range(30, 40))
