@@ -79,3 +79,31 @@ def test_the_shared_scifact_reads_as_beir_describes_it():
     assert len(data.corpus_ids) == 5183
     assert (len(data.judgements["train"].by_query), len(data.judgements["test"].by_query)) == (809, 300)
     assert sum(len(d) for d in data.judgements["test"].by_query.values()) == 339
+
+
+def test_a_hub_set_reads_corpus_queries_and_its_qrels_dataset(monkeypatch):
+    import datasets
+
+    tables = {("BeIR/tiny", "corpus"): CORPUS, ("BeIR/tiny", "queries"): QUERIES,
+              ("BeIR/tiny-qrels", None): [{"query-id": "q1", "corpus-id": "d2", "score": 1}]}
+    asked = []
+
+    def load_dataset(name, config=None, split=None):
+        asked.append((name, config, split))
+        return tables[(name, config)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    data = read_beir("BeIR/tiny", ["test"])
+    assert asked == [("BeIR/tiny", "corpus", "corpus"), ("BeIR/tiny", "queries", "queries"), ("BeIR/tiny-qrels", None, "test")]
+    assert data.corpus_texts[0] == "Title one Body one." and data.judgements["test"].by_query == {"q1": {"d2": 1}}
+
+
+def test_an_unreachable_hub_says_so_and_how_to_read_a_folder(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"BeIR/tiny: could not read it from the hub \(ConnectionError: no network\); give a local"):
+        read_beir("BeIR/tiny", ["test"])
