@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
-from lightning_modules.errors import ModelLoadError
+from lightning_modules.errors import DataError, ModelLoadError
 
 
 def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -44,6 +44,19 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, marker_id: int 
     if marker_id is not None:
         ids = [row[:1] + [marker_id] + row[1:] for row in ids]
     return ids, truncated
+
+
+def marker_token_id(tokenizer, marker: str, tokenizer_name: str) -> int:
+    """The id of ``marker`` (``[unused0]``, say), which must be a token of the vocabulary.
+
+    Raises:
+        DataError: it is not (it would be split or mapped to the unknown token).
+    """
+    token_id = tokenizer.convert_tokens_to_ids(marker)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise DataError(f"marker {marker!r} is not a token of the vocabulary of {tokenizer_name}; "
+                        "use one that is (BERT vocabularies have [unused0], [unused1], ...)")
+    return token_id
 
 
 def pad_token_ids(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,7 +130,7 @@ class RetrievalBatch(TokenBatch):
 
 class TokenizedCorpus:
     """The documents every query of a retrieval evaluation is ranked against: ``ids`` (their corpus
-    ids, in order) and ``token_ids`` (one list of token ids each).
+    ids, in order; ``position`` maps an id to its index) and ``token_ids`` (one list of token ids each).
 
     Shared, never copied: each ``QueryBatch`` points to the same one (Lightning deep-copies batches
     when it moves them to a device, and a corpus can be large), and it holds the token vectors of
@@ -143,6 +143,7 @@ class TokenizedCorpus:
         if len(ids) != len(token_ids):
             raise ValueError(f"{len(ids)} corpus ids for {len(token_ids)} tokenised documents")
         self.ids = list(ids)
+        self.position = {doc_id: i for i, doc_id in enumerate(self.ids)}  # corpus id -> index
         self.token_ids = token_ids
         self.cache: dict = {}
 

@@ -27,7 +27,7 @@ from lightning_modules.data.collate import ContrastiveCollator, QueryCollator
 from lightning_modules.data.loading import make_loader, training_sampler
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
-from lightning_modules.tokenization import load_tokenizer, tokenize_texts
+from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +189,7 @@ class BeirDataModule(pl.LightningDataModule):
     def _marker_id(self, marker: str | None) -> int | None:
         if marker is None or self.hparams.roles == "symmetric":
             return None
-        token_id = self.tokenizer.convert_tokens_to_ids(marker)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise DataError(f"marker {marker!r} is not a token of the vocabulary of "
-                            f"{self.hparams.tokenizer_name_or_path}; BERT vocabularies have [unused0], [unused1], ...")
-        return token_id
+        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
 
     def _tokenize_queries(self, split: str, query_ids: list[str]) -> list[list[int]]:
         hp = self.hparams
@@ -209,7 +205,7 @@ class BeirDataModule(pl.LightningDataModule):
 
     def _build_training_items(self) -> None:
         """One item per (training query, relevant document); hard negatives added by mining."""
-        position = {doc_id: i for i, doc_id in enumerate(self.corpus.ids)}
+        position = self.corpus.position
         self._train_queries = sorted(self.splits["train"])
         query_ids = self._tokenize_queries("train", self._train_queries)
         self._train_query_token_ids = query_ids
@@ -229,7 +225,7 @@ class BeirDataModule(pl.LightningDataModule):
             self.add_hard_negatives(mined, source="BM25")
 
     def _query_items(self, split: str) -> list[QueryItem]:
-        position = {doc_id: i for i, doc_id in enumerate(self.corpus.ids)}
+        position = self.corpus.position
         queries = sorted(self.splits[split])
         ids = self._tokenize_queries(split, queries)
         self.notes.append(f"{split}: {len(queries)} queries, ranked against all {len(self.corpus)} documents")

@@ -41,7 +41,7 @@ from lightning_modules.data.pairs import (
 from lightning_modules.data.splitting import MAX_HOLDOUT_SHARE, drop_leaked_pairs, holdout_split
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, Evaluator, RetrievalEvaluator
-from lightning_modules.tokenization import load_tokenizer, tokenize_texts
+from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +267,7 @@ class PairsDataModule(pl.LightningDataModule):
     def _marker_id(self, marker: str | None) -> int | None:
         if marker is None or self.symmetric:
             return None
-        token_id = self.tokenizer.convert_tokens_to_ids(marker)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise DataError(
-                f"marker {marker!r} is not a token of the vocabulary of {self.hparams.tokenizer_name_or_path}; "
-                "use one that is (BERT vocabularies have [unused0], [unused1], ...)"
-            )
-        return token_id
+        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
 
     # ---- tokenising into items -----------------------------------------------------------
 

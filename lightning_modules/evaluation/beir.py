@@ -59,9 +59,8 @@ class CorpusRetrievalEvaluator(Evaluator):
         if not unique or self._corpus is None:
             return {name: float("nan") for name in RETRIEVAL_METRICS}
         corpus = self._corpus
-        position = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
         _, top = rank_corpus(model, [v for _, (_, v, _) in unique], corpus, RANKING_DEPTH,
-                             exclude=[position.get(query_id) for query_id, _ in unique],
+                             exclude=[corpus.position.get(query_id) for query_id, _ in unique],
                              batch_size=self.encode_batch_size)
         return ranking_metrics(top, [j for _, (_, _, j) in unique])
 
@@ -71,9 +70,9 @@ def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64)
     (or ``BeIR/<name>`` with hub access), the queries encoded with the model's query settings."""
     data = read_beir(source, [split])
     judged = data.judgements[split]
-    corpus_index = {doc_id: i for i, doc_id in enumerate(data.corpus_ids)}
     query_ids = sorted(judged.by_query)
     corpus = TokenizedCorpus(data.corpus_ids, model.tokenize(data.corpus_texts, is_query=False))
+    corpus_index = corpus.position
     query_vectors = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
     _, top = rank_corpus(model, [v.float() for v in query_vectors], corpus, RANKING_DEPTH,
                          exclude=[corpus_index.get(q) for q in query_ids], batch_size=batch_size)
