@@ -99,6 +99,11 @@ def _mine_corpus(model, queries, corpus: TokenizedCorpus, positives, k, margin, 
     mined = []
     for scores, indices, known in zip(top_scores.tolist(), top_indices.tolist(), positives):
         found = [s for s, i in zip(scores, indices) if i in known]
-        ceiling = (min(found) - margin if len(found) == len(known) else float("-inf")) if known else float("inf")
+        if not known:
+            ceiling = float("inf")
+        elif len(found) < len(known):  # a positive ranked below the depth: every candidate scores above it
+            ceiling = float("-inf")
+        else:
+            ceiling = min(found) - margin
         mined.append([i for s, i in zip(scores, indices) if i not in known and i >= 0 and s <= ceiling][:k])
     return mined

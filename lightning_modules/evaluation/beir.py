@@ -4,8 +4,6 @@ BEIR folder (``python -m train.evaluate tasks=[FOLDER]``)."""
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.distributed as dist
 
@@ -14,8 +12,6 @@ from lightning_modules.data.beir import read_beir
 from lightning_modules.evaluation.base import Evaluator
 from lightning_modules.evaluation.corpus import process_shard, rank_corpus
 from lightning_modules.evaluation.metrics import ranking_metrics
-
-log = logging.getLogger(__name__)
 
 # How deep each query's list goes: the deepest cut-off reported (Recall@100).
 RANKING_DEPTH = 100
@@ -55,14 +51,14 @@ class CorpusRetrievalEvaluator(Evaluator):
             dist.all_gather_object(gathered, queries)
             queries = [query for shard in gathered for query in shard]
         # One entry per query (the distributed sampler repeats a few to even out the shards), in id order.
-        unique = sorted({query_id: (query_id, v, j) for query_id, v, j in queries}.items())
+        unique = sorted({query[0]: query for query in queries}.values(), key=lambda query: query[0])
         if not unique or self._corpus is None:
             return {name: float("nan") for name in RETRIEVAL_METRICS}
         corpus = self._corpus
-        _, top = rank_corpus(model, [v for _, (_, v, _) in unique], corpus, RANKING_DEPTH,
-                             exclude=[corpus.position.get(query_id) for query_id, _ in unique],
+        _, top = rank_corpus(model, [vectors for _, vectors, _ in unique], corpus, RANKING_DEPTH,
+                             exclude=[corpus.position.get(query_id) for query_id, _, _ in unique],
                              batch_size=self.encode_batch_size)
-        return ranking_metrics(top, [j for _, (_, _, j) in unique])
+        return ranking_metrics(top, [judged for _, _, judged in unique])
 
 
 def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64) -> dict:
@@ -72,10 +68,9 @@ def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64)
     judged = data.judgements[split]
     query_ids = sorted(judged.by_query)
     corpus = TokenizedCorpus(data.corpus_ids, model.tokenize(data.corpus_texts, is_query=False))
-    corpus_index = corpus.position
     query_vectors = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
     _, top = rank_corpus(model, [v.float() for v in query_vectors], corpus, RANKING_DEPTH,
-                         exclude=[corpus_index.get(q) for q in query_ids], batch_size=batch_size)
-    metrics = ranking_metrics(top, [{corpus_index[d]: g for d, g in judged.by_query[q].items()} for q in query_ids])
+                         exclude=[corpus.position.get(q) for q in query_ids], batch_size=batch_size)
+    metrics = ranking_metrics(top, [{corpus.position[d]: g for d, g in judged.by_query[q].items()} for q in query_ids])
     return {**{name: round(100 * value, 2) for name, value in metrics.items()},
             "queries": len(query_ids), "documents": len(corpus), "source": judged.source, "kind": "retrieval"}
