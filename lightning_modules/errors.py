@@ -26,3 +26,11 @@ class ExportError(UserError, RuntimeError):
 
 class InputError(UserError, ValueError):
     """A text given to score or explain is empty, or not one text."""
+
+
+class SettingsError(UserError, ValueError):
+    """Settings that cannot work (a batch size of 0, a negative learning rate, a run folder that cannot be resumed)."""
+
+
+class NonFiniteTrainingError(UserError, RuntimeError):
+    """Training produced a non-finite loss or gradients for too many steps in a row."""

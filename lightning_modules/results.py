@@ -10,6 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from lightning_modules.callbacks.nonfinite import NonFiniteGuard
 from lightning_modules.callbacks.training_stats import TrainingStats, peak_memory_mb
 
 PACKAGES = ("maxsim-lightning", "torch", "pytorch-lightning", "transformers", "torchmetrics", "hydra-core")
@@ -17,7 +18,6 @@ PACKAGES = ("maxsim-lightning", "torch", "pytorch-lightning", "transformers", "t
 
 def build_results(
     trainer: pl.Trainer,
-    zero_shot: dict,
     final_test: dict,
     wall_time: float,
     monitor: str = "val/spearman",
@@ -26,11 +26,15 @@ def build_results(
     """Gather the metrics and costs of a run into one plain dict.
 
     ``val/*`` are those of the best validation by ``monitor`` (the checkpoint that
-    was tested); ``zero_shot`` holds the same metrics for the model before training;
-    ``data`` what was read, kept and dropped (when the DataModule reports it).
+    was tested); ``zero_shot`` holds the same metrics for the model before training
+    (``TrainingStats`` records them, and keeps them across a resume); ``data`` what was read,
+    kept and dropped (when the DataModule reports it); ``nonfinite_steps`` the optimizer steps
+    skipped for a non-finite loss or gradients; ``resumed_at_steps`` where the run was resumed.
     """
     stats = next((c for c in trainer.callbacks if isinstance(c, TrainingStats)), None)
+    guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
     history = stats.history if stats else []
+    zero_shot = stats.zero_shot if stats else {}
     best_val = max(history, key=lambda h: h.get(monitor, float("-inf")), default={})
     results = {
         "zero_shot": {k: _round(k, v) for k, v in zero_shot.items()},
@@ -46,6 +50,8 @@ def build_results(
         "train_pairs_per_second": round(stats.pairs_per_second * trainer.world_size, 2) if stats else None,
         "peak_memory_mb": round(peak_memory_mb(trainer.strategy.root_device), 1),
         "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
+        "nonfinite_steps": guard.skipped if guard else None,
+        "resumed_at_steps": stats.resumed_at if stats else [],
         "validation_history": history,
         "versions": {"python": platform.python_version(), **_versions()},
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -11,11 +13,14 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.callbacks import TrainingInterrupted
 from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.results import (
     build_results, format_summary, reported_metrics, training_data_source, write_results,
 )
 from train.cli import run_log
+from train.resume import check_same_run, last_checkpoint, resume_command, saved_wandb_run_id
+from train.settings import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +28,18 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Train and evaluate as ``cfg`` says; return the results written to ``results.json``."""
     start = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True)
+    # Settings that cannot work fail here, in seconds, before any data or model is read.
+    check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    resuming = bool(cfg.get("resume"))
+    if resuming:  # the folder was checked when Hydra chose it (train/resolvers.py: run_dir)
+        check_same_run(cfg, output_dir)
+        _continue_wandb_run(cfg, output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP re-runs this script once per process
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        log.info("If this run stops, continue it with: %s", _resume_command(output_dir))
 
     datamodule = hydra.utils.instantiate(cfg.data)
     # Read and check the data before loading the model: bad input fails in seconds, and
@@ -47,13 +59,19 @@ def run(cfg: DictConfig) -> dict:
         log.info("No test data (data.test is not set): skipping the test passes")
         run_test = False
     try:
-        zero_shot = {}
-        if cfg.get("zero_shot"):
+        if cfg.get("zero_shot") and not resuming:  # a resumed run has its zero-shot line in the checkpoint
             log.info("Zero-shot evaluation of the untrained model")
-            zero_shot.update(trainer.validate(module, datamodule=datamodule)[0])
+            trainer.validate(module, datamodule=datamodule)
             if run_test:
-                zero_shot.update(trainer.test(module, datamodule=datamodule)[0])
-        trainer.fit(module, datamodule=datamodule)
+                trainer.test(module, datamodule=datamodule)
+        try:
+            trainer.fit(module, datamodule=datamodule, weights_only=True,
+                        ckpt_path=str(last_checkpoint(output_dir)) if resuming else None)
+        except TrainingInterrupted as stop:
+            if trainer.is_global_zero:
+                print(f"{stop}\nContinue this run with:\n  {_resume_command(output_dir)}", file=sys.stderr, flush=True)
+                run_log.info("%s; continue with: %s", stop, _resume_command(output_dir))
+            sys.exit(128 + signal.Signals[stop.signal_name].value)  # the shell's convention for a signal
         final = {}
         if run_test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -61,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
                 log.warning("No best checkpoint was saved (fast_dev_run or no validation); testing the last weights")
             final = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
         results = build_results(
-            trainer, zero_shot, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
+            trainer, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
             data_report=datamodule.report_dict() if hasattr(datamodule, "report_dict") else None,
         )
     finally:
@@ -79,6 +97,22 @@ def run(cfg: DictConfig) -> dict:
         run_log.info("%s", summary)
         log.info("Results written to %s", output_dir / "results.json")
     return results
+
+
+def _resume_command(run_folder: Path) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return resume_command(run_folder, list(HydraConfig.get().overrides.task))
+
+
+def _continue_wandb_run(cfg: DictConfig, run_folder: Path) -> None:
+    """Log a resumed run into the W&B run it started, not a new one."""
+    run_id = saved_wandb_run_id(run_folder)
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if run_id and wandb:
+        with open_dict(cfg):
+            wandb.id = run_id
+            wandb.resume = "allow"
 
 
 def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict, out_dir: Path) -> None:

@@ -1,11 +1,15 @@
-"""OmegaConf resolvers used by ``conf/``: where the project and installed packages live."""
+"""OmegaConf resolvers used by ``conf/``: where the project, installed packages and the run folder live."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from lightning_modules.errors import SettingsError
 
 
 def project_root() -> str:
@@ -24,6 +28,36 @@ def package_dir(name: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]))
 
 
+def run_dir(resume, new_dir: str) -> str:
+    """The run's folder: ``resume``'s when resuming a run, else ``new_dir``.
+
+    Checked here, before Hydra creates it: a mistyped ``resume=`` must not become a fresh run
+    folder, and a folder that cannot be written must fail with one paragraph, not Hydra's
+    traceback (which is what an exception raised here would give: hence the exit).
+    """
+    from train.resume import resumable_run  # lazily: this module is imported by every entry point
+    from train.settings import not_writable
+
+    try:
+        folder = str(resumable_run(resume)) if resume else new_dir
+        if problem := not_writable(Path(folder)):
+            raise SettingsError(f"the run folder {folder} cannot be written ({problem}); choose another "
+                                "with paths.log_dir=DIR or hydra.run.dir=DIR")
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return folder
+
+
+def hydra_subdir(resume) -> str:
+    """Where Hydra writes the run's composed config: a resumed run keeps the original's ``.hydra``."""
+    if not resume:
+        return ".hydra"
+    return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("project_root", project_root, replace=True)
     OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)

@@ -7,6 +7,8 @@ field to the device (a dataclass is a collection to it); other fields pass throu
 Every batch holds ``input_ids (T, L)`` and ``attention_mask (T, L)``, padded to its own longest
 text, so the encoder runs once per batch, and says how many training pairs it holds
 (``num_pairs``: what throughput counts and what ``self.log`` takes as ``batch_size``).
+A training batch also says which items of the training split it holds (``item_indices``), so
+that a message about a bad batch can name its rows.
 
 Adding a kind of batch means a dataclass here, a collator (``lightning_modules.data.collate``)
 and an evaluator (``lightning_modules.evaluation``), and nothing else.
@@ -64,6 +66,8 @@ class TokenBatch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    # Positions of the batch's items in the training split (set by the training loader).
+    item_indices: tuple[int, ...] = field(default=(), kw_only=True)
 
     @property
     def num_pairs(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_modules.errors import DataError
@@ -20,18 +20,21 @@ COLUMNS = ("sentence1", "sentence2", "score")
 
 @dataclass
 class ScoredPairs:
-    """Aligned lists of text pairs and their gold scores, scaled to [0, 1]."""
+    """Aligned lists of text pairs and their gold scores, scaled to [0, 1]; ``where``: each pair's
+    place in its source (file and line), for messages about it later."""
 
     text_a: list[str]
     text_b: list[str]
     scores: list[float]
+    where: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def subset(self, indices) -> ScoredPairs:
         return ScoredPairs(
-            [self.text_a[i] for i in indices], [self.text_b[i] for i in indices], [self.scores[i] for i in indices]
+            [self.text_a[i] for i in indices], [self.text_b[i] for i in indices], [self.scores[i] for i in indices],
+            [self.where[i] for i in indices] if self.where else [],
         )
 
 
@@ -66,6 +69,7 @@ def read_scored_pairs_csv(path: str | Path, score_min: float = 0.0, score_max: f
             pairs.text_a.append(row["sentence1"])
             pairs.text_b.append(row["sentence2"])
             pairs.scores.append((score - score_min) / (score_max - score_min))
+            pairs.where.append(where)
     except csv.Error as error:
         raise DataError(f"{path}: not readable as CSV: {error}") from error
     if not len(pairs):

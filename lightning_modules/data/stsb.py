@@ -47,7 +47,8 @@ def _load_hub_splits(hub_id: str) -> dict[str, ScoredPairs]:
     splits = {}
     for split in SPLITS:
         table = datasets.load_dataset(hub_id, split=split)
-        splits[split] = ScoredPairs(list(table["sentence1"]), list(table["sentence2"]), [float(s) for s in table["score"]])
+        splits[split] = ScoredPairs(list(table["sentence1"]), list(table["sentence2"]), [float(s) for s in table["score"]],
+                                    [f"hub dataset {hub_id}, split {split}, row {i}" for i in range(len(table))])
         bad = [i for i, s in enumerate(splits[split].scores) if not 0.0 <= s <= 1.0]
         if bad:
             raise DataError(f"hub dataset {hub_id!r}, split {split}, row {bad[0]}: score outside [0, 1]")

@@ -24,7 +24,7 @@ from lightning_modules.data.batches import ContrastiveItem, QueryItem, Tokenized
 from lightning_modules.data.beir import BeirData, Judgements, read_beir
 from lightning_modules.data.bm25 import bm25_top_k
 from lightning_modules.data.collate import ContrastiveCollator, QueryCollator
-from lightning_modules.data.loading import make_loader, training_sampler
+from lightning_modules.data.loading import make_loader, training_loader
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
 from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
@@ -240,9 +240,9 @@ class BeirDataModule(pl.LightningDataModule):
             raise DataError("data.negatives_from=model but no HardNegativeMining callback mined: keep "
                             "callbacks=default, or set data.negatives_from=bm25 or none")
         data = self.datasets["train"]
-        sampler = training_sampler([len(item.b) for item in data], hp.batch_size, hp.group_by_length, self.trainer)
         collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
-        return make_loader(data, hp.batch_size, collate, hp.num_workers, sampler)
+        return training_loader(data, [len(item.b) for item in data], hp.batch_size, collate, hp.num_workers,
+                               hp.group_by_length, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self._query_loader("validation")

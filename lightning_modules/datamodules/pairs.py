@@ -30,7 +30,7 @@ from lightning_modules.data.batches import ContrastiveItem, PairItem, TextItem
 from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.columns import resolve_columns
 from lightning_modules.data.formats import TableSpec, parse_delimiter, read_table
-from lightning_modules.data.loading import make_loader, training_sampler
+from lightning_modules.data.loading import make_loader, training_loader
 from lightning_modules.data.pairs import (
     PairExamples,
     ReadReport,
@@ -390,12 +390,11 @@ class PairsDataModule(pl.LightningDataModule):
                             "callbacks=default, or add lightning_modules.callbacks.HardNegativeMining to the callbacks")
         data = self.datasets["train"]
         lengths = [max(len(item.a), len(item.b)) for item in data]
-        sampler = training_sampler(lengths, hp.batch_size, hp.group_by_length, self.trainer)
         if isinstance(data[0], ContrastiveItem):
             collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
         else:
             collate = PairCollator(self.tokenizer.pad_token_id)
-        return self._loader(data, hp.batch_size, collate, sampler=sampler)
+        return training_loader(data, lengths, hp.batch_size, collate, hp.num_workers, hp.group_by_length, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -414,10 +413,7 @@ class PairsDataModule(pl.LightningDataModule):
         else:
             data = sorted(data, key=lambda item: max(len(item.a), len(item.b)))
             collate = PairCollator(pad, labelled=self.supervision == "binary")
-        return self._loader(data, self.hparams.eval_batch_size, collate)
-
-    def _loader(self, data, batch_size, collate, sampler=None) -> DataLoader:
-        return make_loader(data, batch_size, collate, self.hparams.num_workers, sampler)
+        return make_loader(data, self.hparams.eval_batch_size, collate, self.hparams.num_workers)
 
     # ---- mining (done by the HardNegativeMining callback, with the model being trained) ---------
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_modules.data.batches import PairItem
 from lightning_modules.data.collate import PairCollator
-from lightning_modules.data.loading import make_loader, training_sampler
+from lightning_modules.data.loading import describe_items, make_loader, training_loader
 from lightning_modules.data.reading import ScoredPairs
 from lightning_modules.data.stsb import load_stsb_splits, seeded_subset
 from lightning_modules.evaluation import CorrelationEvaluator, Evaluator
@@ -60,6 +60,7 @@ class STSBDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, list[PairItem]] = {}
+        self._train_where: list[str] = []  # file and line of each training pair
         # Graded pairs: Spearman (the primary metric) and Pearson.
         self.evaluator: Evaluator = CorrelationEvaluator()
 
@@ -71,13 +72,21 @@ class STSBDataModule(pl.LightningDataModule):
         splits = load_stsb_splits(hp.data_dir, hp.hub_id, hp.score_min, hp.score_max)
         for name, pairs in splits.items():
             limit = hp.limit_train_pairs if name == "train" else hp.limit_eval_pairs
-            self.datasets[name] = self._tokenize(seeded_subset(pairs, limit), name)
+            pairs = seeded_subset(pairs, limit)
+            self.datasets[name] = self._tokenize(pairs, name)
+            if name == "train":
+                self._train_where = pairs.where
 
     def train_dataloader(self) -> DataLoader:
         data = self.datasets["train"]
         lengths = [max(len(item.a), len(item.b)) for item in data]
-        sampler = training_sampler(lengths, self.hparams.batch_size, self.hparams.group_by_length, self.trainer)
-        return self._loader(data, self.hparams.batch_size, sampler=sampler)
+        hp = self.hparams
+        collate = PairCollator(self.tokenizer.pad_token_id)
+        return training_loader(data, lengths, hp.batch_size, collate, hp.num_workers, hp.group_by_length, self.trainer)
+
+    def describe_training_items(self, indices: list[int]) -> str:
+        """Where the training pairs at ``indices`` (positions in ``datasets["train"]``) come from."""
+        return describe_items(self._train_where, indices)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -89,11 +98,8 @@ class STSBDataModule(pl.LightningDataModule):
         data = self.datasets[split]
         # Correlations do not depend on order, so sort by length: least padding.
         data = sorted(data, key=lambda item: max(len(item.a), len(item.b)))
-        return self._loader(data, self.hparams.eval_batch_size)
-
-    def _loader(self, data, batch_size, sampler=None) -> DataLoader:
         collate = PairCollator(self.tokenizer.pad_token_id)
-        return make_loader(data, batch_size, collate, self.hparams.num_workers, sampler)
+        return make_loader(data, self.hparams.eval_batch_size, collate, self.hparams.num_workers)
 
     def _tokenize(self, pairs: ScoredPairs, split: str) -> list[PairItem]:
         max_length = self.hparams.max_length

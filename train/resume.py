@@ -1,0 +1,92 @@
+"""``resume=RUN_FOLDER``: continue a run in its own folder from its ``checkpoints/last.ckpt``.
+
+Never a silent fresh start: a folder without a checkpoint, or a config that differs from the
+run's (other than the settings a resume may change), is an error that says what to do.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.callbacks.checkpointing import LAST
+from lightning_modules.errors import SettingsError
+
+# Settings a resumed run may change: how long it trains, how often it saves, what it logs,
+# where things live, and what it does after training. Anything else changes the run itself.
+MAY_CHANGE = (
+    "resume", "trainer.max_epochs", "trainer.min_epochs", "trainer.max_steps", "trainer.max_time",
+    "checkpoint_every_n_steps", "max_nonfinite_steps", "test", "export", "logger", "paths",
+    "data.num_workers", "trainer.enable_progress_bar", "callbacks.run_checkpoint.every_n_steps",
+    "callbacks.nonfinite_guard.max_consecutive",
+)
+
+
+def resumable_run(folder) -> Path:
+    """``folder`` as an absolute path, after checking that it holds a run that can be resumed."""
+    run = Path(str(folder)).expanduser().resolve()
+    if not run.is_dir():
+        raise SettingsError(f"resume={folder}: no such folder (give the run folder, logs/<task>/runs/<time>)")
+    if not (run / "checkpoints" / LAST).is_file():
+        found = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").is_dir() else []
+        raise SettingsError(
+            f"resume={folder}: no checkpoints/{LAST} in that folder"
+            + (f" (it has {', '.join(found)}: a best checkpoint holds no training position)" if found else "")
+            + ". A run writes it every checkpoint_every_n_steps steps and at each epoch's end; one killed "
+              "before its first save cannot be resumed: start it again without resume="
+        )
+    if not (run / "config_resolved.yaml").is_file():
+        raise SettingsError(f"resume={folder}: no config_resolved.yaml in that folder: not a run folder of ours")
+    return run
+
+
+def last_checkpoint(run: Path) -> Path:
+    return run / "checkpoints" / LAST
+
+
+def check_same_run(cfg: DictConfig, run: Path) -> None:
+    """Raise unless ``cfg`` is the config of the run in ``run``, up to the settings of ``MAY_CHANGE``."""
+    before = _flat(OmegaConf.to_container(OmegaConf.load(run / "config_resolved.yaml"), resolve=False))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    differ = sorted(
+        key for key in before.keys() | now.keys()
+        if before.get(key, "<unset>") != now.get(key, "<unset>") and not _may_change(key)
+    )
+    if differ:
+        shown = "; ".join(f"{key}: {before.get(key, '<unset>')!r} in the run, {now.get(key, '<unset>')!r} now"
+                          for key in differ[:8])
+        raise SettingsError(
+            f"resume={run}: this command's config differs from the run's in {len(differ)} setting(s): {shown}"
+            + ("; ..." if len(differ) > 8 else "")
+            + f". Give the run's own overrides again (they are in {run}/.hydra/overrides.yaml), changing only "
+              f"what a resume may change ({', '.join(MAY_CHANGE[1:])})."
+        )
+
+
+def saved_wandb_run_id(run: Path) -> str | None:
+    """The W&B run id that the run's last checkpoint recorded, if it logged to W&B."""
+    checkpoint = torch.load(last_checkpoint(run), map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get("wandb_run_id")
+
+
+def resume_command(run: Path, overrides: list[str]) -> str:
+    """The command that continues ``run``: this one's overrides, with ``resume=`` set to the run."""
+    kept = [o for o in overrides if not o.startswith(("resume=", "+resume="))]
+    return shlex.join([Path(sys.executable).name, "-m", "train", *kept, f"resume={run}"])
+
+
+def _may_change(key: str) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in MAY_CHANGE)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flat(value, f"{prefix}{key}."))
+        return flat or {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
