@@ -13,8 +13,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.callbacks import TrainingInterrupted
+from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
 from lightning_modules.model import LateInteractionModel, text_settings_from
+from lightning_modules.progress import writes_to_terminal
 from lightning_modules.results import (
     build_results, format_summary, reported_metrics, training_data_source, write_results,
 )
@@ -51,6 +52,8 @@ def run(cfg: DictConfig) -> dict:
         log.info("Best checkpoint by %s", cfg.optimized_metric)
     module = hydra.utils.instantiate(cfg.model)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if cfg.trainer.get("enable_progress_bar", True) and not writes_to_terminal():
+        callbacks.append(PlainProgress())  # a log file gets plain lines, not a redrawn bar
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

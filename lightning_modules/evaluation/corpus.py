@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.encoder import TokenEmbeddings
+from lightning_modules.progress import progress
 
 # Documents scored against all queries at once: bounds the (Q, chunk) score block and its padding.
 SCORE_CHUNK = 512
@@ -92,8 +92,8 @@ def rank_corpus(
     by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     groups = [by_length[start : start + QUERY_GROUP] for start in range(0, len(by_length), QUERY_GROUP)]
     query_blocks = [(torch.tensor(group), TokenEmbeddings.stack([queries[i] for i in group])) for group in groups]
-    for block_indices, block in tqdm(blocks, desc="scoring queries against the corpus", unit="block",
-                                     disable=not (show_progress_bar and rank == 0), leave=False):
+    for block_indices, block in progress(blocks, "scoring queries against the corpus", unit="block",
+                                         disable=not (show_progress_bar and rank == 0), leave=False):
         scores = torch.empty(len(queries), len(block_indices))
         for rows_of_group, query_block in query_blocks:
             scores[rows_of_group] = model.score_matrix(query_block, block).float().cpu()

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
 from lightning_modules.errors import InputError, ModelLoadError
 from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
 from lightning_modules.model import saving
 from lightning_modules.model.settings import TextSettings
+from lightning_modules.progress import progress
 from lightning_modules.tokenization import pad_token_ids, tokenize_texts
 
 # Inputs longer than this many texts show a progress bar (unless told otherwise).
@@ -180,8 +180,8 @@ class LateInteractionModel(nn.Module):
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         device = next(self.parameters()).device
         out: list = [None] * len(ids)
-        for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=not show_progress_bar,
-                          leave=False):
+        for start in progress(range(0, len(ids), batch_size), desc, unit="batch", disable=not show_progress_bar,
+                              leave=False):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = pad_token_ids([ids[i] for i in chunk], self.encoder.tokenizer.pad_token_id)
             embedded = self.embed(input_ids.to(device), attention_mask.to(device))
@@ -214,7 +214,7 @@ class LateInteractionModel(nn.Module):
         """MaxSim of every ``(L_i, D)`` vector set of ``a`` against every one of ``b``: ``(len(a), len(b))``
         float32 on the CPU. In chunks: memory grows with ``chunk^2 * La * Lb``, not ``len(a) * len(b)``."""
         scores = torch.empty(len(a), len(b))
-        for i in tqdm(range(0, len(a), chunk), desc=desc, unit="chunk", disable=not show_progress_bar, leave=False):
+        for i in progress(range(0, len(a), chunk), desc, unit="chunk", disable=not show_progress_bar, leave=False):
             left = TokenEmbeddings.stack(a[i : i + chunk])
             for j in range(0, len(b), chunk):
                 scores[i : i + chunk, j : j + chunk] = self.score_matrix(left, TokenEmbeddings.stack(b[j : j + chunk]))
