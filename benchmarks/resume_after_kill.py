@@ -98,7 +98,8 @@ def main() -> None:
                           "train_time_s": a["train_time_s"], "wall_time_s": round(wall_whole, 1)},
         "killed_and_resumed": {"test/spearman": b["test/spearman"], "val/spearman": b["val/spearman"],
                                "train_time_s": b["train_time_s"], "resumed_at_steps": b["resumed_at_steps"],
-                               "wall_time_killed_s": round(wall_killed, 1), "wall_time_resumed_s": round(wall_resumed, 1),
+                               "wall_time_killed_s": round(wall_killed, 1),
+                               "wall_time_resumed_s": round(wall_resumed, 1),
                                "seconds_lost": round(lost, 1)},
     }
     ratio = (wall_killed + wall_resumed) / (wall_whole + lost)

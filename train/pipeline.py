@@ -6,12 +6,14 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
 from lightning_modules.model import LateInteractionModel, text_settings_from
@@ -20,7 +22,7 @@ from lightning_modules.results import (
     build_results, format_summary, reported_metrics, training_data_source, write_results,
 )
 from train.cli import run_log
-from train.resume import check_same_run, last_checkpoint, resume_command, saved_wandb_run_id
+from train.resume import checkpoint_to_resume, resume_command
 from train.settings import check_settings
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,11 @@ def run(cfg: DictConfig) -> dict:
     # Settings that cannot work fail here, in seconds, before any data or model is read.
     check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    resuming = bool(cfg.get("resume"))
-    if resuming:  # the folder was checked when Hydra chose it (train/resolvers.py: run_dir)
-        check_same_run(cfg, output_dir)
-        _continue_wandb_run(cfg, output_dir)
+    # resume=RUN_FOLDER, or a SLURM job requeued into its own folder: None for a fresh run.
+    resume_from = checkpoint_to_resume(cfg, output_dir)
+    resuming = resume_from is not None
+    if resuming:  # the run's own checkpoints are there, as they should be
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     pl.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP re-runs this script once per process
@@ -69,12 +72,13 @@ def run(cfg: DictConfig) -> dict:
                 trainer.test(module, datamodule=datamodule)
         try:
             trainer.fit(module, datamodule=datamodule, weights_only=True,
-                        ckpt_path=str(last_checkpoint(output_dir)) if resuming else None)
+                        ckpt_path=str(resume_from) if resuming else None)
         except TrainingInterrupted as stop:
-            if trainer.is_global_zero:
-                print(f"{stop}\nContinue this run with:\n  {_resume_command(output_dir)}", file=sys.stderr, flush=True)
-                run_log.info("%s; continue with: %s", stop, _resume_command(output_dir))
+            _report_stop(trainer, str(stop), output_dir)
             sys.exit(128 + signal.Signals[stop.signal_name].value)  # the shell's convention for a signal
+        except SIGTERMException:  # Lightning's own stop on SIGTERM (the callback saved the state)
+            _report_stop(trainer, "SIGTERM received: training stopped", output_dir)
+            sys.exit(128 + signal.SIGTERM)
         final = {}
         if run_test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -102,20 +106,18 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
+def _report_stop(trainer, what: str, run_folder: Path) -> None:
+    if trainer.is_global_zero:
+        print(f"{what}\nContinue this run with:\n  {_resume_command(run_folder)}", file=sys.stderr, flush=True)
+        run_log.info("%s; continue with: %s", what, _resume_command(run_folder))
+
+
 def _resume_command(run_folder: Path) -> str:
     from hydra.core.hydra_config import HydraConfig
 
-    return resume_command(run_folder, list(HydraConfig.get().overrides.task))
-
-
-def _continue_wandb_run(cfg: DictConfig, run_folder: Path) -> None:
-    """Log a resumed run into the W&B run it started, not a new one."""
-    run_id = saved_wandb_run_id(run_folder)
-    wandb = (cfg.get("logger") or {}).get("wandb")
-    if run_id and wandb:
-        with open_dict(cfg):
-            wandb.id = run_id
-            wandb.resume = "allow"
+    # The command line's overrides; a config composed without @hydra.main (a script calling run) has none.
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return resume_command(run_folder, overrides)
 
 
 def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict, out_dir: Path) -> None:

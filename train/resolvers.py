@@ -28,18 +28,19 @@ def package_dir(name: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]))
 
 
-def run_dir(resume, new_dir: str) -> str:
-    """The run's folder: ``resume``'s when resuming a run, else ``new_dir``.
+def run_dir(resume, runs_dir: str, stamp: str) -> str:
+    """The run's folder: ``resume``'s when resuming a run; else, inside a SLURM job,
+    ``<runs_dir>/slurm-<job id>`` (a requeued job comes back to it); else ``<runs_dir>/<stamp>``.
 
     Checked here, before Hydra creates it: a mistyped ``resume=`` must not become a fresh run
     folder, and a folder that cannot be written must fail with one paragraph, not Hydra's
     traceback (which is what an exception raised here would give: hence the exit).
     """
-    from train.resume import resumable_run  # lazily: this module is imported by every entry point
+    from train.resume import resumable_run, slurm_job_name  # lazily: this module is imported by every entry point
     from train.settings import not_writable
 
     try:
-        folder = str(resumable_run(resume)) if resume else new_dir
+        folder = str(resumable_run(resume)) if resume else f"{runs_dir}/{slurm_job_name() or stamp}"
         if problem := not_writable(Path(folder)):
             raise SettingsError(f"the run folder {folder} cannot be written ({problem}); choose another "
                                 "with paths.log_dir=DIR or hydra.run.dir=DIR")
@@ -49,9 +50,10 @@ def run_dir(resume, new_dir: str) -> str:
     return folder
 
 
-def hydra_subdir(resume) -> str:
-    """Where Hydra writes the run's composed config: a resumed run keeps the original's ``.hydra``."""
-    if not resume:
+def hydra_subdir(run_folder: str) -> str:
+    """Where Hydra writes the run's composed config: a run that continues in its folder (``resume=``,
+    a requeued SLURM job) keeps the original's ``.hydra`` and writes its own beside it."""
+    if not (Path(run_folder) / "config_resolved.yaml").is_file():
         return ".hydra"
     return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
 

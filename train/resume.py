@@ -6,12 +6,13 @@ run's (other than the settings a resume may change), is an error that says what 
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.callbacks.checkpointing import LAST
 from lightning_modules.errors import SettingsError
@@ -44,6 +45,39 @@ def resumable_run(folder) -> Path:
     return run
 
 
+def checkpoint_to_resume(cfg: DictConfig, run: Path) -> Path | None:
+    """The checkpoint that the run in folder ``run`` continues from, None for a fresh run.
+
+    With ``resume=``: that folder's ``last.ckpt`` (Hydra's run folder is the same one:
+    ``train/resolvers.py: run_dir``). Without it, under SLURM: a job that SLURM requeued starts
+    again in its own folder (named after the job id) and continues from the ``last.ckpt`` that its
+    earlier start wrote. Either way the config must be the run's (``check_same_run``).
+    """
+    if cfg.get("resume"):
+        if resumable_run(cfg.resume) != run.resolve():
+            raise SettingsError(f"resume={cfg.resume} continues that run in its own folder, but hydra.run.dir "
+                                f"names another ({run}): leave hydra.run.dir out when resuming")
+    elif not (slurm_job_name() and last_checkpoint(run).is_file()):
+        return None
+    check_same_run(cfg, run)
+    continue_wandb_run(cfg, run)
+    return last_checkpoint(run)
+
+
+def slurm_job_name() -> str | None:
+    """``slurm-<job id>`` inside a SLURM job that Lightning runs under its ``SLURMEnvironment``, else None.
+
+    A requeued job keeps its id: its folder is the one its first start wrote to.
+    """
+    from lightning_fabric.plugins.environments import SLURMEnvironment  # lazily: a heavy import
+
+    if not SLURMEnvironment.detect():
+        return None
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    return f"slurm-{job}"
+
+
 def last_checkpoint(run: Path) -> Path:
     return run / "checkpoints" / LAST
 
@@ -71,6 +105,16 @@ def saved_wandb_run_id(run: Path) -> str | None:
     """The W&B run id that the run's last checkpoint recorded, if it logged to W&B."""
     checkpoint = torch.load(last_checkpoint(run), map_location="cpu", weights_only=True, mmap=True)
     return checkpoint.get("wandb_run_id")
+
+
+def continue_wandb_run(cfg: DictConfig, run: Path) -> None:
+    """Make ``cfg``'s W&B logger (``logger=wandb``) continue the W&B run that ``run`` logged to, not start a new one."""
+    run_id = saved_wandb_run_id(run)
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if run_id and wandb is not None:
+        with open_dict(cfg):
+            wandb.id = run_id
+            wandb.resume = "allow"
 
 
 def resume_command(run: Path, overrides: list[str]) -> str:

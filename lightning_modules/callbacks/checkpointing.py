@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +45,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after writing ``checkpoint``; the run can be resumed from it."""
+    """Training stopped on a signal after writing ``checkpoint``; the run can be resumed from it
+    (``requeued``: SLURM will start the job again, and the run resumes by itself)."""
 
-    def __init__(self, signal_name: str, checkpoint: str, step: int) -> None:
-        super().__init__(f"{signal_name} received: stopped at step {step}, state saved to {checkpoint}")
+    def __init__(self, signal_name: str, checkpoint: str, step: int, requeued: bool = False) -> None:
+        super().__init__(f"{signal_name} received: stopped at step {step}, state saved to {checkpoint}"
+                         + ("; SLURM job requeued" if requeued else ""))
         self.signal_name = signal_name
         self.checkpoint = checkpoint
         self.step = step
+        self.requeued = requeued
 
 
 class RunCheckpoint(Checkpoint):
     """Keep ``<dirpath>/last.ckpt``: the full training state, to resume the run from.
 
     Written every ``every_n_steps`` optimizer steps, at the end of every epoch (after its
-    validation), and when SIGINT or SIGTERM arrives: then at the end of the training batch in
+    validation), and when SIGINT, SIGTERM or SLURM's requeue signal (Lightning's
+    ``SLURMEnvironment``, SIGUSR1 by default) arrives: then at the end of the training batch in
     progress (a state between two batches is the only one that resumes exactly), after which
-    training stops with ``TrainingInterrupted``. A second SIGINT stops at once, unsaved.
+    the requeue signal goes on to Lightning's handler (it requeues the job) and training stops
+    with ``TrainingInterrupted``. A second SIGINT stops at once, unsaved.
 
     A ``Checkpoint`` callback, so Lightning runs its hooks after the other callbacks' (the batch's
     pairs counted, the EMA updated) before the state is written.
@@ -69,7 +77,7 @@ class RunCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self._loader_states: list[dict] = []
-        self._signal: str | None = None
+        self._signal: int | None = None  # the signal received, the highest if several
         self._previous_handlers: dict[int, object] = {}
 
     @property
@@ -79,14 +87,11 @@ class RunCheckpoint(Checkpoint):
     # ---- when to write -------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._install_signal_handlers()
+        self._install_signal_handlers(trainer)
         self._restore_loader_states(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        received = self._signal_received(trainer)
-        if received:
-            self.save(trainer)
-            raise TrainingInterrupted(received, str(self.path), trainer.global_step)
+        self._stop_on_signal(trainer)
         # The last batch of an epoch is saved after the epoch's validation instead.
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
         if trainer.global_step % self.every_n_steps == 0 and not last_of_epoch:
@@ -100,6 +105,12 @@ class RunCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_signal_handlers()
+        # Lightning stops on SIGTERM by itself when the signal comes after this batch's check: at
+        # the start of the next batch (all processes together), a state that resumes exactly.
+        # During validation it would not: the last checkpoint stays the one to resume from.
+        between_batches = not (trainer.validating or trainer.sanity_checking)
+        if isinstance(exception, SIGTERMException) and self._signal and between_batches:
+            self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run:  # a smoke run, as Lightning's own checkpoints: nothing to continue
@@ -111,7 +122,7 @@ class RunCheckpoint(Checkpoint):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # The W&B run to continue on resume (train.resume reads it before the logger is built).
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 checkpoint["wandb_run_id"] = str(logger.version)
 
     # ---- the training loader's position ---------------------------------------------------------
@@ -132,16 +143,25 @@ class RunCheckpoint(Checkpoint):
         if not states:
             return
         loaders = trainer.train_dataloader
-        loaders = list(loaders.values()) if isinstance(loaders, dict) else list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        elif not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
         stateful = [loader for loader in loaders if callable(getattr(loader, "load_state_dict", None))]
         for loader, state in zip(stateful, states):
             loader.load_state_dict(state)
 
     # ---- signals -------------------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self, trainer: pl.Trainer) -> None:
+        """Ours for SIGINT, SIGTERM and, when Lightning's SLURM auto-requeue is on, its requeue
+        signal: each only marks that the run must stop; the batch's end does the rest."""
         self._signal = None
-        for number in (signal.SIGINT, signal.SIGTERM):
+        numbers = [signal.SIGINT, signal.SIGTERM]
+        environment = trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+            numbers.append(environment.requeue_signal)
+        for number in numbers:
             try:
                 self._previous_handlers[number] = signal.signal(number, self._on_signal)
             except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -153,20 +173,30 @@ class RunCheckpoint(Checkpoint):
         self._previous_handlers = {}
 
     def _on_signal(self, number: int, frame) -> None:
-        name = signal.Signals(number).name
-        if number == signal.SIGINT and self._signal is not None:
+        if number == signal.SIGINT and self._signal == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl+C: stop now
-        self._signal = name
-        print(f"\n{name} received: saving {self.path} at the end of this batch"
+        self._signal = max(self._signal or 0, number)
+        print(f"\n{signal.Signals(number).name} received: saving {self.path} at the end of this batch"
               + (" (Ctrl+C again to stop at once, unsaved)" if number == signal.SIGINT else ""), flush=True)
         previous = self._previous_handlers.get(number)
         if number == signal.SIGTERM and callable(previous):
-            previous(number, frame)  # Lightning's own: tells the other processes
+            previous(number, frame)  # Lightning's own: tells the processes it started
 
-    def _signal_received(self, trainer: pl.Trainer) -> str | None:
-        """The signal any process received (all stop together, or the others would wait forever)."""
+    def _stop_on_signal(self, trainer: pl.Trainer) -> None:
+        """Save, hand SLURM's requeue signal to Lightning (which requeues the job), and stop."""
+        received = self._signal_received(trainer)
+        if not received:
+            return
+        self.save(trainer)
+        requeue = self._previous_handlers.get(received) if received not in (signal.SIGINT, signal.SIGTERM) else None
+        if callable(requeue):  # every process: Lightning's handler writes a checkpoint of its own too
+            requeue(received, None)
+        raise TrainingInterrupted(signal.Signals(received).name, str(self.path), trainer.global_step,
+                                  requeued=callable(requeue))
+
+    def _signal_received(self, trainer: pl.Trainer) -> int:
+        """The signal any process received, 0 if none (all stop together, or the others would wait forever)."""
         if trainer.world_size == 1:
-            return self._signal
-        code = {None: 0, "SIGINT": 1, "SIGTERM": 2}[self._signal]
-        code = int(trainer.strategy.reduce(torch.tensor(code, device=trainer.strategy.root_device), reduce_op="max"))
-        return {0: None, 1: "SIGINT", 2: "SIGTERM"}[code]
+            return self._signal or 0
+        code = torch.tensor(self._signal or 0, device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(code, reduce_op="max"))

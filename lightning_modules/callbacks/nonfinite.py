@@ -55,11 +55,12 @@ class NonFiniteGuard(pl.Callback):
         self.skipped += 1
         self.consecutive += 1
         where = _describe_batch(trainer, self._batch)
+        step = trainer.global_step + 1  # this optimizer step, counted from 1 (global_step counts those done)
         log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row, %d in all); %s",
-                    trainer.global_step, self.consecutive, self.skipped, where)
+                    step, self.consecutive, self.skipped, where)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteTrainingError(
-                f"step {trainer.global_step}: the loss or the gradients were not finite (NaN or inf) for "
+                f"step {step}: the loss or the gradients were not finite (NaN or inf) for "
                 f"{self.consecutive} steps in a row ({self.skipped} skipped in all), so training stopped "
                 f"(max_nonfinite_steps={self.max_consecutive}). The last such batch held {where}. Usual "
                 "causes: a learning rate too high for the model (model.lr), a temperature or CoSENT scale "

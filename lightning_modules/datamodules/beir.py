@@ -244,6 +244,13 @@ class BeirDataModule(pl.LightningDataModule):
         return training_loader(data, [len(item.b) for item in data], hp.batch_size, collate, hp.num_workers,
                                hp.group_by_length, self.trainer)
 
+    def describe_training_items(self, indices: list[int]) -> str:
+        """The (query, relevant document) ids of the training items at ``indices``."""
+        items = self.datasets["train"]
+        where = [f"query {self._train_queries[items[i].a_key]!r} with document {self.corpus.ids[items[i].b_key]!r}"
+                 for i in indices if 0 <= i < len(items)]
+        return describe_items(where, list(range(len(where))))
+
     def val_dataloader(self) -> DataLoader:
         return self._query_loader("validation")
 

@@ -30,7 +30,7 @@ from lightning_modules.data.batches import ContrastiveItem, PairItem, TextItem
 from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
 from lightning_modules.data.columns import resolve_columns
 from lightning_modules.data.formats import TableSpec, parse_delimiter, read_table
-from lightning_modules.data.loading import make_loader, training_loader
+from lightning_modules.data.loading import describe_items, make_loader, training_loader
 from lightning_modules.data.pairs import (
     PairExamples,
     ReadReport,
@@ -138,6 +138,7 @@ class PairsDataModule(pl.LightningDataModule):
         self.warnings: list[str] = []  # what makes the run's figures less trustworthy, for results.json
         self.examples: dict[str, PairExamples] = {}
         self.datasets: dict[str, list] = {}
+        self._train_where: list[str] = []  # file and line of each training item
         self.evaluator: Evaluator | None = None  # known once setup has read the data's supervision
         self._positives: dict[int, set[int]] = {}
         self._mined = False
@@ -275,6 +276,7 @@ class PairsDataModule(pl.LightningDataModule):
         train = self.examples["train"]
         if self.supervision == "graded" or (self.supervision == "binary" and self._binary_objective(train) == "ranking"):
             self.datasets["train"] = self._pair_items("train", train)
+            self._train_where = list(train.where)
         else:
             self.datasets["train"] = self._contrastive_items(train)
         for split in ("validation", "test"):
@@ -353,6 +355,7 @@ class PairsDataModule(pl.LightningDataModule):
                 document_key[examples.text_b[i].strip()]
             )
         self._train_texts = (query_ids, document_ids)
+        self._train_where = [examples.where[i] for i in positive_rows] if examples.where else []
         items = []
         for i in positive_rows:
             a_key, b_key = query_key[examples.text_a[i].strip()], document_key[examples.text_b[i].strip()]
@@ -395,6 +398,10 @@ class PairsDataModule(pl.LightningDataModule):
         else:
             collate = PairCollator(self.tokenizer.pad_token_id)
         return training_loader(data, lengths, hp.batch_size, collate, hp.num_workers, hp.group_by_length, self.trainer)
+
+    def describe_training_items(self, indices: list[int]) -> str:
+        """Where the training items at ``indices`` (positions in ``datasets["train"]``) come from: file and line."""
+        return describe_items(self._train_where, indices)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
