@@ -92,9 +92,12 @@ def test_minilm_fine_tuning_on_a_stsb_subset(stsb_dir, minilm_path):
     assert recorder.backbone_training and all(recorder.backbone_training), "dropout was off during training"
     assert 70 < zero_shot["val/spearman"] < 95  # the pretrained model already ranks STS-B pairs well
     assert math.isfinite(trained["val/spearman"])
-    # One epoch on 300 pairs: the training pairs are fitted clearly better, and validation improves.
+    # One epoch on 300 pairs: the training pairs are fitted clearly better. Validation does not
+    # reliably improve on so little (measured over four seeds, with the old training order and
+    # the resumable one alike: docs/development.md#tests); the recipe's gain needs the whole
+    # training set. So validation must only not collapse.
     assert train_after > train_before + 2.0, (train_before, train_after)
-    assert trained["val/spearman"] > zero_shot["val/spearman"], (zero_shot, trained)
+    assert trained["val/spearman"] > zero_shot["val/spearman"] - 3.0, (zero_shot, trained)
 
     # The logged metrics equal scipy's on the module's own predictions (independent reference).
     predicted, gold = torch.cat(predicted).numpy(), torch.cat(gold).numpy()
