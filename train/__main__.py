@@ -1,10 +1,13 @@
 """``python -m train +experiment=sts``: compose the config, train, test, write results.json."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from train.cli import exit_on_user_error
 from train.pipeline import run
+from train.settings import check_run_dir_argument
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -16,4 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_run_dir_argument(sys.argv[1:])
     main()

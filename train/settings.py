@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,17 @@ def not_writable(folder: Path) -> str | None:
     except OSError as error:
         return error.strerror or type(error).__name__
     return None if os.access(folder, os.W_OK) else "permission denied"
+
+
+def check_run_dir_argument(argv: list[str]) -> None:
+    """A ``hydra.run.dir=DIR`` on the command line that cannot be written: one paragraph and exit
+    status 2, before Hydra tries to create it (its own failure is a traceback). The run folder
+    Hydra picks by itself is checked where it is chosen (``train/resolvers.py: run_dir``)."""
+    for argument in argv:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") == "hydra.run.dir" and value:
+            folder = value.strip("'\"")
+            if problem := not_writable(Path(folder)):
+                print(f"error: hydra.run.dir={folder} cannot be written ({problem}); choose another folder",
+                      file=sys.stderr)
+                sys.exit(2)

@@ -135,6 +135,9 @@ def test_an_output_folder_that_cannot_be_written_fails_in_one_paragraph(tmp_path
     assert done.returncode == 2
     assert f"the run folder {blocker}/logs/sts/runs/" in done.stderr and "cannot be written" in done.stderr
     assert "Traceback" not in done.stderr
+    named = run_module("train", *_overrides(stsb_dir), f"hydra.run.dir='{blocker}/run'", cwd=tmp_path)
+    assert named.returncode == 2 and "Traceback" not in named.stderr
+    assert f"hydra.run.dir={blocker}/run cannot be written (Not a directory)" in named.stderr
 
 
 def test_several_bad_settings_are_named_together(tmp_path, stsb_dir):
