@@ -55,9 +55,12 @@ def plain_progress(
              format_seconds(time.perf_counter() - started))
 
 
-def progress_line(desc: str, done: int, total: int | None, elapsed: float, unit: str = "batch") -> str:
-    """``desc: 120/360 batches (33%), 3.6 batch/s, 1m07s left`` (without a total: count and rate)."""
-    rate = done / elapsed if elapsed > 0 else 0.0
+def progress_line(
+    desc: str, done: int, total: int | None, elapsed: float, unit: str = "batch", done_before: int = 0,
+) -> str:
+    """``desc: 120/360 batches (33%), 3.6 batch/s, 1m07s left`` (without a total: count and rate).
+    ``done_before`` of the ``done`` were done before ``elapsed`` started (a resumed epoch)."""
+    rate = (done - done_before) / elapsed if elapsed > 0 else 0.0
     if not total:
         return f"{desc}: {done} {_plural(unit)}, {rate:.2f} {unit}/s"
     left = (total - done) / rate if rate > 0 else float("inf")

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
+from lightning_modules.callbacks.checkpointing import LAST
 from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.progress import writes_to_terminal
 from lightning_modules.results import (
@@ -39,6 +40,10 @@ def run(cfg: DictConfig) -> dict:
     resuming = resume_from is not None
     if resuming:  # the run's own checkpoints are there, as they should be
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if cfg.trainer.get("max_steps", -1) != -1:
+            log.warning("trainer.max_steps is set: Lightning's step-based loop resumes a checkpoint written at "
+                        "an epoch's end one epoch ahead in its count, so the rest of this run may see its "
+                        "batches in another order than an uninterrupted run would (docs/usage.md)")
     pl.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP re-runs this script once per process
@@ -70,15 +75,7 @@ def run(cfg: DictConfig) -> dict:
             trainer.validate(module, datamodule=datamodule)
             if run_test:
                 trainer.test(module, datamodule=datamodule)
-        try:
-            trainer.fit(module, datamodule=datamodule, weights_only=True,
-                        ckpt_path=str(resume_from) if resuming else None)
-        except TrainingInterrupted as stop:
-            _report_stop(trainer, str(stop), output_dir)
-            sys.exit(128 + signal.Signals[stop.signal_name].value)  # the shell's convention for a signal
-        except SIGTERMException:  # Lightning's own stop on SIGTERM (the callback saved the state)
-            _report_stop(trainer, "SIGTERM received: training stopped", output_dir)
-            sys.exit(128 + signal.SIGTERM)
+        trainer.fit(module, datamodule=datamodule, weights_only=True, ckpt_path=str(resume_from) if resuming else None)
         final = {}
         if run_test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -89,6 +86,12 @@ def run(cfg: DictConfig) -> dict:
             trainer, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
             data_report=datamodule.report_dict() if hasattr(datamodule, "report_dict") else None,
         )
+    except TrainingInterrupted as stop:  # a signal during training: the state is saved
+        _report_stop(trainer, str(stop), output_dir)
+        sys.exit(128 + signal.Signals[stop.signal_name].value)  # the shell's convention for a signal
+    except SIGTERMException:  # Lightning's own stop on SIGTERM, outside training (an evaluation)
+        _report_stop(trainer, "SIGTERM received: stopped", output_dir)
+        sys.exit(128 + signal.SIGTERM)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb  # lazily: W&B is opt-in
@@ -107,9 +110,14 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _report_stop(trainer, what: str, run_folder: Path) -> None:
-    if trainer.is_global_zero:
-        print(f"{what}\nContinue this run with:\n  {_resume_command(run_folder)}", file=sys.stderr, flush=True)
-        run_log.info("%s; continue with: %s", what, _resume_command(run_folder))
+    if not trainer.is_global_zero:
+        return
+    if (run_folder / "checkpoints" / LAST).is_file():
+        advice = f"Continue this run with:\n  {_resume_command(run_folder)}"
+    else:
+        advice = "Nothing was saved to continue from yet (no checkpoints/last.ckpt): start the run again."
+    print(f"{what}\n{advice}", file=sys.stderr, flush=True)
+    run_log.info("%s; %s", what, advice.replace("\n  ", " "))
 
 
 def _resume_command(run_folder: Path) -> str:

@@ -30,17 +30,25 @@ def package_dir(name: str) -> str:
 
 def run_dir(resume, runs_dir: str, stamp: str) -> str:
     """The run's folder: ``resume``'s when resuming a run; else, inside a SLURM job,
-    ``<runs_dir>/slurm-<job id>`` (a requeued job comes back to it); else ``<runs_dir>/<stamp>``.
+    ``<runs_dir>/slurm-<job id>-<digest of the overrides>`` (a requeued job comes back to it);
+    else ``<runs_dir>/<stamp>``.
 
     Checked here, before Hydra creates it: a mistyped ``resume=`` must not become a fresh run
     folder, and a folder that cannot be written must fail with one paragraph, not Hydra's
     traceback (which is what an exception raised here would give: hence the exit).
     """
-    from train.resume import resumable_run, slurm_job_name  # lazily: this module is imported by every entry point
+    # Lazily: this module is imported by every entry point.
+    from train.resume import resumable_run, slurm_requeued, slurm_run_name
     from train.settings import not_writable
 
     try:
-        folder = str(resumable_run(resume)) if resume else f"{runs_dir}/{slurm_job_name() or stamp}"
+        if resume:
+            folder = str(resumable_run(resume))
+        else:
+            slurm = slurm_run_name(sys.argv[1:])
+            folder = f"{runs_dir}/{slurm or stamp}"
+            if slurm and not slurm_requeued() and (Path(folder) / "config_resolved.yaml").exists():
+                folder = f"{folder}-{stamp}"  # the same command run again inside one job: a run of its own
         if problem := not_writable(Path(folder)):
             raise SettingsError(f"the run folder {folder} cannot be written ({problem}); choose another "
                                 "with paths.log_dir=DIR or hydra.run.dir=DIR")

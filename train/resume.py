@@ -6,6 +6,7 @@ run's (other than the settings a resume may change), is an error that says what 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import sys
@@ -49,25 +50,28 @@ def checkpoint_to_resume(cfg: DictConfig, run: Path) -> Path | None:
     """The checkpoint that the run in folder ``run`` continues from, None for a fresh run.
 
     With ``resume=``: that folder's ``last.ckpt`` (Hydra's run folder is the same one:
-    ``train/resolvers.py: run_dir``). Without it, under SLURM: a job that SLURM requeued starts
-    again in its own folder (named after the job id) and continues from the ``last.ckpt`` that its
-    earlier start wrote. Either way the config must be the run's (``check_same_run``).
+    ``train/resolvers.py: run_dir``). Without it, in a SLURM job that SLURM requeued
+    (``SLURM_RESTART_COUNT`` > 0): the job's run starts again in its own folder (named after the
+    job and the command) and continues from the ``last.ckpt`` its earlier start wrote. Either
+    way the config must be the run's (``check_same_run``).
     """
     if cfg.get("resume"):
         if resumable_run(cfg.resume) != run.resolve():
             raise SettingsError(f"resume={cfg.resume} continues that run in its own folder, but hydra.run.dir "
                                 f"names another ({run}): leave hydra.run.dir out when resuming")
-    elif not (slurm_job_name() and last_checkpoint(run).is_file()):
+    elif not (slurm_requeued() and last_checkpoint(run).is_file()):
         return None
     check_same_run(cfg, run)
     continue_wandb_run(cfg, run)
     return last_checkpoint(run)
 
 
-def slurm_job_name() -> str | None:
-    """``slurm-<job id>`` inside a SLURM job that Lightning runs under its ``SLURMEnvironment``, else None.
+def slurm_run_name(overrides: list[str]) -> str | None:
+    """``slurm-<job id>-<digest of the overrides>`` inside a SLURM job that Lightning runs under its
+    ``SLURMEnvironment``, else None.
 
-    A requeued job keeps its id: its folder is the one its first start wrote to.
+    A requeued job keeps its id and its command: its run comes back to the folder its first start
+    wrote to. Other commands of the same job (a loop over seeds) get folders of their own.
     """
     from lightning_fabric.plugins.environments import SLURMEnvironment  # lazily: a heavy import
 
@@ -75,7 +79,13 @@ def slurm_job_name() -> str | None:
         return None
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
-    return f"slurm-{job}"
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "resume="))]
+    return f"slurm-{job}-{hashlib.sha1(chr(0).join(kept).encode()).hexdigest()[:8]}"
+
+
+def slurm_requeued() -> bool:
+    """Whether this is a SLURM job that SLURM requeued (it starts the same command again)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def last_checkpoint(run: Path) -> Path:
@@ -84,8 +94,15 @@ def last_checkpoint(run: Path) -> Path:
 
 def check_same_run(cfg: DictConfig, run: Path) -> None:
     """Raise unless ``cfg`` is the config of the run in ``run``, up to the settings of ``MAY_CHANGE``."""
-    before = _flat(OmegaConf.to_container(OmegaConf.load(run / "config_resolved.yaml"), resolve=False))
-    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    # As composed, before interpolations resolve: a run whose data or project moved (a data folder
+    # staged elsewhere for each job, DATA_DIR, paths.*) is still the same run.
+    composed = run / ".hydra" / "config.yaml"
+    if composed.is_file():
+        before = _flat(OmegaConf.to_container(OmegaConf.load(composed), resolve=False))
+        now = _flat(OmegaConf.to_container(cfg, resolve=False))
+    else:  # hydra.output_subdir=null: only the resolved config was kept
+        before = _flat(OmegaConf.to_container(OmegaConf.load(run / "config_resolved.yaml"), resolve=False))
+        now = _flat(OmegaConf.to_container(cfg, resolve=True))
     differ = sorted(
         key for key in before.keys() | now.keys()
         if before.get(key, "<unset>") != now.get(key, "<unset>") and not _may_change(key)

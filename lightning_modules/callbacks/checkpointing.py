@@ -19,7 +19,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,15 @@ class TrainingInterrupted(Exception):
 class RunCheckpoint(Checkpoint):
     """Keep ``<dirpath>/last.ckpt``: the full training state, to resume the run from.
 
-    Written every ``every_n_steps`` optimizer steps, at the end of every epoch (after its
-    validation), and when SIGINT, SIGTERM or SLURM's requeue signal (Lightning's
-    ``SLURMEnvironment``, SIGUSR1 by default) arrives: then at the end of the training batch in
-    progress (a state between two batches is the only one that resumes exactly), after which
-    the requeue signal goes on to Lightning's handler (it requeues the job) and training stops
-    with ``TrainingInterrupted``. A second SIGINT stops at once, unsaved.
+    Written every ``every_n_steps`` optimizer steps, at the end of every epoch, and when SIGINT,
+    SIGTERM or SLURM's requeue signal (Lightning's ``SLURMEnvironment``, SIGUSR1 by default)
+    arrives, after which training stops with ``TrainingInterrupted`` (the requeue signal first
+    goes on to Lightning's handler, which requeues the job). A second SIGINT stops at once, unsaved.
+
+    Only states that resume exactly are written: after an optimizer step (never inside a
+    gradient-accumulation window), between two batches, and when a validation follows the
+    batch, after that validation (a resumed run takes a checkpoint's pending validation for
+    done), at the end of an epoch after ``on_train_epoch_end``'s work.
 
     A ``Checkpoint`` callback, so Lightning runs its hooks after the other callbacks' (the batch's
     pairs counted, the EMA updated) before the state is written.
@@ -77,8 +80,10 @@ class RunCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self._loader_states: list[dict] = []
-        self._signal: int | None = None  # the signal received, the highest if several
+        self._signals: set[int] = set()  # received since training started
         self._previous_handlers: dict[int, object] = {}
+        self._requeue_signal: int | None = None
+        self._pending: tuple[bool, int] | None = None  # (save, signal) waiting for a validation to end
 
     @property
     def path(self) -> Path:
@@ -91,26 +96,48 @@ class RunCheckpoint(Checkpoint):
         self._restore_loader_states(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._stop_on_signal(trainer)
-        # The last batch of an epoch is saved after the epoch's validation instead.
-        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if trainer.global_step % self.every_n_steps == 0 and not last_of_epoch:
-            self.save(trainer)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop._should_accumulate():  # inside an accumulation window: the gradients are not saved
+            return
+        received = self._signal_received(trainer)
+        periodic = trainer.global_step % self.every_n_steps == 0
+        if not (received or periodic):
+            return
+        last_of_epoch = epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        if last_of_epoch or epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._pending = (periodic, received)  # after the validation, or at the epoch's end
+            return
+        self._act(trainer, periodic, received)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING and self._pending is not None:
+            if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch's end saves anyway
+                pending, self._pending = self._pending, None
+                self._act(trainer, *pending)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save(trainer)
+        pending, self._pending = self._pending, None
+        self._act(trainer, True, pending[1] if pending else self._signal_received(trainer))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_signal_handlers()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_signal_handlers()
-        # Lightning stops on SIGTERM by itself when the signal comes after this batch's check: at
-        # the start of the next batch (all processes together), a state that resumes exactly.
-        # During validation it would not: the last checkpoint stays the one to resume from.
-        between_batches = not (trainer.validating or trainer.sanity_checking)
-        if isinstance(exception, SIGTERMException) and self._signal and between_batches:
+
+    def _act(self, trainer: pl.Trainer, save: bool, received: int) -> None:
+        """Save (when asked, or to stop), then stop on ``received``, after handing SLURM's requeue
+        signal to Lightning (every process: its handler writes a checkpoint of its own too)."""
+        if save or received:
             self.save(trainer)
+        if not received:
+            return
+        requeue = self._previous_handlers.get(received) if received == self._requeue_signal else None
+        if callable(requeue):
+            requeue(received, None)
+            self._drop_lightnings_hpc_checkpoints(trainer)
+        raise TrainingInterrupted(signal.Signals(received).name, str(self.path), trainer.global_step,
+                                  requeued=callable(requeue))
 
     def save(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run:  # a smoke run, as Lightning's own checkpoints: nothing to continue
@@ -155,11 +182,12 @@ class RunCheckpoint(Checkpoint):
 
     def _install_signal_handlers(self, trainer: pl.Trainer) -> None:
         """Ours for SIGINT, SIGTERM and, when Lightning's SLURM auto-requeue is on, its requeue
-        signal: each only marks that the run must stop; the batch's end does the rest."""
-        self._signal = None
+        signal: each only marks that the run must stop; a batch's end does the rest."""
+        self._signals = set()
         numbers = [signal.SIGINT, signal.SIGTERM]
         environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+            self._requeue_signal = int(environment.requeue_signal)
             numbers.append(environment.requeue_signal)
         for number in numbers:
             try:
@@ -173,30 +201,28 @@ class RunCheckpoint(Checkpoint):
         self._previous_handlers = {}
 
     def _on_signal(self, number: int, frame) -> None:
-        if number == signal.SIGINT and self._signal == signal.SIGINT:
+        # Lightning's own SIGTERM handler is not called: under DDP it would run a collective from
+        # inside the handler, at any point of the processes' sequence of collectives. The
+        # per-batch reduce below tells every process instead.
+        if number == signal.SIGINT and signal.SIGINT in self._signals:
             raise KeyboardInterrupt  # the second Ctrl+C: stop now
-        self._signal = max(self._signal or 0, number)
+        self._signals.add(number)
         print(f"\n{signal.Signals(number).name} received: saving {self.path} at the end of this batch"
               + (" (Ctrl+C again to stop at once, unsaved)" if number == signal.SIGINT else ""), flush=True)
-        previous = self._previous_handlers.get(number)
-        if number == signal.SIGTERM and callable(previous):
-            previous(number, frame)  # Lightning's own: tells the processes it started
-
-    def _stop_on_signal(self, trainer: pl.Trainer) -> None:
-        """Save, hand SLURM's requeue signal to Lightning (which requeues the job), and stop."""
-        received = self._signal_received(trainer)
-        if not received:
-            return
-        self.save(trainer)
-        requeue = self._previous_handlers.get(received) if received not in (signal.SIGINT, signal.SIGTERM) else None
-        if callable(requeue):  # every process: Lightning's handler writes a checkpoint of its own too
-            requeue(received, None)
-        raise TrainingInterrupted(signal.Signals(received).name, str(self.path), trainer.global_step,
-                                  requeued=callable(requeue))
 
     def _signal_received(self, trainer: pl.Trainer) -> int:
-        """The signal any process received, 0 if none (all stop together, or the others would wait forever)."""
-        if trainer.world_size == 1:
-            return self._signal or 0
-        code = torch.tensor(self._signal or 0, device=trainer.strategy.root_device)
-        return int(trainer.strategy.reduce(code, reduce_op="max"))
+        """The signal that any process received, 0 if none: all stop together, or the others would
+        wait forever. SLURM's requeue signal comes first (the job must be requeued), then SIGTERM."""
+        order = [self._requeue_signal or 0, int(signal.SIGTERM), int(signal.SIGINT)]
+        received = torch.tensor([float(number in self._signals) for number in order])
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce(received.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        return next((number for number, flag in zip(order, received.tolist()) if flag and number), 0)
+
+    def _drop_lightnings_hpc_checkpoints(self, trainer: pl.Trainer) -> None:
+        """Lightning's requeue handler also writes ``hpc_ckpt_<n>.ckpt`` into the run folder, which it
+        would then load by itself for any later ``fit``/``validate``/``test`` without a checkpoint
+        path under SLURM. ``last.ckpt`` holds the same state: keep only that."""
+        if trainer.is_global_zero:
+            for stale in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                stale.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ class PlainProgress(ProgressBar):
         self.every_seconds = every_seconds
         self._enabled = True
         self._started = self._last = 0.0
+        self._first_batch = 0  # batches of the epoch done before this process started (a resumed run)
         self._evaluation_started = 0.0
 
     def disable(self) -> None:
@@ -32,8 +33,14 @@ class PlainProgress(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run starts inside an epoch, without on_train_epoch_start.
+        self._started = self._last = time.perf_counter()
+        self._first_batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = self._last = time.perf_counter()
+        self._first_batch = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -41,7 +48,7 @@ class PlainProgress(ProgressBar):
             self._last = now
             total = self.total_train_batches
             line = progress_line(self._epoch(trainer), batch_idx + 1, total if total != float("inf") else None,
-                                 now - self._started)
+                                 now - self._started, done_before=self._first_batch)
             log.info("%s%s", line, self._metrics(trainer, pl_module))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -108,7 +108,30 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, st
     _assert_same_run(reference, killed, [resumed_at])
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("extra, name, stop_at, resumed_at", [
+    # A validation after step 4: the stop waits for it (a resumed run takes a checkpoint's pending
+    # validation for done, so a state saved before it would lose that validation).
+    (["trainer.val_check_interval=4", "checkpoint_every_n_steps=4"], "SIGTERM", 4, 4),
+    # Two batches per step: a state saved between them would lose the first one's gradients
+    # (slow: the default run stays within CI's 10 minutes).
+    pytest.param(["++trainer.accumulate_grad_batches=2", "checkpoint_every_n_steps=1"], "SIGKILL", 3, 2,
+                 marks=pytest.mark.slow),
+])
+def test_saves_wait_for_a_pending_validation_and_the_end_of_an_accumulation_window(
+    tmp_path, stsb_dir, extra, name, stop_at, resumed_at,
+):
+    common = _overrides(stsb_dir, *extra)
+    reference = tmp_path / "reference"
+    _check_ok(run_module("train", *common, f"hydra.run.dir='{reference}'", cwd=tmp_path))
+    stopped = tmp_path / "stopped"
+    args = [*common, *_signal_at(stop_at, tmp_path / "marker", name), f"hydra.run.dir='{stopped}'"]
+    done = _train(args, tmp_path) if name == "SIGKILL" else run_module("train", *args, cwd=tmp_path)
+    assert done.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), done.stderr[-3000:]
+    _check_ok(run_module("train", *args[:-1], f"resume={stopped}", cwd=tmp_path))
+    _assert_same_run(reference, stopped, [resumed_at])
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_saves_the_state_and_the_printed_command_resumes(tmp_path, stsb_dir, one_process_run, name):
     common = _overrides(stsb_dir)
 
@@ -121,7 +144,7 @@ def test_a_signal_saves_the_state_and_the_printed_command_resumes(tmp_path, stsb
     lines = done.stderr.splitlines()
     command = lines[lines.index("Continue this run with:") + 1].strip()
     assert command.endswith(f"resume={stopped}")
-    assert f"continue with: {command}" in (stopped / "__main__.log").read_text()  # the log says it too
+    assert f"Continue this run with: {command}" in (stopped / "__main__.log").read_text()  # the log says it too
 
     words = shlex.split(command)
     assert words[:3] == [Path(sys.executable).name, "-m", "train"]
@@ -147,7 +170,7 @@ def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes_in_its_folder
     done = run_module("train", *job, cwd=tmp_path)
     assert done.returncode == 128 + signal.SIGUSR1, done.stderr[-3000:]
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
-    folder = tmp_path / "logs" / "sts" / "runs" / "slurm-4242"  # named after the job, not the time
+    [folder] = (tmp_path / "logs" / "sts" / "runs").glob("slurm-4242-*")  # named after the job and command
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
