@@ -91,9 +91,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, st
     common = _overrides(stsb_dir, f"trainer={trainer}")
     if trainer == "default":
         reference = request.getfixturevalue("one_process_run")
-    else:
+    else:  # python -m train with trainer=ddp_sim: two CPU processes train and report
         reference = tmp_path / "reference"
         _check_ok(_train([*common, f"hydra.run.dir='{reference}'"], tmp_path))
+        results = json.loads((reference / "results.json").read_text())
+        assert results["epochs"] == 2 and len(results["validation_history"]) == 2
+        assert results["steps"] == 8  # 128 pairs over 2 processes at batch 16: 4 steps an epoch, 64 pairs each
 
     killed = tmp_path / "killed"
     crash = [*common, *_signal_at(kill_at, tmp_path / "killed-marker")]
@@ -111,9 +114,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, st
 @pytest.mark.parametrize("extra, name, stop_at, resumed_at", [
     # A validation after step 4: the stop waits for it (a resumed run takes a checkpoint's pending
     # validation for done, so a state saved before it would lose that validation).
-    (["trainer.val_check_interval=4", "checkpoint_every_n_steps=4"], "SIGTERM", 4, 4),
-    # Two batches per step: a state saved between them would lose the first one's gradients
-    # (slow: the default run stays within CI's 10 minutes).
+    pytest.param(["trainer.val_check_interval=4", "checkpoint_every_n_steps=4"], "SIGTERM", 4, 4,
+                 marks=pytest.mark.slow),
+    # Two batches per step: a state saved between them would lose the first one's gradients.
+    # (Both slow: variants of the tests above, left out of the default run's 10 minutes.)
     pytest.param(["++trainer.accumulate_grad_batches=2", "checkpoint_every_n_steps=1"], "SIGKILL", 3, 2,
                  marks=pytest.mark.slow),
 ])
