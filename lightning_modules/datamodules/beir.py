@@ -62,7 +62,12 @@ class BeirDataModule(pl.LightningDataModule):
         group_by_length: batches of training pairs of similar document length (less padding).
         num_workers: loader workers for training batches (evaluation batches are made in this process).
         limit_train_queries: train on a seeded subset of this many training queries.
-        seed: seeds the hold-out and the subset.
+        limit_eval_queries: validate and test on seeded subsets of this many queries each.
+        limit_corpus: rank against at most this many documents: every document judged for a kept
+            query (of any split), then a seeded sample of the others. With ``limit_eval_queries``,
+            a quick slice to try a change on; its figures are not the set's, and ``results.json``
+            and the summary say so (``data.warnings``).
+        seed: seeds the hold-out and the subsets.
     """
 
     def __init__(
@@ -88,6 +93,8 @@ class BeirDataModule(pl.LightningDataModule):
         group_by_length: bool = True,
         num_workers: int = 0,
         limit_train_queries: int | None = None,
+        limit_eval_queries: int | None = None,
+        limit_corpus: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -100,6 +107,10 @@ class BeirDataModule(pl.LightningDataModule):
             raise DataError(f"data.roles must be one of {list(ROLES)}, got {roles!r}")
         if not 0 < validation_fraction < 1:
             raise DataError(f"data.validation_fraction must be between 0 and 1, got {validation_fraction}")
+        for key, limit in (("limit_train_queries", limit_train_queries), ("limit_eval_queries", limit_eval_queries),
+                           ("limit_corpus", limit_corpus)):
+            if limit is not None and limit < 1:
+                raise DataError(f"data.{key} must be at least 1 (or null for all), got {limit}")
         self.tokenizer = None
         self.data: BeirData | None = None
         self.corpus: TokenizedCorpus | None = None
@@ -136,10 +147,9 @@ class BeirDataModule(pl.LightningDataModule):
             self.splits["test"] = dict(judged[hp.test_split])
         self._drop_shared_queries()
         if hp.limit_train_queries is not None and hp.limit_train_queries < len(self.splits["train"]):
-            order = torch.randperm(len(self.splits["train"]), generator=torch.Generator().manual_seed(hp.seed + 1))
-            keep = sorted(self.splits["train"])
-            self.splits["train"] = {keep[i]: self.splits["train"][keep[i]] for i in sorted(order[: hp.limit_train_queries].tolist())}
+            self.splits["train"] = seeded_queries(self.splits["train"], hp.limit_train_queries, hp.seed + 1)
             self.notes.append(f"limit_train_queries: trained on a seeded subset of {hp.limit_train_queries} queries")
+        self._slice_for_iteration()
         document_ids, truncated = tokenize_texts(self.tokenizer, self.data.corpus_texts, hp.max_length, markers[1])
         self.notes.append(f"{truncated} of {len(document_ids)} documents longer than {hp.max_length} tokens were "
                           "truncated (data.max_length)")
@@ -169,6 +179,33 @@ class BeirDataModule(pl.LightningDataModule):
         if wanted < hp.validation_min_queries:
             warning = (f"only {wanted} validation queries: validation nDCG@10 and the choice of the best checkpoint "
                        "are noisy on so few; give data.validation_split")
+            log.warning("%s", warning)
+            self.warnings.append(warning)
+
+    def _slice_for_iteration(self) -> None:
+        """``limit_eval_queries`` and ``limit_corpus``: fewer evaluation queries, a smaller corpus."""
+        hp = self.hparams
+        cut = []
+        for offset, split in ((3, "validation"), (4, "test")):
+            queries = self.splits.get(split, {})
+            if hp.limit_eval_queries is not None and hp.limit_eval_queries < len(queries):
+                self.splits[split] = seeded_queries(queries, hp.limit_eval_queries, hp.seed + offset)
+                cut.append(f"{hp.limit_eval_queries} of {len(queries)} {split} queries")
+        documents = len(self.data.corpus_ids)
+        if hp.limit_corpus is not None and hp.limit_corpus < documents:
+            judged = {doc for split in self.splits.values() for judgements in split.values() for doc in judgements}
+            others = [i for i, doc in enumerate(self.data.corpus_ids) if doc not in judged]
+            room = max(hp.limit_corpus - (documents - len(others)), 0)
+            order = torch.randperm(len(others), generator=torch.Generator().manual_seed(hp.seed + 5)).tolist()
+            sampled = {others[i] for i in order[:room]}
+            keep = [i for i, doc in enumerate(self.data.corpus_ids) if doc in judged or i in sampled]  # file order
+            self.data.corpus_ids = [self.data.corpus_ids[i] for i in keep]
+            self.data.corpus_texts = [self.data.corpus_texts[i] for i in keep]
+            cut.append(f"{len(keep)} of {documents} documents ({len(keep) - len(sampled)} judged for the kept "
+                       f"queries, {len(sampled)} seeded others)")
+        if cut:
+            warning = (f"a slice of {hp.path} for trying a change (data.limit_eval_queries, data.limit_corpus): "
+                       f"{', '.join(cut)}; these figures are not the full set's, and are not comparable with them")
             log.warning("%s", warning)
             self.warnings.append(warning)
 
@@ -303,3 +340,10 @@ class BeirDataModule(pl.LightningDataModule):
             "notes": list(self.notes),
             "warnings": list(self.warnings),
         }
+
+
+def seeded_queries(queries: dict[str, dict[str, int]], count: int, seed: int) -> dict[str, dict[str, int]]:
+    """A seeded subset of ``count`` of ``queries`` (query id -> judgements), in id order."""
+    ids = sorted(queries)
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
+    return {ids[i]: queries[ids[i]] for i in sorted(order[:count].tolist())}

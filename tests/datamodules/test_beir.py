@@ -126,7 +126,33 @@ def test_model_negatives_without_the_mining_callback_are_refused(folder, minilm_
     ({"negatives_from": "dense"}, "negatives_from must be one of"),
     ({"roles": "both"}, "roles must be one of"),
     ({"validation_fraction": 1.5}, "validation_fraction must be between 0 and 1"),
+    ({"limit_corpus": 0}, "limit_corpus must be at least 1"),
+    ({"limit_eval_queries": -2}, "limit_eval_queries must be at least 1"),
 ])
 def test_bad_options_fail_before_any_reading(folder, minilm_path, option, message):
     with pytest.raises(DataError, match=message):
         BeirDataModule(str(folder), minilm_path, **option)
+
+
+def test_a_slice_keeps_every_judged_document_of_its_queries_and_seeded_others(folder, minilm_path):
+    whole = _datamodule(folder, minilm_path)
+    sliced = _datamodule(folder, minilm_path, limit_train_queries=6, limit_eval_queries=4, limit_corpus=20)
+    again = _datamodule(folder, minilm_path, limit_train_queries=6, limit_eval_queries=4, limit_corpus=20)
+    other = _datamodule(folder, minilm_path, limit_train_queries=6, limit_eval_queries=4, limit_corpus=20, seed=4)
+    assert [len(sliced.splits[s]) for s in ("train", "validation", "test")] == [6, 4, 4]
+    for split in ("validation", "test"):  # subsets of the full run's queries, with all their judgements
+        assert set(sliced.splits[split]) < set(whole.splits[split])
+        assert all(sliced.splits[split][q] == whole.splits[split][q] for q in sliced.splits[split])
+    kept = sliced.corpus.ids
+    judged = {d for split in sliced.splits.values() for judgements in split.values() for d in judgements}
+    assert len(kept) == 20 and judged <= set(kept)  # every judged document, then others up to the limit
+    assert kept == [d for d in whole.corpus.ids if d in set(kept)]  # in the file's order
+    assert again.corpus.ids == kept and again.splits == sliced.splits  # seeded
+    assert other.corpus.ids != kept
+    # Evaluation ranks against the slice, and the run says its figures are not the set's.
+    test_items = sliced.datasets["test"]
+    assert all(sliced.corpus.ids[i] in sliced.splits["test"][item.query_id] for item in test_items
+               for i in item.judgements)
+    [warning] = sliced.report_dict()["warnings"]
+    assert "a slice of" in warning and "not the full set's" in warning and "20 of 30 documents" in warning
+    assert not whole.report_dict()["warnings"] and len(whole.corpus) == 30
