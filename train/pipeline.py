@@ -16,14 +16,13 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
-from lightning_modules.callbacks.checkpointing import LAST
 from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.progress import writes_to_terminal
 from lightning_modules.results import (
     build_results, format_summary, reported_metrics, training_data_source, write_results,
 )
 from train.cli import run_log
-from train.resume import checkpoint_to_resume, resume_command
+from train.resume import checkpoint_to_resume, last_checkpoint, resume_command
 from train.settings import check_settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
 def _report_stop(trainer, what: str, run_folder: Path) -> None:
     if not trainer.is_global_zero:
         return
-    if (run_folder / "checkpoints" / LAST).is_file():
+    if last_checkpoint(run_folder).is_file():
         advice = f"Continue this run with:\n  {_resume_command(run_folder)}"
     else:
         advice = "Nothing was saved to continue from yet (no checkpoints/last.ckpt): start the run again."

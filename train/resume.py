@@ -33,7 +33,7 @@ def resumable_run(folder) -> Path:
     run = Path(str(folder)).expanduser().resolve()
     if not run.is_dir():
         raise SettingsError(f"resume={folder}: no such folder (give the run folder, logs/<task>/runs/<time>)")
-    if not (run / "checkpoints" / LAST).is_file():
+    if not last_checkpoint(run).is_file():
         found = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").is_dir() else []
         raise SettingsError(
             f"resume={folder}: no checkpoints/{LAST} in that folder"
@@ -126,9 +126,11 @@ def saved_wandb_run_id(run: Path) -> str | None:
 
 def continue_wandb_run(cfg: DictConfig, run: Path) -> None:
     """Make ``cfg``'s W&B logger (``logger=wandb``) continue the W&B run that ``run`` logged to, not start a new one."""
-    run_id = saved_wandb_run_id(run)
     wandb = (cfg.get("logger") or {}).get("wandb")
-    if run_id and wandb is not None:
+    if wandb is None:  # no W&B logger: the checkpoint need not be opened
+        return
+    run_id = saved_wandb_run_id(run)
+    if run_id:
         with open_dict(cfg):
             wandb.id = run_id
             wandb.resume = "allow"
