@@ -61,6 +61,7 @@ bench: $(VENV)/.installed-bench interop-env
 	-$(PY) -m benchmarks.contrastive_batch  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) -m benchmarks.sts_vs_sentence_transformers $(ARGS)
 	-$(PY) -m benchmarks.retrieval  # reads ../shared/data/scifact; PyLate runs in $(PYLATE_VENV)
+	-$(PY) -m benchmarks.cpu_speed  # reads ../shared/data/scifact; about an hour on 2 cores
 
 ## What tools/kernels/gpu_check.sh needs on a GPU machine that cannot download: pure-Python
 ## wheels (benchmarks/wheels/) and MiniLM's config and tokenizer (.carry/minilm: the tests that

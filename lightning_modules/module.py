@@ -210,11 +210,14 @@ class MaxSimModule(pl.LightningModule):
         such as ``EvaluationPlots``, other batches None."""
         if self.evaluator is None:  # no DataModule named one: the evaluator of this kind of batch
             self.evaluator = evaluator_for(batch).to(self.device)
-        return self.evaluator.update(self.model, batch)
+        with self.model.inference_context():  # the run's evaluation precision (lightning_modules.precision)
+            return self.evaluator.update(self.model, batch)
 
     def _log_evaluation(self, split: str) -> None:
         record = not self.trainer.sanity_checking  # the sanity check chooses nothing for later splits
-        for name, value in self.evaluator.compute(self.model, split, record=record).items():
+        with self.model.inference_context():
+            metrics = self.evaluator.compute(self.model, split, record=record)
+        for name, value in metrics.items():
             # x100, the convention of STS papers and MTEB tables; thresholds are similarities, kept as they are.
             scale = 1.0 if name.endswith("threshold") else 100.0
             self.log(f"{split}/{name}", scale * torch.as_tensor(value, dtype=torch.float32),

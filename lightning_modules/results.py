@@ -22,6 +22,8 @@ def build_results(
     wall_time: float,
     monitor: str = "val/spearman",
     data_report: dict | None = None,
+    precision: dict | None = None,
+    corpus_work: dict | None = None,
 ) -> dict:
     """Gather the metrics and costs of a run into one plain dict.
 
@@ -29,7 +31,10 @@ def build_results(
     was tested); ``zero_shot`` holds the same metrics for the model before training
     (``TrainingStats`` records them, and keeps them across a resume); ``data`` what was read,
     kept and dropped (when the DataModule reports it); ``nonfinite_steps`` the optimizer steps
-    skipped for a non-finite loss or gradients; ``resumed_at_steps`` where the run was resumed.
+    skipped for a non-finite loss or gradients; ``resumed_at_steps`` where the run was resumed;
+    ``precision`` what training and evaluation computed in (``lightning_modules.precision``);
+    ``corpus_passes`` the corpus encodings and rankings computed and taken from the encoding cache
+    (``lightning_modules.evaluation.corpus.CorpusWork``; zeros for a run without a corpus).
     """
     stats = next((c for c in trainer.callbacks if isinstance(c, TrainingStats)), None)
     guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
@@ -51,6 +56,8 @@ def build_results(
         "peak_memory_mb": round(peak_memory_mb(trainer.strategy.root_device), 1),
         "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
         "nonfinite_steps": guard.skipped if guard else None,
+        "precision": precision,
+        "corpus_passes": corpus_work,
         "resumed_at_steps": stats.resumed_at if stats else [],
         "validation_history": history,
         "versions": {"python": platform.python_version(), **_versions()},
@@ -131,6 +138,13 @@ def format_summary(results: dict) -> str:
         f"epochs {results['epochs']}, wall time {results['wall_time_s']} s, "
         f"{results['train_pairs_per_second']} training pairs/s, peak memory {results['peak_memory_mb']} MB"
     )
+    if results.get("precision"):
+        p = results["precision"]
+        lines.append(f"precision: training {p['training']}, evaluation {p['inference']} ({p['reason']})")
+    work = results.get("corpus_passes") or {}
+    if work.get("passes_encoded") or work.get("passes_from_cache"):
+        lines.append(f"corpus passes: {work['passes_encoded']} encoded, {work['passes_from_cache']} from the cache; "
+                     f"queries ranked: {work['queries_scored']} scored, {work['queries_from_cache']} from the cache")
     # What the data said about these figures (a validation split too small to trust, ...).
     lines += [f"warning: {warning}" for warning in (results.get("data") or {}).get("warnings", [])]
     return "\n".join(lines)

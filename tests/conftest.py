@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,11 @@ from omegaconf import DictConfig, open_dict
 # this when a kernel is defined, so it is set before anything imports them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Runs composed by tests cache corpus encodings here, never in the user's ~/.cache.
+if "MAXSIM_CACHE_DIR" not in os.environ:
+    os.environ["MAXSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="maxsim-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MAXSIM_CACHE_DIR"], ignore_errors=True)
 
 import train  # noqa: F401,E402  - registers the `project_root` and `package_dir` resolvers that conf/ uses
 
@@ -79,3 +87,12 @@ def compose_cfg():
     """``compose_cfg(overrides, tmp_path)`` -> composed config; Hydra's global state is cleared after the test."""
     yield compose_config
     _reset_hydra()
+
+
+@pytest.fixture(autouse=True)
+def _no_encoding_cache_left_active():
+    """A test that fails inside a run must not leave that run's encoding cache to the next test."""
+    yield
+    from lightning_modules.evaluation.encoding_cache import use_cache
+
+    use_cache(None)

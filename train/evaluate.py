@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.evaluation import evaluate_beir
 from lightning_modules.evaluation.sts import evaluate_sts, format_table, load_any_model
+from lightning_modules.precision import resolve_precision
 from train.cli import exit_on_user_error
 
 
@@ -34,6 +35,8 @@ def main(cfg: DictConfig) -> None:
     tasks = OmegaConf.to_container(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else [cfg.tasks]
     tasks = [str(t) for t in tasks]
     model = load_any_model(cfg.model)
+    device = next(model.parameters()).device
+    model.inference_precision = resolve_precision(cfg.precision, device).inference
     for setting in ("max_length", "query_max_length"):  # the model's own unless told
         if cfg.get(setting) is not None:
             setattr(model.text_settings, setting, int(cfg[setting]))

@@ -16,6 +16,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
+from lightning_modules.evaluation.corpus import corpus_work
+from lightning_modules.evaluation.encoding_cache import use_cache
 from lightning_modules.model import LateInteractionModel, text_settings_from
 from lightning_modules.progress import writes_to_terminal
 from lightning_modules.results import (
@@ -23,6 +25,7 @@ from lightning_modules.results import (
 )
 from train.cli import run_log
 from train.resume import checkpoint_to_resume, last_checkpoint, resume_command
+from train.runtime import configure_encoding_cache, configure_precision
 from train.settings import check_settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ def run(cfg: DictConfig) -> dict:
                         "an epoch's end one epoch ahead in its count, so the rest of this run may see its "
                         "batches in another order than an uninterrupted run would (docs/usage.md)")
     pl.seed_everything(cfg.seed, workers=True)
+    precision = configure_precision(cfg)
+    configure_encoding_cache(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP re-runs this script once per process
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
@@ -58,11 +63,13 @@ def run(cfg: DictConfig) -> dict:
             cfg.optimized_metric = f"val/{datamodule.evaluator.primary_metric}"
         log.info("Best checkpoint by %s", cfg.optimized_metric)
     module = hydra.utils.instantiate(cfg.model)
+    module.model.inference_precision = precision.inference
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.trainer.get("enable_progress_bar", True) and not writes_to_terminal():
         callbacks.append(PlainProgress())  # a log file gets plain lines, not a redrawn bar
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      precision=precision.training)
 
     run_test = bool(cfg.get("test"))
     if run_test and not getattr(datamodule, "has_test", True):
@@ -84,6 +91,7 @@ def run(cfg: DictConfig) -> dict:
         results = build_results(
             trainer, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
             data_report=datamodule.report_dict() if hasattr(datamodule, "report_dict") else None,
+            precision=precision.as_dict(), corpus_work=corpus_work.as_dict(),
         )
     except TrainingInterrupted as stop:  # a signal during training: the state is saved
         _report_stop(trainer, str(stop), output_dir)
@@ -92,6 +100,7 @@ def run(cfg: DictConfig) -> dict:
         _report_stop(trainer, "SIGTERM received: stopped", output_dir)
         sys.exit(128 + signal.SIGTERM)
     finally:
+        use_cache(None)  # this run's cache: not the next one's in the same process
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb  # lazily: W&B is opt-in
 

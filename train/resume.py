@@ -24,7 +24,7 @@ MAY_CHANGE = (
     "resume", "trainer.max_epochs", "trainer.min_epochs", "trainer.max_steps", "trainer.max_time",
     "checkpoint_every_n_steps", "max_nonfinite_steps", "test", "export", "logger", "paths",
     "data.num_workers", "trainer.enable_progress_bar", "callbacks.run_checkpoint.every_n_steps",
-    "callbacks.nonfinite_guard.max_consecutive",
+    "callbacks.nonfinite_guard.max_consecutive", "encoding_cache", "trainer.precision",
 )
 
 

@@ -6,15 +6,25 @@ at the same weights share it) and scored a block at a time, keeping a running to
 vectors and ``Q * (k + chunk)`` scores, never with ``Q * corpus size``. Under several processes,
 each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
 shards' top-k lists are merged. How time and memory grow: docs/retrieval.md.
+
+Across runs, encodings and rankings are also kept on disk when a cache is active
+(``encoding_cache.use_cache``), keyed by everything they depend on (``encoding_key``).
+``corpus_work`` counts what a process computed and what it took from a cache.
 """
 
 from __future__ import annotations
 
+import ctypes
+from array import array
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.distributed as dist
+import transformers
 
 from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.encoder import TokenEmbeddings
+from lightning_modules.evaluation.encoding_cache import active_cache, digest
 from lightning_modules.progress import progress
 
 # Documents scored against all queries at once: bounds the (Q, chunk) score block and its padding.
@@ -27,6 +37,55 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple:
     """A cheap key that changes whenever any weight does (a float64 sum per tensor, and the dtype)."""
     sums = torch.stack([p.detach().sum(dtype=torch.float64).cpu() for p in model.parameters()])
     return tuple(sums.tolist()) + (str(next(model.parameters()).dtype),)
+
+
+@dataclass
+class CorpusWork:
+    """What this process did with corpora: ``passes_encoded`` / ``passes_from_cache``, in whole-corpus
+    passes (a process's shard counts as its share times the processes, so the figure is the run's
+    when every process did the same, as the ranks of one run do: ``results.json`` reports rank 0's);
+    ``queries_scored`` / ``queries_from_cache``: queries ranked against a whole corpus."""
+
+    passes_encoded: float = 0.0
+    passes_from_cache: float = 0.0
+    queries_scored: int = 0
+    queries_from_cache: int = 0
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def as_dict(self) -> dict:
+        return {name: round(value, 2) if isinstance(value, float) else value for name, value in asdict(self).items()}
+
+
+corpus_work = CorpusWork()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of ``tensor`` (any dtype; no numpy needed)."""
+    tensor = tensor.detach().cpu().contiguous()
+    size = tensor.numel() * tensor.element_size()
+    return ctypes.string_at(tensor.data_ptr(), size) if size else b""
+
+
+def encoding_key(model, corpus: TokenizedCorpus, rows: list[int]) -> str:
+    """A digest of everything the encoding of ``rows`` depends on: every weight (bytes, dtype, shape),
+    the encoder's architecture settings and its matching mask (skipped tokens), the documents'
+    token ids (so the tokenizer, the lengths and the texts), the inference precision, the device type
+    and the versions of torch and transformers.
+    (Dropout settings are left out: evaluation runs in eval mode.)"""
+    encoder = model.encoder
+    config = {k: v for k, v in encoder.backbone.config.to_dict().items()
+              if k not in ("_name_or_path", "transformers_version") and "dropout" not in k}
+    parts: list[bytes | str] = ["encoding", torch.__version__, transformers.__version__,
+                                type(encoder.backbone).__name__, repr(sorted(config.items())),
+                                tensor_bytes(encoder.excluded_ids), model.inference_precision,
+                                next(model.parameters()).device.type]
+    for name, tensor in model.state_dict().items():
+        parts += [name, str(tensor.dtype), repr(tuple(tensor.shape)), tensor_bytes(tensor)]
+    for row in rows:
+        parts.append(array("q", corpus.token_ids[row]).tobytes())
+    return digest(*parts)
 
 
 def process_shard() -> tuple[int, int]:
@@ -42,23 +101,64 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
     """The documents ``rows`` of ``corpus`` encoded in eval mode, as scoring blocks of at most
     ``SCORE_CHUNK`` documents of similar length (little padding): ``(corpus indices (C,),
     TokenEmbeddings (C, L, D))`` each. Reused while the weights (and ``rows``) are unchanged."""
-    key = (weights_fingerprint(model), tuple(rows))
+    key = (weights_fingerprint(model), tuple(rows), model.inference_precision)
     if corpus.cache.get("key") != key:
         corpus.cache.clear()  # one encoding at a time: the old one is stale and may be large
-        was_training = model.training
-        model.eval()
-        try:
-            vectors = model.embed_token_ids([corpus.token_ids[i] for i in rows], batch_size, show_progress_bar,
-                                            f"encoding {len(rows)} corpus documents")
-        finally:
-            model.train(was_training)
+        _, world = process_shard()
+        passes = len(rows) * world / max(len(corpus), 1)
+        cache = active_cache()
+        disk_key = encoding_key(model, corpus, rows) if cache and rows else None
+        vectors = _cached_encoding(cache, disk_key, len(rows), model.encoder.dim)
+        if vectors is None:
+            was_training = model.training
+            model.eval()
+            try:
+                vectors = model.embed_token_ids([corpus.token_ids[i] for i in rows], batch_size, show_progress_bar,
+                                                f"encoding {len(rows)} corpus documents")
+            finally:
+                model.train(was_training)
+            corpus_work.passes_encoded += passes
+            if disk_key:
+                lengths = torch.tensor([len(v) for v in vectors])
+                cache.save("encoding", disk_key, {"vectors": torch.cat(vectors).cpu(), "lengths": lengths})
+        else:
+            corpus_work.passes_from_cache += passes
+            device = next(model.parameters()).device
+            vectors = [v.to(device) for v in vectors]
         order = sorted(range(len(rows)), key=lambda i: len(vectors[i]))
         blocks = []
         for start in range(0, len(order), SCORE_CHUNK):
             chunk = order[start : start + SCORE_CHUNK]
             blocks.append((torch.tensor([rows[i] for i in chunk]), TokenEmbeddings.stack([vectors[i] for i in chunk])))
-        corpus.cache.update(key=key, blocks=blocks, tokens=sum(len(v) for v in vectors), documents=len(rows))
+        corpus.cache.update(key=key, disk_key=disk_key, blocks=blocks, tokens=sum(len(v) for v in vectors),
+                            documents=len(rows))
     return corpus.cache["blocks"]
+
+
+def _cached_encoding(cache, key: str | None, documents: int, dim: int) -> list[torch.Tensor] | None:
+    """The ``(L_i, D)`` vectors of ``documents`` documents stored in ``cache`` under ``key``, or None
+    (not cached, or an entry whose shapes do not fit: ignored with a warning)."""
+    entry = cache.load("encoding", key) if cache and key else None
+    if entry is None:
+        return None
+    vectors, lengths = entry.get("vectors"), entry.get("lengths")
+    if (vectors is None or lengths is None or vectors.ndim != 2 or vectors.shape[1] != dim
+            or lengths.shape != (documents,) or int(lengths.sum()) != vectors.shape[0]):
+        cache.discard(cache.path("encoding", key), "its shapes do not fit this corpus and model")
+        return None
+    return list(vectors.split(lengths.tolist()))
+
+
+def _cached_ranking(cache, key: str | None, queries: int, depth: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scores (Q, K), indices (Q, K))`` stored in ``cache`` under ``key``, or None (as ``_cached_encoding``)."""
+    entry = cache.load("ranking", key) if cache and key else None
+    if entry is None:
+        return None
+    scores, indices = entry.get("scores"), entry.get("indices")
+    if scores is None or indices is None or scores.shape != (queries, depth) or indices.shape != scores.shape:
+        cache.discard(cache.path("ranking", key), "its shapes do not fit these queries")
+        return None
+    return scores, indices
 
 
 @torch.no_grad()
@@ -86,6 +186,33 @@ def rank_corpus(
     blocks = encode_corpus(model, corpus, rows, batch_size, show_progress_bar and rank == 0)
     depth = min(depth, len(corpus))
     excluded = torch.tensor([-1 if e is None else e for e in (exclude or [None] * len(queries))])
+    cache, disk_key = active_cache(), corpus.cache.get("disk_key")
+    if cache and disk_key:  # the encoding is on disk: so can this ranking be, keyed by it and by the queries
+        # The shard's corpus positions too: the indices returned are positions, and two shards (or
+        # corpora) can hold the same documents at other positions.
+        disk_key = digest("ranking", disk_key, tensor_bytes(torch.tensor(rows)), str(depth),
+                          repr(sorted(model.scoring_options().items())), model.backend, tensor_bytes(excluded),
+                          *[tensor_bytes(q) + str(q.dtype).encode() for q in queries])
+    cached = _cached_ranking(cache, disk_key, len(queries), min(depth, len(rows)))
+    if cached is not None:
+        top_scores, top_indices = cached
+        corpus_work.queries_from_cache += len(queries)
+    else:
+        top_scores, top_indices = _rank_shard(model, queries, blocks, excluded, depth, show_progress_bar and rank == 0)
+        corpus_work.queries_scored += len(queries)
+        if cache and disk_key:
+            cache.save("ranking", disk_key, {"scores": top_scores, "indices": top_indices})
+    if world > 1:  # merge the shards' lists: each process holds the best of its own documents
+        shards = [None] * world
+        dist.all_gather_object(shards, (top_scores, top_indices))
+        top_scores, top_indices = _best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1), depth)
+    # An excluded document can fill a place only when too few others remain: it is padding, not a hit.
+    return top_scores, top_indices.masked_fill(top_scores == float("-inf"), -1)
+
+
+def _rank_shard(model, queries: list[torch.Tensor], blocks, excluded: torch.Tensor, depth: int,
+                show_progress_bar: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``depth`` best of this process's encoded ``blocks`` for each query: ``scores (Q, K)``, ``indices (Q, K)``."""
     top_scores = torch.full((len(queries), 0), float("-inf"))
     top_indices = torch.zeros((len(queries), 0), dtype=torch.long)
     # Queries of similar length together: padding a short query to the longest would multiply its work.
@@ -93,19 +220,15 @@ def rank_corpus(
     groups = [by_length[start : start + QUERY_GROUP] for start in range(0, len(by_length), QUERY_GROUP)]
     query_blocks = [(torch.tensor(group), TokenEmbeddings.stack([queries[i] for i in group])) for group in groups]
     for block_indices, block in progress(blocks, "scoring queries against the corpus", unit="block",
-                                         disable=not (show_progress_bar and rank == 0), leave=False):
+                                         disable=not show_progress_bar, leave=False):
         scores = torch.empty(len(queries), len(block_indices))
         for rows_of_group, query_block in query_blocks:
-            scores[rows_of_group] = model.score_matrix(query_block, block).float().cpu()
+            with model.inference_context():
+                scores[rows_of_group] = model.score_matrix(query_block, block).float().cpu()
         indices = block_indices.expand(len(queries), -1)
         scores = scores.masked_fill(indices == excluded[:, None], float("-inf"))
         top_scores, top_indices = _best(torch.cat([top_scores, scores], 1), torch.cat([top_indices, indices], 1), depth)
-    if world > 1:  # merge the shards' lists: each process holds the best of its own documents
-        shards = [None] * world
-        dist.all_gather_object(shards, (top_scores, top_indices))
-        top_scores, top_indices = _best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1), depth)
-    # An excluded document can fill a place only when too few others remain: it is padding, not a hit.
-    return top_scores, top_indices.masked_fill(top_scores == float("-inf"), -1)
+    return top_scores, top_indices
 
 
 def _best(scores: torch.Tensor, indices: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ from lightning_modules.errors import InputError, ModelLoadError
 from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
 from lightning_modules.model import saving
 from lightning_modules.model.settings import TextSettings
+from lightning_modules.precision import inference_autocast
 from lightning_modules.progress import progress
 from lightning_modules.tokenization import pad_token_ids, tokenize_texts
 
@@ -41,6 +42,11 @@ class LateInteractionModel(nn.Module):
             ``lightning_modules.maxsim``).
         chunk_budget_bytes: the chunked backend's budget for a block's largest tensor.
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
+
+    ``inference_precision`` (``"32"``, ``"bf16"`` or ``"16"``; an attribute, not saved) is the
+    precision of the encodings and scoring without gradients (``embed_token_ids`` and what
+    builds on it, corpus ranking): a training run sets it from ``trainer.precision``
+    (``lightning_modules.precision``); token vectors come out in that precision.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class LateInteractionModel(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.chunk_budget_bytes = chunk_budget_bytes
+        self.inference_precision = "32"
 
     @classmethod
     def build(
@@ -141,14 +148,19 @@ class LateInteractionModel(nn.Module):
 
     def score_pairs(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """MaxSim of aligned pairs, ``(B,)``."""
-        return maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self._options())
+        return maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self.scoring_options())
 
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """MaxSim of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
         return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,
-                             chunk_budget_bytes=self.chunk_budget_bytes, **self._options())
+                             chunk_budget_bytes=self.chunk_budget_bytes, **self.scoring_options())
 
-    def _options(self) -> dict:
+    def inference_context(self):
+        """The autocast context of ``inference_precision`` on the model's device."""
+        return inference_autocast(self.inference_precision, next(self.parameters()).device.type)
+
+    def scoring_options(self) -> dict:
+        """What the score is: ``direction``, ``reduction``, ``temperature``."""
         return {"direction": self.direction, "reduction": self.reduction, "temperature": self.temperature}
 
     # ---- texts (inference) ----------------------------------------------------------------------
@@ -176,7 +188,8 @@ class LateInteractionModel(nn.Module):
     def embed_token_ids(
         self, ids: list[list[int]], batch_size: int = 64, show_progress_bar: bool = False, desc: str = "encoding"
     ) -> list[torch.Tensor]:
-        """``encode`` for texts already tokenised: a ``(L_i, D)`` tensor per text, on the model's device."""
+        """``encode`` for texts already tokenised: a ``(L_i, D)`` tensor per text, on the model's device,
+        in ``inference_precision`` (the model's own dtype for ``"32"``)."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         device = next(self.parameters()).device
         out: list = [None] * len(ids)
@@ -184,9 +197,13 @@ class LateInteractionModel(nn.Module):
                               leave=False):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = pad_token_ids([ids[i] for i in chunk], self.encoder.tokenizer.pad_token_id)
-            embedded = self.embed(input_ids.to(device), attention_mask.to(device))
+            with self.inference_context():
+                embedded = self.embed(input_ids.to(device), attention_mask.to(device))
+            vectors = embedded.vectors
+            if self.inference_precision != "32":  # kept as computed: scoring multiplies in it anyway
+                vectors = vectors.to(torch.bfloat16 if self.inference_precision == "bf16" else torch.float16)
             for row, index in enumerate(chunk):
-                out[index] = embedded.vectors[row][embedded.mask[row]]
+                out[index] = vectors[row][embedded.mask[row]]
         return out
 
     @torch.no_grad()

@@ -58,3 +58,35 @@ def test_evaluate_names_the_bad_line_of_a_beir_folder(scifact_slice, tmp_path, m
                       f"hydra.run.dir={tmp_path / 'evaluate'}", cwd=tmp_path)
     assert done.returncode == 2
     assert "test.tsv:2: expected 3 tab-separated fields" in done.stderr
+
+
+@pytest.mark.training
+def test_a_second_run_takes_its_zero_shot_corpus_work_from_the_cache(compose_cfg, tmp_path):
+    if not (SCIFACT_DIR / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT_DIR}")
+    folder = scifact_subset(tmp_path / "slice", train_queries=30, test_queries=10, distractors=20)
+    overrides = ["+experiment=scifact", "model=tiny", f"data.path={folder}", "data.validation_min_queries=10",
+                 "data.mine_negatives=3", "~logger", "++trainer.enable_progress_bar=false",
+                 "++trainer.enable_model_summary=false", "export=false", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = run(compose_cfg(overrides, tmp_path / "first"))
+    assert first["precision"]["training"] == "32-true" and first["precision"]["inference"] in ("32", "bf16")
+    # Zero-shot and trained: two encodings; mining, then validation and test twice each rank queries.
+    assert first["corpus_passes"]["passes_encoded"] == 2 and first["corpus_passes"]["passes_from_cache"] == 0
+    # The same run again: its weights are the same at every step (a seeded CPU run), so every
+    # encoding and ranking comes from the cache, and so do the same figures.
+    again = run(compose_cfg(overrides, tmp_path / "again"))
+    assert again["corpus_passes"] == {"passes_encoded": 0, "passes_from_cache": 2, "queries_scored": 0,
+                                      "queries_from_cache": first["corpus_passes"]["queries_scored"]}
+    assert again["zero_shot"] == first["zero_shot"]
+    for name in METRICS:
+        assert again[f"test/{name}"] == first[f"test/{name}"]
+    # Another learning rate: the zero-shot line (mining, validation, test) still comes from the
+    # cache; the trained weights are new, so they encode and rank again.
+    changed = run(compose_cfg([*overrides, "model.lr=1e-3"], tmp_path / "changed"))
+    work = changed["corpus_passes"]
+    assert work["passes_encoded"] == 1 and work["passes_from_cache"] == 1
+    assert work["queries_from_cache"] + work["queries_scored"] == first["corpus_passes"]["queries_scored"]
+    assert 0 < work["queries_scored"] < first["corpus_passes"]["queries_scored"]
+    assert changed["zero_shot"] == first["zero_shot"] and changed["test/ndcg@10"] != first["test/ndcg@10"]
+    written = json.loads((tmp_path / "changed" / "results.json").read_text())
+    assert written["corpus_passes"] == work and written["precision"] == changed["precision"]
