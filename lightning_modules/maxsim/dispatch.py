@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lightning_modules.errors import SettingsError
 from lightning_modules.maxsim import late_interaction_kernels
 from lightning_modules.maxsim.chunked import ChunkedMaxSim
 from lightning_modules.maxsim.dense import dense_matrix, token_weights, zero_masked
@@ -100,25 +101,27 @@ def autocast_operands(a, b):
 
 
 def engine_settings(maxsim: dict[str, Any] | None) -> dict[str, Any]:
-    """``ENGINE_DEFAULTS`` updated with ``maxsim``. Refused here, at construction rather than at
+    """``ENGINE_DEFAULTS`` updated with ``maxsim``. Refused here with a ``SettingsError`` (a user's
+    error: one paragraph and exit status 2 from the command line), at construction rather than at
     the first in-batch step: anything but a mapping, unknown keys and backend names, and a
     backend whose package is not installed. (Whether the tensors are on a GPU, which the
     triton and late-interaction-kernels backends need, is known only when they are scored.)"""
     if maxsim is not None and not isinstance(maxsim, Mapping):
-        raise ValueError(f"model.maxsim must be a mapping of engine settings such as {{backend: auto}}, got "
-                         f"{maxsim!r}; to choose a backend: model.maxsim.backend=<name>")
+        raise SettingsError(f"model.maxsim must be a mapping of engine settings such as {{backend: auto}}, got "
+                            f"{maxsim!r}; to choose a backend: model.maxsim.backend=<name>")
     settings = {**ENGINE_DEFAULTS, **(maxsim or {})}
     unknown = sorted(set(settings) - set(ENGINE_DEFAULTS))
     if unknown:
-        raise ValueError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
+        raise SettingsError(f"model.maxsim: unknown key(s) {unknown}; known: {sorted(ENGINE_DEFAULTS)}")
     if settings["backend"] not in BACKENDS:
-        raise ValueError(f"model.maxsim.backend must be one of {BACKENDS}, got {settings['backend']!r}")
+        raise SettingsError(f"model.maxsim.backend must be one of {', '.join(BACKENDS)}; got {settings['backend']!r} "
+                            "(docs/engine.md says what each computes)")
     budget = settings["chunk_budget_mb"]
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget * 2**20 >= 1:
-        raise ValueError(f"model.maxsim.chunk_budget_mb must be a number of megabytes > 0, got {budget!r}")
+        raise SettingsError(f"model.maxsim.chunk_budget_mb must be a number of megabytes > 0, got {budget!r}")
     if settings["backend"] == "triton" and not triton_installed():
-        raise ValueError("model.maxsim.backend=triton needs the triton package: pip install 'maxsim-lightning[triton]'")
+        raise SettingsError("model.maxsim.backend=triton needs the triton package: pip install 'maxsim-lightning[triton]'")
     if settings["backend"] == "late-interaction-kernels" and not late_interaction_kernels.installed():
-        raise ValueError("model.maxsim.backend=late-interaction-kernels needs that package: "
-                         "pip install late-interaction-kernels")
+        raise SettingsError("model.maxsim.backend=late-interaction-kernels needs that package: "
+                            "pip install late-interaction-kernels")
     return settings

@@ -145,3 +145,15 @@ def test_several_bad_settings_are_named_together(tmp_path, stsb_dir):
                       f"hydra.run.dir='{tmp_path / 'run'}'", cwd=tmp_path)
     assert done.returncode == 2
     assert "2 settings cannot work: data.batch_size=0" in done.stderr and "model.warmup_ratio=-0.1" in done.stderr
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.maxsim.backend=fused", "model.maxsim.backend must be one of auto, dense, chunked, triton, "
+                                   "late-interaction-kernels; got 'fused'"),
+    ("++model.maxsim.speed=9", "model.maxsim: unknown key(s) ['speed']"),
+    ("model.maxsim.chunk_budget_mb=0", "model.maxsim.chunk_budget_mb must be a number of megabytes > 0, got 0"),
+])
+def test_bad_engine_settings_fail_in_one_paragraph(tmp_path, stsb_dir, override, message):
+    done = run_module("train", *_overrides(stsb_dir, override), f"hydra.run.dir='{tmp_path / 'run'}'", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: {message}" in done.stderr and "Traceback" not in done.stderr
