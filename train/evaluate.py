@@ -12,8 +12,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.evaluation import evaluate_beir
-from lightning_modules.evaluation.sts import evaluate_sts, format_table, load_any_model
+from lightning_modules.evaluation.sts import evaluate_sts, format_table
 from lightning_modules.precision import resolve_precision
+from lightning_modules.model import LateInteractionModel
 from train.cli import exit_on_user_error
 
 
@@ -34,7 +35,7 @@ def format_retrieval_table(results: dict) -> str:
 def main(cfg: DictConfig) -> None:
     tasks = OmegaConf.to_container(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else [cfg.tasks]
     tasks = [str(t) for t in tasks]
-    model = load_any_model(cfg.model)
+    model = LateInteractionModel.load(cfg.model, setting="model").eval()
     device = next(model.parameters()).device
     model.inference_precision = resolve_precision(cfg.precision, device).inference
     for setting in ("max_length", "query_max_length"):  # the model's own unless told

@@ -10,7 +10,7 @@ from lightning_modules.data.columns import resolve_columns
 from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.writing import WRITABLE, write_table
 from lightning_modules.errors import DataError, InputError
-from lightning_modules.evaluation.sts import load_any_model
+from lightning_modules.model import LateInteractionModel
 from train.cli import exit_on_user_error, literal_text_arguments
 
 
@@ -47,7 +47,7 @@ def score_file(model, cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     if (cfg.input is None) == (cfg.a is None or cfg.b is None):
         raise InputError("give two texts (a=... b=...) or a file (input=...)")
-    model = load_any_model(cfg.model)
+    model = LateInteractionModel.load(cfg.model, setting="model").eval()
     if cfg.input is not None:
         print(f"Written to {score_file(model, cfg)}")
     else:

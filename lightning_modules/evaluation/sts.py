@@ -8,20 +8,15 @@ names (hub access needed). Columns are detected as for training
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from scipy.stats import pearsonr, spearmanr
 
 from lightning_modules.data.columns import resolve_columns
-from lightning_modules.errors import DataError, ModelLoadError
-from lightning_modules.data.formats import HUB_ID, TableSpec, read_table
+from lightning_modules.errors import DataError
+from lightning_modules.data.formats import TableSpec, read_table
 from lightning_modules.data.pairs import build_examples
-from lightning_modules.encoder import TokenEncoder
-from lightning_modules.tokenization import load_failure_message
 from lightning_modules.model import LateInteractionModel
-
-log = logging.getLogger(__name__)
 
 # MTEB's English STS tasks and the hub datasets they read (test split).
 MTEB_STS = {
@@ -34,32 +29,6 @@ MTEB_STS = {
     "SICK-R": "mteb/sickr-sts",
     "BIOSSES": "mteb/biosses-sts",
 }
-
-
-def load_any_model(path: str, setting: str = "model") -> LateInteractionModel:
-    """An exported folder or a checkpoint, else a plain Hugging Face encoder scored zero-shot
-    (its own token vectors, symmetric mean MaxSim: the STS default). ``setting`` is the
-    option that gave ``path`` (``model`` in the tools), named in messages.
-
-    Raises:
-        ModelLoadError: no such local folder or file (and not a hub id), or it did not load.
-    """
-    local = Path(path).expanduser()
-    if local.is_file() or (local / "maxsim_lightning.json").is_file():
-        return LateInteractionModel.from_pretrained(path)
-    if not local.exists() and not HUB_ID.match(path):
-        raise ModelLoadError(
-            f"{setting}={path}: no such folder or file (working directory {Path.cwd()}); give a folder written by "
-            "python -m train.export (or a run's model/ folder), a .ckpt, or a Hugging Face encoder "
-            "(a folder or a hub id)"
-        )
-    try:
-        encoder = TokenEncoder(path, projection_dim=None)
-    except ModelLoadError as error:  # reworded: name this command's own option
-        cause = error.__cause__ or error
-        raise ModelLoadError(load_failure_message(path, "model", cause, setting=setting)) from cause
-    log.info("%s is not a maxsim-lightning export: evaluating its token vectors zero-shot", path)
-    return LateInteractionModel(encoder).eval()
 
 
 def resolve_task(task: str, split: str = "test") -> tuple[str, TableSpec]:

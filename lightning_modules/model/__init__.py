@@ -10,9 +10,4 @@ from lightning_modules.model.saving import write_export as export_model
 from lightning_modules.model.settings import TextSettings, text_settings_from
 
 
-def load_pretrained(path) -> LateInteractionModel:
-    """``LateInteractionModel.load(path)``: an export folder or a training checkpoint, as saved."""
-    return LateInteractionModel.load(path)
-
-
-__all__ = ["LateInteractionModel", "TextSettings", "export_model", "load_pretrained", "text_settings_from"]
+__all__ = ["LateInteractionModel", "TextSettings", "export_model", "text_settings_from"]

@@ -10,6 +10,7 @@ export or a training checkpoint) through ``lightning_modules.model.saving``, wit
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from lightning_modules.model import saving
 from lightning_modules.model.settings import TextSettings
 from lightning_modules.precision import inference_autocast
 from lightning_modules.progress import progress
-from lightning_modules.tokenization import pad_token_ids, tokenize_texts
+from lightning_modules.tokenization import load_failure_message, pad_token_ids, tokenize_texts
+
+log = logging.getLogger(__name__)
 
 # Inputs longer than this many texts show a progress bar (unless told otherwise).
 PROGRESS_THRESHOLD = 1024
@@ -102,16 +105,33 @@ class LateInteractionModel(nn.Module):
                    chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
 
     @classmethod
-    def load(cls, path: str | Path) -> LateInteractionModel:
-        """Load an exported directory (``python -m train.export``) or a training checkpoint (``.ckpt``),
-        as it was saved (on the CPU, in the mode it was built in).
+    def load(cls, path: str | Path, setting: str | None = None) -> LateInteractionModel:
+        """The one way to load a model, as it was saved (on the CPU, in the mode it was built in):
+
+        * an exported directory (``python -m train.export``, or a run's ``model/``);
+        * a training checkpoint (``.ckpt``);
+        * a plain Hugging Face encoder (any other folder, or a hub id), whose own token vectors are
+          then scored zero-shot: no projection, symmetric mean MaxSim (the STS default).
+
+        ``setting``: the option of the calling command that gave ``path`` (``"model"`` in the
+        tools), named in messages.
 
         Raises:
-            ModelLoadError: the path does not exist, is neither of ours, or its weights are
-                corrupt, truncated or do not fit; the message says what was expected.
+            ModelLoadError: the path does not exist and is not a hub id, or what it holds does not
+                load (corrupt or truncated weights, weights that do not fit, an unreachable hub);
+                the message says what was expected.
         """
-        path = saving.check_source(path)
-        if path.is_dir():
+        kind = saving.source_kind(path, setting)
+        if kind == "encoder":
+            try:
+                encoder = TokenEncoder(str(path), projection_dim=None)
+            except ModelLoadError as error:  # reworded: name the calling command's own option
+                cause = error.__cause__ or error
+                raise ModelLoadError(load_failure_message(str(path), "model", cause, setting=setting or "model")) from cause
+            log.info("%s is not a maxsim-lightning export: evaluating its token vectors zero-shot", path)
+            return cls(encoder)
+        path = Path(path).expanduser()
+        if kind == "export":
             encoder, settings = saving.read_export(path)
             return cls(encoder, **settings)
         hparams, weights, text_settings = saving.read_checkpoint(path)
@@ -126,9 +146,7 @@ class LateInteractionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-        """Load an exported directory (``python -m train.export``) or a training checkpoint (``.ckpt``).
-
-        The model comes back in eval mode on ``device``, in ``dtype`` if given
+        """``load(path)`` (an export, a checkpoint or a plain encoder), for inference: the model comes back in eval mode on ``device``, in ``dtype`` if given
         (``torch.bfloat16`` halves memory; MaxSim still sums in float32).
         """
         model = cls.load(path).eval().to(device)

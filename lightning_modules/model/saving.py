@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lightning_modules.data.formats import HUB_ID
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.errors import ExportError, ModelLoadError
 from lightning_modules.model.card import model_card
@@ -148,19 +149,22 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def check_source(path: str | Path) -> Path:
-    """``path`` as a ``Path`` if it is an export folder or a file (a checkpoint), else a ``ModelLoadError``
-    that says what was expected."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"{path.resolve()} does not exist; expected a folder written by python -m train.export "
-                             "or a .ckpt file of a training run")
-    if path.is_dir() and not (path / OUR_CONFIG).is_file():
-        raise ModelLoadError(
-            f"{path.resolve()} is not a maxsim-lightning export: it has no {OUR_CONFIG}. Expected a folder written by "
-            "python -m train.export (a plain Hugging Face encoder can be evaluated zero-shot with train.evaluate)"
-        )
-    return path
+def source_kind(path: str | Path, setting: str | None = None) -> str:
+    """What ``path`` holds: ``"export"`` (a folder written by ``python -m train.export``),
+    ``"checkpoint"`` (a file: a training checkpoint) or ``"encoder"`` (any other folder, or a hub
+    id: a plain Hugging Face encoder); a ``ModelLoadError`` that says what was expected when it is
+    none of them (a local path that does not exist), naming the option ``setting`` that gave it."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        return "checkpoint"
+    if local.is_dir():
+        return "export" if (local / OUR_CONFIG).is_file() else "encoder"
+    if HUB_ID.match(str(path)):
+        return "encoder"
+    named = f"{setting}={path}" if setting else str(local.resolve())
+    raise ModelLoadError(f"{named}: no such folder or file (working directory {Path.cwd()}); give a folder written "
+                         "by python -m train.export (or a run's model/ folder), a .ckpt file of a training run, or a "
+                         "Hugging Face encoder (a folder or a hub id)")
 
 
 def read_export(path: Path) -> tuple[TokenEncoder, dict]:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.errors import ModelLoadError
 from lightning_modules.errors import ExportError
-from lightning_modules.model import export_model, load_pretrained
+from lightning_modules.model import export_model
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel, TextSettings
 from tests.helpers.cli import run_module
@@ -96,7 +96,7 @@ def test_a_checkpoint_loads_with_its_data_settings(compose_cfg, tmp_path, stsb_d
                        "trainer.max_epochs=1", "data.limit_train_pairs=32", "data.limit_eval_pairs=32",
                        "data.max_length=20", "++trainer.enable_progress_bar=false"], tmp_path)
     results = run(cfg)
-    model = load_pretrained(results["best_checkpoint"]).eval()
+    model = LateInteractionModel.load(results["best_checkpoint"]).eval()
     assert model.text_settings.max_length == 20
     # The run exported its best checkpoint too: the same vectors either way.
     exported = LateInteractionModel.from_pretrained(str(tmp_path / "model"))
@@ -139,27 +139,27 @@ def test_pylate_colbert_gives_our_vectors(tmp_path, minilm_path, asymmetric):
 
 def test_bad_paths_and_corrupt_weights_are_clear_errors(exported, tmp_path):
     model, folder = exported
-    with pytest.raises(ModelLoadError, match="does not exist; expected a folder written by python -m train.export"):
-        load_pretrained(tmp_path / "nope")
-    plain = tmp_path / "plain"
+    with pytest.raises(ModelLoadError, match="nope: no such folder or file .*give a folder written by python -m train.export"):
+        LateInteractionModel.load(tmp_path / "nope")
+    plain = tmp_path / "plain"  # neither ours nor a loadable Hugging Face encoder
     plain.mkdir()
     (plain / "config.json").write_text("{}")
-    with pytest.raises(ModelLoadError, match="is not a maxsim-lightning export: it has no maxsim_lightning.json"):
-        load_pretrained(plain)
+    with pytest.raises(ModelLoadError, match="Could not load the model from .*plain"):
+        LateInteractionModel.load(plain)
     backbone = folder / "model.safetensors"
     intact = backbone.read_bytes()
     backbone.write_bytes(intact[: len(intact) // 2])  # a download cut off halfway
     with pytest.raises(ModelLoadError, match="SafetensorError.*corrupt or truncated"):
-        load_pretrained(folder)
+        LateInteractionModel.load(folder)
     backbone.write_bytes(intact)
     dense = folder / "1_Dense" / "model.safetensors"
     dense.write_bytes(dense.read_bytes()[:40])  # truncated
     with pytest.raises(ModelLoadError, match="unreadable projection weights"):
-        load_pretrained(folder)
+        LateInteractionModel.load(folder)
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
-        load_pretrained(broken)
+        LateInteractionModel.load(broken)
 
 
 def test_an_existing_output_is_refused_unless_overwrite_and_failures_leave_nothing(exported, monkeypatch):
@@ -203,7 +203,7 @@ def test_export_cli(tmp_path, compose_cfg):
     again = run_module("train.export", *arguments, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     missing = run_module("train.export", f"ckpt={tmp_path / 'no.ckpt'}", f"out={out}2", cwd=tmp_path)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "no such folder or file" in missing.stderr
     assert not (tmp_path / f"{out.name}2").exists()
 
 
@@ -218,13 +218,13 @@ def test_old_checkpoints_without_thresholds_or_engine_settings_load_and_overwrit
     # As saved before model.maxsim existed: the backend as a flat key.
     old_hparams = {k: v for k, v in module.hparams.items() if k != "maxsim"} | {"maxsim_backend": "chunked"}
     torch.save({"hyper_parameters": old_hparams, "state_dict": state}, saved)
-    model = load_pretrained(saved)
+    model = LateInteractionModel.load(saved)
     assert model.backend == "chunked"
     # A run trained with a GPU-only backend loads with auto, and scores here, on the CPU.
     gpu_run = tmp_path / "gpu.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams) | {"maxsim": {"backend": "triton"}}, "state_dict": state},
                gpu_run)
-    on_cpu = load_pretrained(gpu_run)
+    on_cpu = LateInteractionModel.load(gpu_run)
     assert on_cpu.backend == "auto"
     assert on_cpu.eval().similarity_matrix(TEXTS, TEXTS).shape == (len(TEXTS), len(TEXTS))
     assert _max_difference(module.model.eval().encode(TEXTS), model.eval().encode(TEXTS)) == 0.0
@@ -258,3 +258,16 @@ def test_export_of_a_runs_checkpoint_tells_its_run_and_checks_onnx_quietly(tmp_p
     assert any("onnx/model.onnx: onnxruntime's token vectors match PyTorch's within" in line for line in output)
     assert len(output) <= 3, output
     assert (out / "onnx" / "model.onnx").is_file()
+
+
+def test_one_loader_takes_an_export_a_checkpoint_or_a_plain_encoder(exported, minilm_path):
+    """``LateInteractionModel.load`` is the one way in: ours as saved, a plain encoder zero-shot."""
+    model, folder = exported
+    loaded = LateInteractionModel.load(folder)
+    assert torch.equal(loaded.encoder.projection.weight, model.encoder.projection.weight)
+    plain = LateInteractionModel.load(minilm_path)
+    assert plain.encoder.projection is None and plain.direction == "both" and plain.reduction == "mean"
+    import lightning_modules.evaluation.sts as sts
+    import lightning_modules.model as model_package
+
+    assert not hasattr(sts, "load_any_model") and not hasattr(model_package, "load_pretrained")

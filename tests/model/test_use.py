@@ -12,8 +12,9 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from lightning_modules.errors import DataError
-from lightning_modules.evaluation.sts import MTEB_STS, evaluate_sts, load_any_model, resolve_task
+from lightning_modules.evaluation.sts import MTEB_STS, evaluate_sts, resolve_task
 from lightning_modules.maxsim import maxsim_pairwise
+from lightning_modules.model import LateInteractionModel
 from tests.helpers.cli import run_module
 from tests.helpers.models import tiny_model
 from tests.helpers.tables import write_rows
@@ -102,7 +103,7 @@ def test_score_two_texts_and_a_file(tmp_path, minilm_path):
     a, b = "The man's guitar [new], costs ${5}", "Someone plays music = joy, isn't it?"
     done = _process("train.score", f"model={minilm_path}", f"a={a}", f"b={b}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    zero_shot = load_any_model(minilm_path)
+    zero_shot = LateInteractionModel.load(minilm_path)
     expected = float(zero_shot.score([a], [b])[0])
     assert done.stdout.strip() == f"{expected:.4f}"  # stdout is the score alone: it pipes
     assert expected != pytest.approx(float(zero_shot.score(["The man"], [b])[0]), abs=1e-4)  # the whole text
@@ -157,14 +158,13 @@ def test_a_model_that_is_not_there_names_the_tools_own_key(tmp_path, tool):
 
 def test_a_hub_id_that_cannot_load_names_the_tools_own_key(monkeypatch):
     from lightning_modules.errors import ModelLoadError
-    from lightning_modules.evaluation.sts import load_any_model
 
     def offline(name, *args, **kwargs):  # what from_pretrained raises without a hub, at once
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}")
 
     monkeypatch.setattr("lightning_modules.tokenization.AutoTokenizer.from_pretrained", offline)
     with pytest.raises(ModelLoadError, match="point model= at a local folder") as raised:
-        load_any_model("someone/not-a-cached-model")
+        LateInteractionModel.load("someone/not-a-cached-model")
     assert "model_name_or_path" not in str(raised.value) and "couldn't connect" in str(raised.value)
 
 
