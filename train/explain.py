@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     from lightning_modules.model import LateInteractionModel
     from lightning_modules.plots import draw_token_heatmap, token_similarity
 
-    model = LateInteractionModel.from_pretrained(cfg.model)
+    model = LateInteractionModel.load(cfg.model, setting="model").eval()
     match = token_similarity(model, a, b)
     out = draw_token_heatmap(match, cfg.out, title=cfg.title)
     print(match.describe_score())

@@ -155,13 +155,19 @@ def source_kind(path: str | Path, setting: str | None = None) -> str:
     id: a plain Hugging Face encoder); a ``ModelLoadError`` that says what was expected when it is
     none of them (a local path that does not exist), naming the option ``setting`` that gave it."""
     local = Path(path).expanduser()
+    named = f"{setting}={path}" if setting else str(local.resolve())
     if local.is_file():
         return "checkpoint"
     if local.is_dir():
-        return "export" if (local / OUR_CONFIG).is_file() else "encoder"
+        if (local / OUR_CONFIG).is_file():
+            return "export"
+        if (local / "config.json").is_file():
+            return "encoder"
+        raise ModelLoadError(f"{named} is not a maxsim-lightning export (it has no {OUR_CONFIG}) nor a Hugging Face "
+                             "encoder (no config.json); give a folder written by python -m train.export (or a run's "
+                             "model/ folder), a .ckpt file of a training run, or an encoder's folder or hub id")
     if HUB_ID.match(str(path)):
         return "encoder"
-    named = f"{setting}={path}" if setting else str(local.resolve())
     raise ModelLoadError(f"{named}: no such folder or file (working directory {Path.cwd()}); give a folder written "
                          "by python -m train.export (or a run's model/ folder), a .ckpt file of a training run, or a "
                          "Hugging Face encoder (a folder or a hub id)")

@@ -141,9 +141,11 @@ def test_bad_paths_and_corrupt_weights_are_clear_errors(exported, tmp_path):
     model, folder = exported
     with pytest.raises(ModelLoadError, match="nope: no such folder or file .*give a folder written by python -m train.export"):
         LateInteractionModel.load(tmp_path / "nope")
-    plain = tmp_path / "plain"  # neither ours nor a loadable Hugging Face encoder
+    plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="is not a maxsim-lightning export .* nor a Hugging Face encoder"):
+        LateInteractionModel.load(plain)
+    (plain / "config.json").write_text("{}")  # looks like an encoder, but does not load as one
     with pytest.raises(ModelLoadError, match="Could not load the model from .*plain"):
         LateInteractionModel.load(plain)
     backbone = folder / "model.safetensors"
