@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from lightning_modules.encoder import TokenEncoder
 from lightning_modules.errors import ModelLoadError
 from lightning_modules.errors import ExportError
+import lightning_modules.evaluation.sts as sts_module
+import lightning_modules.model as model_package
 from lightning_modules.model import export_model
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel, TextSettings
@@ -269,7 +271,4 @@ def test_one_loader_takes_an_export_a_checkpoint_or_a_plain_encoder(exported, mi
     assert torch.equal(loaded.encoder.projection.weight, model.encoder.projection.weight)
     plain = LateInteractionModel.load(minilm_path)
     assert plain.encoder.projection is None and plain.direction == "both" and plain.reduction == "mean"
-    import lightning_modules.evaluation.sts as sts
-    import lightning_modules.model as model_package
-
-    assert not hasattr(sts, "load_any_model") and not hasattr(model_package, "load_pretrained")
+    assert not hasattr(sts_module, "load_any_model") and not hasattr(model_package, "load_pretrained")
