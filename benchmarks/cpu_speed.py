@@ -91,11 +91,12 @@ def plain_pass(texts: list[str]) -> dict:
 
 def encoder_speed(texts: list[str], force_bf16: bool) -> dict:
     """Tokens/s of our encoder in fp32 and (where native, or forced) bf16 on ``texts``, and bf16's worst cosine."""
+    from lightning_modules.encoder import EncoderOptions
     from lightning_modules.model import LateInteractionModel
     from lightning_modules.model.settings import TextSettings
     from lightning_modules.precision import bf16_supported
 
-    model = LateInteractionModel.build(minilm_path(), projection_dim=None,
+    model = LateInteractionModel.build(EncoderOptions(minilm_path(), projection_dim=None),
                                        text_settings=TextSettings(max_length=DOCUMENT_LENGTH)).eval()
     ids = model.tokenize(texts)
     tokens = sum(len(row) for row in ids)

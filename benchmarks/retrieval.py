@@ -184,15 +184,15 @@ def run_pylate(task: Task, triples: list[dict], settings: dict) -> dict:
 
 def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
     from lightning_modules.callbacks.mining import mine_hard_negatives
+    from lightning_modules.encoder import EncoderOptions
     from lightning_modules.evaluation.corpus import rank_corpus
     from lightning_modules.model import LateInteractionModel
     from train.pipeline import run
 
     dm = task.datamodule
     model_cfg = {k: v for k, v in dict(cfg.model).items() if not k.startswith("_")}
-    wanted = ("model_name_or_path", "projection_dim", "skip_special_tokens", "skip_punctuation", "random_init",
-              "config_overrides", "direction", "reduction", "temperature", "maxsim")
-    model = LateInteractionModel.build(**{k: model_cfg[k] for k in wanted if k in model_cfg}).eval()
+    scoring = {k: model_cfg[k] for k in ("direction", "reduction", "temperature", "maxsim") if k in model_cfg}
+    model = LateInteractionModel.build(EncoderOptions.from_settings(model_cfg), **scoring).eval()
     queries = model.embed_token_ids(dm._tokenize_queries("test", task.test_ids))
     _, ranked = rank_corpus(model, [q.float() for q in queries], dm.corpus, DEPTH, exclude=task.exclude)
     start = time.perf_counter()

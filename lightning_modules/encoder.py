@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import string
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from lightning_modules.errors import ModelLoadError
+from lightning_modules.errors import ModelLoadError, SettingsError
 from lightning_modules.tokenization import load_failure_message, load_tokenizer, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,12 @@ class TokenEmbeddings:
         return cls(padded, mask)
 
 
-class TokenEncoder(nn.Module):
-    """Hugging Face encoder -> optional linear projection -> L2 norm, per token.
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How a ``TokenEncoder`` is built: plain values, given flat in ``conf/model/*.yaml`` beside
+    MaxSim's and training's settings (``MaxSimModule``) and recorded so in a checkpoint.
 
-    Args:
+    Attributes:
         model_name_or_path: a local folder or a hub id (``AutoModel``).
         projection_dim: output size of a bias-free linear projection (128, as in
             ColBERT), or ``None`` to keep the encoder's hidden size without one.
@@ -72,29 +75,45 @@ class TokenEncoder(nn.Module):
             smoke runs) instead of loading pretrained weights.
         config_overrides: config values to change, e.g. a tiny ``hidden_size``.
         trust_remote_code: passed to ``from_pretrained``; off unless you ask.
+    """
+
+    model_name_or_path: str
+    projection_dim: int | None = 128
+    skip_special_tokens: bool = False
+    skip_punctuation: bool = False
+    random_init: bool = False
+    config_overrides: dict[str, Any] | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], strict: bool = False) -> EncoderOptions:
+        """The options among plain ``settings`` (a ``model`` config, a checkpoint's hyperparameters);
+        the others are ignored, or with ``strict`` refused with a ``SettingsError`` that names them."""
+        names = [field.name for field in fields(cls)]
+        unknown = sorted(set(settings) - set(names))
+        if strict and unknown:
+            raise SettingsError(f"model: unknown setting(s) {unknown}, neither MaxSimModule arguments nor encoder "
+                                f"options; the encoder's options: {names} (lightning_modules.encoder.EncoderOptions)")
+        return cls(**{name: settings[name] for name in names if name in settings})
+
+
+class TokenEncoder(nn.Module):
+    """Hugging Face encoder -> optional linear projection -> L2 norm, per token, as ``options``
+    (``EncoderOptions``) say.
 
     A text whose every token is excluded falls back to all its real tokens, so
     MaxSim is always defined.
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str,
-        projection_dim: int | None = 128,
-        skip_special_tokens: bool = False,
-        skip_punctuation: bool = False,
-        random_init: bool = False,
-        config_overrides: dict[str, Any] | None = None,
-        trust_remote_code: bool = False,
-    ) -> None:
+    def __init__(self, options: EncoderOptions) -> None:
         super().__init__()
-        self.tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
-        self.backbone = _load_backbone(model_name_or_path, random_init, config_overrides or {}, trust_remote_code)
-        hidden = self.backbone.config.hidden_size
+        self.options = options
+        self.tokenizer = load_tokenizer(options.model_name_or_path, options.trust_remote_code)
+        self.backbone = _load_backbone(options)
+        hidden, projection_dim = self.backbone.config.hidden_size, options.projection_dim
         self.projection = None if projection_dim is None else _make_projection(hidden, projection_dim)
         self.dim = hidden if projection_dim is None else projection_dim
-        self.skip_special_tokens, self.skip_punctuation = skip_special_tokens, skip_punctuation
-        excluded = _excluded_token_ids(self.tokenizer, skip_special_tokens, skip_punctuation)
+        excluded = _excluded_token_ids(self.tokenizer, options.skip_special_tokens, options.skip_punctuation)
         self.register_buffer("excluded_ids", torch.tensor(sorted(excluded), dtype=torch.long), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenEmbeddings:
@@ -110,10 +129,11 @@ class TokenEncoder(nn.Module):
         return TokenEmbeddings(vectors, mask)
 
 
-def _load_backbone(model_name_or_path, random_init, config_overrides, trust_remote_code) -> nn.Module:
-    options = {"trust_remote_code": trust_remote_code, **config_overrides}
+def _load_backbone(encoder: EncoderOptions) -> nn.Module:
+    model_name_or_path, trust_remote_code = encoder.model_name_or_path, encoder.trust_remote_code
+    options = {"trust_remote_code": trust_remote_code, **(encoder.config_overrides or {})}
     try:
-        if random_init:
+        if encoder.random_init:
             config = AutoConfig.from_pretrained(model_name_or_path, **options)
             build = lambda **kw: (  # noqa: E731 - (model, no loading report), as from_pretrained below
                 AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kw), None)

@@ -11,6 +11,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.data.batches import ContrastiveBatch, ScoredPairsBatch, TokenBatch
+from lightning_modules.encoder import EncoderOptions
 from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
 
@@ -25,9 +26,10 @@ class MaxSimModule(pl.LightningModule):
     Every argument is a plain value, so the checkpoint's hyperparameters load with
     ``torch.load(weights_only=True)``.
 
-    Encoder (see ``TokenEncoder``): ``model_name_or_path``, ``projection_dim``,
-    ``skip_special_tokens``, ``skip_punctuation``, ``random_init``, ``config_overrides``,
-    and ``gradient_checkpointing``: recompute each encoder layer during the backward
+    Encoder: ``model_name_or_path`` and, as further keyword arguments (``encoder_options``:
+    flat, like the rest, in ``conf/model/*.yaml`` and ``hparams``), the other fields of
+    ``lightning_modules.encoder.EncoderOptions``; any other name is a ``SettingsError``.
+    ``gradient_checkpointing``: recompute each encoder layer during the backward
     pass instead of keeping its activations (about one layer's activations instead of
     all of them, for about a third more compute). With a memory-lean MaxSim backend it
     is what lets large in-batch contrastive batches fit (``benchmarks/contrastive_batch.py``).
@@ -64,11 +66,6 @@ class MaxSimModule(pl.LightningModule):
     def __init__(
         self,
         model_name_or_path: str,
-        projection_dim: int | None = 128,
-        skip_special_tokens: bool = False,
-        skip_punctuation: bool = False,
-        random_init: bool = False,
-        config_overrides: dict[str, Any] | None = None,
         direction: str = "both",
         reduction: str = "mean",
         temperature: float | None = None,
@@ -85,21 +82,13 @@ class MaxSimModule(pl.LightningModule):
         projection_lr_multiplier: float = 1.0,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        **encoder_options: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = LateInteractionModel.build(
-            model_name_or_path,
-            projection_dim=projection_dim,
-            skip_special_tokens=skip_special_tokens,
-            skip_punctuation=skip_punctuation,
-            random_init=random_init,
-            config_overrides=config_overrides,
-            direction=direction,
-            reduction=reduction,
-            temperature=temperature,
-            maxsim=maxsim,
-        )
+        self.save_hyperparameters()  # encoder_options too, flat (Lightning merges **kwargs in)
+        encoder = EncoderOptions.from_settings({"model_name_or_path": model_name_or_path, **encoder_options},
+                                               strict=True)
+        self.model = LateInteractionModel.build(encoder, direction, reduction, temperature, maxsim)
         if gradient_checkpointing:
             _enable_checkpointing(self.model.encoder.backbone)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from lightning_modules.encoder import TokenEncoder
+from lightning_modules.encoder import EncoderOptions, TokenEncoder
 from lightning_modules.errors import ModelLoadError
 
 TEXTS = ["A man is playing a guitar.", "Hello, world.", "Two dogs run through the snow, fast."]
@@ -26,7 +26,7 @@ def _encode(encoder: TokenEncoder, batch):
 
 @pytest.fixture(scope="module")
 def plain(minilm_path) -> TokenEncoder:
-    return TokenEncoder(minilm_path, projection_dim=None)
+    return TokenEncoder(EncoderOptions(minilm_path, projection_dim=None))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def batch(plain):
 
 def _tiny(minilm_path, **flags) -> TokenEncoder:
     """MiniLM's tokenizer with a tiny random encoder: masks depend only on token ids, not on weights."""
-    return TokenEncoder(minilm_path, random_init=True, config_overrides=TINY, **flags)
+    return TokenEncoder(EncoderOptions(minilm_path, random_init=True, config_overrides=TINY, **flags))
 
 
 def test_vectors_shape_and_unit_norm_at_real_tokens(plain, batch):
@@ -70,7 +70,7 @@ def test_matches_transformers_last_hidden_state(plain, batch, minilm_path):
 
 
 def test_projection_to_hidden_size_starts_as_identity(minilm_path, plain, batch):
-    projected = TokenEncoder(minilm_path, projection_dim=384)
+    projected = TokenEncoder(EncoderOptions(minilm_path, projection_dim=384))
     assert projected.projection is not None
     assert torch.equal(projected.projection.weight, torch.eye(384))
     real = batch["attention_mask"].bool()
@@ -79,7 +79,7 @@ def test_projection_to_hidden_size_starts_as_identity(minilm_path, plain, batch)
 
 
 def test_projection_128(minilm_path, batch):
-    projected = TokenEncoder(minilm_path, projection_dim=128)
+    projected = TokenEncoder(EncoderOptions(minilm_path, projection_dim=128))
     out = _encode(projected, batch)
     assert projected.dim == 128
     assert out.vectors.shape == (*batch["input_ids"].shape, 128)
@@ -138,7 +138,7 @@ def test_text_of_only_excluded_tokens_keeps_its_real_tokens(minilm_path):
 @pytest.mark.parametrize("path", ["./no/such/model", "/no/such/model_dir"])
 def test_missing_local_path_raises_model_load_error(path):
     with pytest.raises(ModelLoadError) as info:
-        TokenEncoder(path)
+        TokenEncoder(EncoderOptions(path))
     message = str(info.value)
     assert path.lstrip(".") in message
     assert "model.model_name_or_path" in message

@@ -16,7 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from scipy.stats import spearmanr
 
 from lightning_modules.callbacks.evaluation_plots import _log_images, _validation_pairs, _wanted
-from lightning_modules.encoder import TokenEncoder
+from lightning_modules.encoder import EncoderOptions, TokenEncoder
 from lightning_modules.model import export_model
 from lightning_modules.model import LateInteractionModel, TextSettings
 from lightning_modules.plots import (
@@ -41,8 +41,8 @@ B = "Someone plays music, loudly!"
 def encoder(minilm_path) -> TokenEncoder:
     """Random tiny encoder that leaves [CLS]/[SEP] and punctuation out of matching, so masks have holes."""
     torch.manual_seed(0)
-    return TokenEncoder(minilm_path, projection_dim=16, random_init=True, config_overrides=TINY,
-                        skip_special_tokens=True, skip_punctuation=True)
+    return TokenEncoder(EncoderOptions(minilm_path, projection_dim=16, random_init=True, config_overrides=TINY,
+                                       skip_special_tokens=True, skip_punctuation=True))
 
 
 def _model(encoder, direction="both", text_settings=None) -> LateInteractionModel:

@@ -26,7 +26,7 @@ def model_card(model, card: dict) -> str:
         + (f", smooth max at temperature {model.temperature}" if model.temperature else ", hard max"),
         f"- Texts: at most {settings.max_length} tokens; roles `{settings.roles}`"
         + (f", queries at most {settings.query_max_length} tokens" if settings.roles == "asymmetric" else ""),
-        f"- Tokens left out of matching: {_skipped(encoder)}",
+        f"- Tokens left out of matching: {_skipped(encoder.options)}",
         "",
         "## Metrics measured in the training run",
         "",
@@ -61,9 +61,10 @@ def model_card(model, card: dict) -> str:
         + (" (symmetric: both directions averaged, tokens averaged, a score in [-1, 1]), so their scores rank "
            "pairs differently from ours; use maxsim-lightning's `score` for similarity figures like the ones "
            "above." if (model.direction, model.reduction) != ("a2b", "sum") else ", which is theirs too.")
-        + (" [CLS]/[SEP] are left out of matching here; PyLate keeps them." if encoder.skip_special_tokens else "")
+        + (" [CLS]/[SEP] are left out of matching here; PyLate keeps them."
+           if encoder.options.skip_special_tokens else "")
         + (" Punctuation is left out on both sides here; PyLate skips it in documents only."
-           if encoder.skip_punctuation else ""),
+           if encoder.options.skip_punctuation else ""),
         "",
     ]
     if card.get("config"):
@@ -71,7 +72,7 @@ def model_card(model, card: dict) -> str:
     return "\n".join(lines)
 
 
-def _skipped(encoder) -> str:
-    parts = [name for name, on in (("[CLS]/[SEP]", encoder.skip_special_tokens), ("punctuation", encoder.skip_punctuation))
+def _skipped(options) -> str:
+    parts = [name for name, on in (("[CLS]/[SEP]", options.skip_special_tokens), ("punctuation", options.skip_punctuation))
              if on]
     return ", ".join(parts) or "none"

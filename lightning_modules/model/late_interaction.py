@@ -9,7 +9,6 @@ export or a training checkpoint) through ``lightning_modules.model.saving``, wit
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.encoder import TokenEmbeddings, TokenEncoder
+from lightning_modules.encoder import EncoderOptions, TokenEmbeddings, TokenEncoder
 from lightning_modules.errors import InputError, ModelLoadError
 from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
 from lightning_modules.model import saving
@@ -77,12 +76,7 @@ class LateInteractionModel(nn.Module):
     @classmethod
     def build(
         cls,
-        model_name_or_path: str,
-        projection_dim: int | None = 128,
-        skip_special_tokens: bool = False,
-        skip_punctuation: bool = False,
-        random_init: bool = False,
-        config_overrides: dict[str, Any] | None = None,
+        encoder: EncoderOptions,
         direction: str = "both",
         reduction: str = "mean",
         temperature: float | None = None,
@@ -90,18 +84,10 @@ class LateInteractionModel(nn.Module):
         text_settings: TextSettings | None = None,
     ) -> LateInteractionModel:
         """A model from plain settings, as ``conf/model/*.yaml`` and a checkpoint's hyperparameters give
-        them: the encoder's (see ``TokenEncoder``), MaxSim's, and ``maxsim``, the engine settings
+        them: the ``encoder``'s, MaxSim's, and ``maxsim``, the engine settings
         (``lightning_modules.maxsim.engine_settings``: checked before the encoder loads)."""
         engine = engine_settings(maxsim)
-        encoder = TokenEncoder(
-            model_name_or_path,
-            projection_dim=projection_dim,
-            skip_special_tokens=skip_special_tokens,
-            skip_punctuation=skip_punctuation,
-            random_init=random_init,
-            config_overrides=config_overrides,
-        )
-        return cls(encoder, direction, reduction, temperature, text_settings, backend=engine["backend"],
+        return cls(TokenEncoder(encoder), direction, reduction, temperature, text_settings, backend=engine["backend"],
                    chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
 
     @classmethod
@@ -124,7 +110,7 @@ class LateInteractionModel(nn.Module):
         kind = saving.source_kind(path, setting)
         if kind == "encoder":
             try:
-                encoder = TokenEncoder(str(path), projection_dim=None)
+                encoder = TokenEncoder(EncoderOptions(str(path), projection_dim=None))
             except ModelLoadError as error:  # reworded: name the calling command's own option
                 cause = error.__cause__ or error
                 raise ModelLoadError(load_failure_message(str(path), "model", cause, setting=setting or "model")) from cause
@@ -135,8 +121,8 @@ class LateInteractionModel(nn.Module):
             encoder, settings = saving.read_export(path)
             return cls(encoder, **settings)
         hparams, weights, text_settings = saving.read_checkpoint(path)
-        wanted = inspect.signature(cls.build).parameters
-        model = cls.build(**{k: v for k, v in hparams.items() if k in wanted}, text_settings=text_settings)
+        scoring = {k: hparams[k] for k in ("direction", "reduction", "temperature", "maxsim") if k in hparams}
+        model = cls.build(EncoderOptions.from_settings(hparams), **scoring, text_settings=text_settings)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:

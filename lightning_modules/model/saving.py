@@ -33,10 +33,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from lightning_modules.data.formats import HUB_ID
-from lightning_modules.encoder import TokenEncoder
+from lightning_modules.encoder import EncoderOptions, TokenEncoder
 from lightning_modules.errors import ExportError, ModelLoadError
 from lightning_modules.model.card import model_card
 from lightning_modules.model.settings import TextSettings, text_settings_from
@@ -129,7 +128,7 @@ def _write(model, folder: Path, card: dict) -> None:
         "document_length": settings.max_length,
         "attend_to_expansion_tokens": False,
         # PyLate masks these in documents only; ours, when on, on both sides.
-        "skiplist_words": list(string.punctuation) if encoder.skip_punctuation else [],
+        "skiplist_words": list(string.punctuation) if encoder.options.skip_punctuation else [],
         "do_query_expansion": False,
     })
     _write_json(folder / OUR_CONFIG, {
@@ -138,8 +137,8 @@ def _write(model, folder: Path, card: dict) -> None:
         "reduction": model.reduction,
         "temperature": model.temperature,
         "projection": encoder.projection is not None,
-        "skip_special_tokens": encoder.skip_special_tokens,
-        "skip_punctuation": encoder.skip_punctuation,
+        "skip_special_tokens": encoder.options.skip_special_tokens,
+        "skip_punctuation": encoder.options.skip_punctuation,
         "text": settings.as_dict(),
     })
     (folder / "README.md").write_text(model_card(model, card), encoding="utf-8")
@@ -177,19 +176,18 @@ def read_export(path: Path) -> tuple[TokenEncoder, dict]:
     """The encoder of an export folder (projection included) and the rest of the model's arguments:
     ``direction``, ``reduction``, ``temperature``, ``text_settings``."""
     config = json.loads((path / OUR_CONFIG).read_text(encoding="utf-8"))
-    encoder = TokenEncoder(
-        str(path), projection_dim=None, skip_special_tokens=config["skip_special_tokens"],
-        skip_punctuation=config["skip_punctuation"],
-    )
+    weight = None
     if config["projection"]:
         try:
             weight = load_file(path / DENSE_DIR / "model.safetensors")["linear.weight"]
         except (OSError, SafetensorError, KeyError) as error:
             raise ModelLoadError(f"{path / DENSE_DIR / 'model.safetensors'}: unreadable projection weights "
                                  f"({error.__class__.__name__}: {error}); re-export the model") from error
-        encoder.projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    encoder = TokenEncoder(EncoderOptions(
+        str(path), projection_dim=None if weight is None else weight.shape[0],
+        skip_special_tokens=config["skip_special_tokens"], skip_punctuation=config["skip_punctuation"]))
+    if weight is not None:
         encoder.projection.weight.data.copy_(weight)
-        encoder.dim = weight.shape[0]
     return encoder, {
         "direction": config["direction"], "reduction": config["reduction"], "temperature": config["temperature"],
         "text_settings": TextSettings(**config["text"]),

@@ -19,7 +19,7 @@ from lightning_modules.data.collate import ContrastiveCollator
 from lightning_modules.datamodules import PairsDataModule
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, RetrievalEvaluator
-from lightning_modules.encoder import TokenEncoder
+from lightning_modules.encoder import EncoderOptions, TokenEncoder
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
 from tests.helpers.tables import write_rows
@@ -179,7 +179,7 @@ def test_test_loader_without_test_data_says_what_to_do(tmp_path, minilm_path):
 
 def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm_path):
     torch.manual_seed(0)
-    encoder = TokenEncoder(minilm_path, projection_dim=8, random_init=True, config_overrides=TINY)
+    encoder = TokenEncoder(EncoderOptions(minilm_path, projection_dim=8, random_init=True, config_overrides=TINY))
     model = LateInteractionModel(encoder).train()
     generator = torch.Generator().manual_seed(0)
     queries = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [5, 7, 3, 9]]
@@ -216,9 +216,8 @@ def test_a_validation_file_equal_to_the_training_file_leaves_no_training_pair(tm
 def test_retrieval_metrics_of_a_partial_pass_use_the_queries_it_can_rank(minilm_path):
     from lightning_modules.model import LateInteractionModel
 
-    model = LateInteractionModel.build(minilm_path, projection_dim=8, random_init=True,
-                                       config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
-                                                         "num_attention_heads": 2, "intermediate_size": 64})
+    model = LateInteractionModel.build(EncoderOptions(minilm_path, projection_dim=8, random_init=True,
+                                                      config_overrides=TINY))
     vector = torch.nn.functional.normalize(torch.ones(1, 8), dim=-1)
     evaluator = RetrievalEvaluator()
     evaluator._texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]

@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_modules.encoder import TokenEncoder
-from lightning_modules.errors import ModelLoadError
+from lightning_modules.encoder import EncoderOptions, TokenEncoder
+from lightning_modules.errors import ModelLoadError, SettingsError
 from lightning_modules.errors import ExportError
 import lightning_modules.evaluation.sts as sts_module
 import lightning_modules.model as model_package
@@ -65,7 +65,7 @@ def test_export_loads_back_with_equal_vectors_and_scores(tmp_path, minilm_path, 
     folder = export_model(model, tmp_path / "m")
     loaded = LateInteractionModel.from_pretrained(str(folder))
     assert _max_difference(model.encode(TEXTS), loaded.encode(TEXTS)) == 0.0
-    assert loaded.text_settings == model.text_settings and loaded.encoder.skip_special_tokens
+    assert loaded.text_settings == model.text_settings and loaded.encoder.options.skip_special_tokens
     assert max(len(ids) for ids in loaded.tokenize(TEXTS)) == 12  # the length limit travelled too
     assert torch.equal(model.score(TEXTS, TEXTS[::-1]), loaded.score(TEXTS, TEXTS[::-1]))
 
@@ -237,6 +237,37 @@ def test_old_checkpoints_without_thresholds_or_engine_settings_load_and_overwrit
     with pytest.raises(ExportError, match="is not an earlier export"):
         export_model(model, run_folder, overwrite=True)
     assert (run_folder / "checkpoints").is_dir()
+
+
+def test_encoder_options_are_flat_hyperparameters_that_round_trip_through_a_checkpoint(tmp_path, minilm_path):
+    import pytorch_lightning as pl
+
+    from lightning_modules.module import MaxSimModule
+
+    options = EncoderOptions(minilm_path, projection_dim=8, skip_punctuation=True, random_init=True,
+                             config_overrides=TINY)
+    module = MaxSimModule(minilm_path, projection_dim=8, skip_punctuation=True, random_init=True,
+                          config_overrides=TINY, lr=1e-3)
+    assert module.model.encoder.options == options
+    # Flat beside the module's own arguments, as conf/model/*.yaml gives them; the unset ones keep their defaults.
+    assert {k: module.hparams[k] for k in ("projection_dim", "skip_punctuation", "config_overrides", "lr")} == {
+        "projection_dim": 8, "skip_punctuation": True, "config_overrides": TINY, "lr": 1e-3}
+    assert "encoder_options" not in module.hparams
+    saved = tmp_path / "options.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "pytorch-lightning_version": pl.__version__}, saved)
+    reloaded = MaxSimModule.load_from_checkpoint(saved, weights_only=True)
+    assert reloaded.model.encoder.options == options and reloaded.hparams.lr == 1e-3
+    loaded = LateInteractionModel.load(saved)
+    assert loaded.encoder.options == options
+    assert _max_difference(module.model.eval().encode(TEXTS), loaded.eval().encode(TEXTS)) == 0.0
+
+
+def test_an_unknown_model_setting_is_refused_with_the_encoders_option_names(minilm_path):
+    from lightning_modules.module import MaxSimModule
+
+    with pytest.raises(SettingsError, match=r"unknown setting\(s\) \['projection_dims'\].*options: \[.*'projection_dim'"):
+        MaxSimModule(minilm_path, projection_dims=8)
 
 
 @pytest.mark.training

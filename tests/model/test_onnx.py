@@ -19,7 +19,7 @@ import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 
 from lightning_modules.tokenization import pad_token_ids  # noqa: E402
-from lightning_modules.encoder import TokenEncoder  # noqa: E402
+from lightning_modules.encoder import EncoderOptions, TokenEncoder  # noqa: E402
 from lightning_modules.model import export_model  # noqa: E402
 from lightning_modules.model import LateInteractionModel  # noqa: E402
 from lightning_modules.model.onnx import EXAMPLE_TEXTS, OnnxExportError, export_onnx  # noqa: E402
@@ -39,7 +39,8 @@ ATOL = 1e-4
 
 def _tiny_model(minilm_path: str, projection_dim: int | None) -> LateInteractionModel:
     torch.manual_seed(0)  # random weights, but the same ones every run
-    encoder = TokenEncoder(minilm_path, projection_dim=projection_dim, random_init=True, config_overrides=TINY)
+    encoder = TokenEncoder(EncoderOptions(minilm_path, projection_dim=projection_dim, random_init=True,
+                                          config_overrides=TINY))
     return LateInteractionModel(encoder).eval()
 
 
@@ -124,7 +125,7 @@ def test_padding_does_not_change_a_texts_vectors(exported):
 
 
 def test_pretrained_minilm_matches_pytorch(minilm_path, tmp_path):
-    model = LateInteractionModel(TokenEncoder(minilm_path, projection_dim=None)).eval()
+    model = LateInteractionModel(TokenEncoder(EncoderOptions(minilm_path, projection_dim=None))).eval()
     path = export_onnx(model, tmp_path / "model.onnx")
     difference = _max_difference_at_real_tokens(model, path, SENTENCES)
     assert difference <= ATOL, f"max |onnx - torch| at real tokens = {difference:.2e}"
