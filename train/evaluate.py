@@ -12,17 +12,25 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.evaluation import evaluate_beir
-from lightning_modules.evaluation.sts import evaluate_sts, format_table
+from lightning_modules.evaluation.sts import evaluate_sts
 from lightning_modules.precision import resolve_precision
 from lightning_modules.model import LateInteractionModel
 from train.cli import exit_on_user_error
+from train.tasks import is_retrieval_task, resolve_sts_task
 
 
-def is_retrieval_task(task: str) -> bool:
-    return (Path(task).expanduser() / "corpus.jsonl").is_file() or task.startswith("BeIR/")
+def format_sts_table(evaluation: dict) -> str:
+    """A printable table: one task a line, then the mean."""
+    lines = [f"{'task':<28}{'pairs':>8}{'spearman':>10}{'pearson':>10}", "-" * 56]
+    for name, r in evaluation["tasks"].items():
+        lines.append(f"{name:<28}{r['pairs']:>8}{r['spearman']:>10.2f}{r['pearson']:>10.2f}")
+    mean = evaluation["mean"]
+    lines += ["-" * 56, f"{'mean':<28}{'':>8}{mean['spearman']:>10.2f}{mean['pearson']:>10.2f}"]
+    return "\n".join(lines)
 
 
 def format_retrieval_table(results: dict) -> str:
+    """A printable table: one retrieval task a line."""
     lines = [f"{'task':<28}{'queries':>8}{'ndcg@10':>9}{'mrr@10':>8}{'R@10':>8}{'R@100':>8}", "-" * 69]
     for name, r in results.items():
         lines.append(f"{name:<28}{r['queries']:>8}{r['ndcg@10']:>9.2f}{r['mrr@10']:>8.2f}"
@@ -41,15 +49,15 @@ def main(cfg: DictConfig) -> None:
     for setting in ("max_length", "query_max_length"):  # the model's own unless told
         if cfg.get(setting) is not None:
             setattr(model.text_settings, setting, int(cfg[setting]))
-    sts_tasks = [t for t in tasks if not is_retrieval_task(t)]
-    evaluation = evaluate_sts(model, sts_tasks, cfg.split, cfg.batch_size) if sts_tasks else {}
+    sts_tables = dict(resolve_sts_task(t, cfg.split) for t in tasks if not is_retrieval_task(t))
+    evaluation = evaluate_sts(model, sts_tables, cfg.batch_size) if sts_tables else {}
     retrieval = {Path(t).name or t: evaluate_beir(model, t, cfg.split, cfg.batch_size)
                  for t in tasks if is_retrieval_task(t)}
     if retrieval:
         evaluation["retrieval"] = retrieval
     evaluation["model"] = str(cfg.model)
-    if sts_tasks:
-        print(format_table(evaluation))
+    if sts_tables:
+        print(format_sts_table(evaluation))
     if retrieval:
         print(format_retrieval_table(retrieval))
     if cfg.out:

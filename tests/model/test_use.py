@@ -12,12 +12,13 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from lightning_modules.errors import DataError
-from lightning_modules.evaluation.sts import MTEB_STS, evaluate_sts, resolve_task
+from lightning_modules.evaluation.sts import evaluate_sts
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
 from tests.helpers.cli import run_module
 from tests.helpers.models import tiny_model
 from tests.helpers.tables import write_rows
+from train.tasks import MTEB_STS, resolve_sts_task
 
 
 def _stsb_folder(stsb_dir, folder, n=40):
@@ -38,7 +39,7 @@ def _process(*args, cwd):
 def test_evaluate_matches_pair_by_pair_scoring_and_scipy(tmp_path, minilm_path, stsb_dir):
     model = tiny_model(minilm_path)
     folder = _stsb_folder(stsb_dir, tmp_path / "stsb")
-    result = evaluate_sts(model, [str(folder)], split="test")
+    result = evaluate_sts(model, dict([resolve_sts_task(str(folder))]))
     rows = list(csv.DictReader((folder / "test.csv").open(encoding="utf-8")))
     predicted = []
     with torch.no_grad():
@@ -86,11 +87,11 @@ def test_evaluate_a_plain_encoder_zero_shot_and_refuse_bad_tasks(tmp_path, minil
 
 
 def test_mteb_names_resolve_to_their_hub_datasets(tmp_path):
-    name, spec = resolve_task("STSBenchmark")
+    name, spec = resolve_sts_task("STSBenchmark")
     assert name == "STSBenchmark" and spec.path == MTEB_STS["STSBenchmark"] and spec.split == "test"
     with pytest.raises(DataError, match="no score column"):
         no_score = write_rows(tmp_path / "pairs.csv", [{"sentence1": "a", "sentence2": "b"}])
-        evaluate_sts(None, [str(no_score)])
+        evaluate_sts(None, dict([resolve_sts_task(str(no_score))]))
 
 
 def test_score_two_texts_and_a_file(tmp_path, minilm_path):
