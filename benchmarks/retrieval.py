@@ -185,7 +185,7 @@ def run_pylate(task: Task, triples: list[dict], settings: dict) -> dict:
 def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
     from lightning_modules.callbacks.mining import mine_hard_negatives
     from lightning_modules.encoder import EncoderOptions
-    from lightning_modules.evaluation.corpus import rank_corpus
+    from lightning_modules.evaluation.corpus import latest_encodings, rank_corpus
     from lightning_modules.model import LateInteractionModel
     from train.pipeline import run
 
@@ -199,15 +199,14 @@ def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
     for ids in dm._tokenize_queries("test", task.test_ids[:LATENCY_QUERIES]):
         rank_corpus(model, [v.float() for v in model.embed_token_ids([ids])], dm.corpus, DEPTH, show_progress_bar=False)
     latency = 1000 * (time.perf_counter() - start) / min(LATENCY_QUERIES, len(task.test_ids))
-    stored = 4 * model.encoder.dim * dm.corpus.cache["tokens"] / dm.corpus.cache["documents"]
+    stored = 4 * model.encoder.dim * latest_encodings[dm.corpus].tokens / latest_encodings[dm.corpus].documents
     zero = {"system": "ours zero-shot (MaxSim, raw token vectors)", **metrics_of(ranked, task.judgements),
             "train_pairs_per_second": None, "latency_ms_per_query": round(latency, 2), "bytes_per_document": round(stored)}
     # The peers' hard negatives: what the experiment itself mines with this zero-shot model.
-    if dm.mining_request() is not None:
-        request = dm.mining_request()
-        dm.add_hard_negatives(mine_hard_negatives(model, request["queries"], request["corpus"], request["positives"],
-                                                  request["k"], request["margin"], request["batch_size"]))
-    dm.corpus.cache.clear()
+    request = dm.mining_request()
+    if request is not None:
+        dm.add_hard_negatives(mine_hard_negatives(model, request))
+    latest_encodings.pop(dm.corpus, None)
 
     def train_ours() -> dict:
         with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmpdir:

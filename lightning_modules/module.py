@@ -11,6 +11,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.data.batches import ContrastiveBatch, ScoredPairsBatch, TokenBatch
+from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.encoder import EncoderOptions
 from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
@@ -106,9 +107,9 @@ class MaxSimModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # The DataModule names the evaluator of its evaluation batches. Set before a checkpoint is
         # restored and before the module moves to its device, so its state is both restored and moved.
-        evaluator = getattr(self.trainer.datamodule, "evaluator", None)
-        if self.evaluator is None and evaluator is not None:
-            self.evaluator = evaluator
+        datamodule = self.trainer.datamodule
+        if self.evaluator is None and isinstance(datamodule, LateInteractionDataModule):
+            self.evaluator = datamodule.evaluator
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Which evaluator the state dict's "evaluator.*" entries belong to, so that a module loaded

@@ -223,16 +223,18 @@ def test_plots_are_wanted_during_fit_and_zero_shot_only():
 
 
 def test_validation_pairs_are_the_first_pair_items_and_none_for_retrieval():
-    from lightning_modules.data.batches import PairItem, TextItem
+    from lightning_modules.data.batches import PairItem, QueryItem
+    from lightning_modules.datamodules import LateInteractionDataModule
 
-    pairs = [PairItem([101, i, 102], [101, i + 1, 102], i / 10) for i in range(5)]
-    datamodule = SimpleNamespace(datasets={"validation": pairs})
+    datamodule = LateInteractionDataModule()
+    datamodule.datasets["validation"] = [PairItem([101, i, 102], [101, i + 1, 102], i / 10) for i in range(5)]
     assert _validation_pairs(datamodule, 2) == [
         ([101, 0, 102], [101, 1, 102], 0.0),
         ([101, 1, 102], [101, 2, 102], 0.1),
     ]
-    retrieval = SimpleNamespace(datasets={"validation": [TextItem([101, 5, 102], key=0, is_query=True)]})
-    assert _validation_pairs(retrieval, 3) == []
+    datamodule.datasets["validation"] = [QueryItem([101, 5, 102], "q0", {0: 1})]  # retrieval: queries, no pairs
+    assert _validation_pairs(datamodule, 3) == []
+    assert _validation_pairs(SimpleNamespace(datasets={"validation": [PairItem([1], [2], 0.5)]}), 3) == []
     assert _validation_pairs(None, 3) == []
 
 

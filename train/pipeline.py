@@ -16,6 +16,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.callbacks import PlainProgress, TrainingInterrupted
+from lightning_modules.datamodules import LateInteractionDataModule
+from lightning_modules.errors import SettingsError
 from lightning_modules.evaluation.corpus import corpus_work
 from lightning_modules.evaluation.encoding_cache import use_cache
 from lightning_modules.model import LateInteractionModel, text_settings_from
@@ -55,6 +57,9 @@ def run(cfg: DictConfig) -> dict:
         log.info("If this run stops, continue it with: %s", _resume_command(output_dir))
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    if not isinstance(datamodule, LateInteractionDataModule):
+        raise SettingsError(f"data._target_ builds a {type(datamodule).__name__}, not a DataModule of "
+                            "lightning_modules.datamodules (a subclass of LateInteractionDataModule)")
     # Read and check the data before loading the model: bad input fails in seconds, and
     # the data's evaluator decides what "best" means (Spearman, ROC-AUC or MRR@10).
     datamodule.setup("fit")
@@ -72,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
                                       precision=precision.training)
 
     run_test = bool(cfg.get("test"))
-    if run_test and not getattr(datamodule, "has_test", True):
+    if run_test and not datamodule.has_test:
         log.info("No test data (data.test is not set): skipping the test passes")
         run_test = False
     try:
@@ -90,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
             final = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
         results = build_results(
             trainer, final, wall_time=time.perf_counter() - start, monitor=cfg.optimized_metric,
-            data_report=datamodule.report_dict() if hasattr(datamodule, "report_dict") else None,
+            data_report=datamodule.report_dict(),
             precision=precision.as_dict(), corpus_work=corpus_work.as_dict(),
         )
     except TrainingInterrupted as stop:  # a signal during training: the state is saved

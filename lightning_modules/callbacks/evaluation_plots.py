@@ -11,7 +11,7 @@ import torch.distributed as dist
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
-from lightning_modules.data.batches import PairItem
+from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.plots import draw_score_scatter, draw_token_heatmap, token_similarity_from_ids
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,9 @@ def _validation_pairs(datamodule, count: int) -> list[tuple[list[int], list[int]
     """The first ``count`` validation pairs as ``(ids_a, ids_b, gold)``: the token ids exactly as
     validation scored them (markers included), so no settings are needed to tokenise again.
 
-    Empty when there is no DataModule, no validation split, or validation holds no pairs
-    (retrieval validation holds single texts).
+    Empty when there is no DataModule of ours, or validation holds no pairs (it ranks queries).
     """
-    items = (getattr(datamodule, "datasets", None) or {}).get("validation") or []
-    return [(item.a, item.b, float(item.target)) for item in items[:count] if isinstance(item, PairItem)]
+    return datamodule.validation_pairs(count) if isinstance(datamodule, LateInteractionDataModule) else []
 
 
 def _log_images(loggers, key: str, paths: list[Path], step: int) -> None:

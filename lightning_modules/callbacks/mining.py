@@ -1,8 +1,8 @@
 """Hard-negative mining: the corpus texts the current model wrongly ranks high.
 
 ``HardNegativeMining`` mines once, when ``fit`` sets up (before the training loader is built),
-for a DataModule that asks for it (``PairsDataModule`` with ``data.mine_negatives``): the
-DataModule says what to mine (``mining_request``) and takes the result
+for a DataModule that asks for it (``data.mine_negatives``; for a BEIR set, ``data.negatives_from=model``):
+the DataModule says what to mine (a ``MiningRequest``) and takes the result
 (``add_hard_negatives``), and never reaches into the model itself.
 """
 
@@ -13,7 +13,7 @@ import logging
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.data.batches import TokenizedCorpus
+from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.evaluation.corpus import rank_corpus
 
 log = logging.getLogger(__name__)
@@ -25,77 +25,40 @@ class HardNegativeMining(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         # setup runs before Lightning builds the training loader (configure_optimizers asks for
         # its length), so the negatives are there from the first batch on.
-        request = getattr(trainer.datamodule, "mining_request", lambda: None)() if stage == "fit" else None
+        datamodule = trainer.datamodule
+        if stage != "fit" or not isinstance(datamodule, LateInteractionDataModule):
+            return
+        request = datamodule.mining_request()
         if request is None:
             return
         pl_module.to(trainer.strategy.root_device)  # where training runs; Lightning would move it next anyway
         log.info("Mining %d hard negatives for each of %d texts among %d candidates",
-                 request["k"], len(request["queries"]), len(request["corpus"]))
-        mined = mine_hard_negatives(pl_module.model, request["queries"], request["corpus"], request["positives"],
-                                    request["k"], request["margin"], batch_size=request["batch_size"])
-        trainer.datamodule.add_hard_negatives(mined)
+                 request.k, len(request.queries), len(request.corpus))
+        datamodule.add_hard_negatives(mine_hard_negatives(pl_module.model, request))
 
 
 @torch.no_grad()
-def mine_hard_negatives(
-    model,
-    queries: list[list[int]],
-    corpus: list[list[int]],
-    positives: list[set[int]],
-    k: int,
-    margin: float,
-    batch_size: int = 64,
-) -> list[list[int]]:
-    """For each query, the ``k`` best-scoring corpus texts that are not its positives.
+def mine_hard_negatives(model, request: MiningRequest) -> list[list[int]]:
+    """For each query of ``request``, up to ``request.k`` corpus indices, best first: the
+    best-scoring documents that are not its positives, nor closer to it than its lowest positive
+    minus ``request.margin`` (likely unlabelled positives).
 
-    Args:
-        model: a ``LateInteractionModel`` (``embed_token_ids``, ``score_vectors``); put in eval
-            mode for the duration and restored after.
-        queries: token ids of each query.
-        corpus: token ids of each candidate text, or a ``TokenizedCorpus`` (a retrieval corpus:
-            ranked in shards under several processes, and its encoding shared with the
-            evaluations at the same weights).
-        positives: for each query, the corpus indices of its positives.
-        k: negatives per query.
-        margin: skip a candidate scoring above ``(lowest positive score) - margin``:
-            so close to a positive it is more likely an unlabelled positive than a
-            negative (a false negative).
-
-    Returns, for each query, up to ``k`` corpus indices, best first.
-    """
-    if isinstance(corpus, TokenizedCorpus):
-        return _mine_corpus(model, queries, corpus, positives, k, margin, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        query_vectors = model.embed_token_ids(queries, batch_size, True, "mining: encoding queries")
-        corpus_vectors = model.embed_token_ids(corpus, batch_size, True, "mining: encoding corpus")
-        scores = model.score_vectors(query_vectors, corpus_vectors, show_progress_bar=True, desc="mining: scoring")
-    finally:
-        model.train(was_training)
-    mined = []
-    for row, known in enumerate(positives):
-        ceiling = scores[row, sorted(known)].min() - margin if known else float("inf")
-        candidates = scores[row].clone()
-        candidates[sorted(known)] = float("-inf")
-        candidates[candidates > ceiling] = float("-inf")
-        best = candidates.topk(min(k, len(corpus))).indices.tolist()
-        mined.append([i for i in best if candidates[i] > float("-inf")])
-    return mined
-
-
-def _mine_corpus(model, queries, corpus: TokenizedCorpus, positives, k, margin, batch_size) -> list[list[int]]:
-    """``mine_hard_negatives`` over a retrieval corpus: each query's top of the whole corpus, deep
+    Each query is ranked against the whole corpus (``rank_corpus``: in shards under several
+    processes, and the corpus encoding shared with the evaluations at the same weights), deep
     enough to leave ``k`` after its positives and the margin; a positive ranked below that depth
-    scores under every candidate, so all of them are too close to it (none is mined)."""
+    scores under every candidate, so all of them are too close to it (none is mined).
+    ``model`` (a ``LateInteractionModel``) is put in eval mode for the duration and restored after.
+    """
     was_training = model.training
     model.eval()
     try:
-        query_vectors = [v.float() for v in model.embed_token_ids(queries, batch_size, True, "mining: encoding queries")]
+        query_vectors = [v.float() for v in model.embed_token_ids(request.queries, request.batch_size, True,
+                                                                   "mining: encoding queries")]
     finally:
         model.train(was_training)
+    positives, k = request.positives, request.k
     depth = 3 * k + max((len(p) for p in positives), default=0)
-    top_scores, top_indices = rank_corpus(model, query_vectors, corpus, depth, batch_size=batch_size)
+    top_scores, top_indices = rank_corpus(model, query_vectors, request.corpus, depth, batch_size=request.batch_size)
     mined = []
     for scores, indices, known in zip(top_scores.tolist(), top_indices.tolist(), positives):
         found = [s for s, i in zip(scores, indices) if i in known]
@@ -104,6 +67,6 @@ def _mine_corpus(model, queries, corpus: TokenizedCorpus, positives, k, margin, 
         elif len(found) < len(known):  # a positive ranked below the depth: every candidate scores above it
             ceiling = float("-inf")
         else:
-            ceiling = min(found) - margin
+            ceiling = min(found) - request.margin
         mined.append([i for s, i in zip(scores, indices) if i not in known and i >= 0 and s <= ceiling][:k])
     return mined

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
+from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.errors import NonFiniteTrainingError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ def _describe_batch(trainer: pl.Trainer, batch) -> str:
     indices = list(getattr(batch, "item_indices", ()) or ())
     if not indices:
         return "rows unknown"
-    describe = getattr(trainer.datamodule, "describe_training_items", None)
-    if describe is not None:
-        return describe(indices)
+    if isinstance(trainer.datamodule, LateInteractionDataModule):
+        return trainer.datamodule.describe_training_items(indices)
     return f"training items {indices} (positions in the training split)"

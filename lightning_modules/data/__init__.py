@@ -9,13 +9,12 @@ from lightning_modules.data.batches import (
     ContrastiveBatch,
     LabelledPairsBatch,
     QueryBatch,
-    RetrievalBatch,
     ScoredPairsBatch,
     TokenBatch,
     TokenizedCorpus,
 )
 from lightning_modules.data.beir import BeirData, read_beir
-from lightning_modules.data.collate import ContrastiveCollator, PairCollator, QueryCollator, RetrievalCollator
+from lightning_modules.data.collate import ContrastiveCollator, PairCollator, QueryCollator
 from lightning_modules.data.reading import ScoredPairs, read_scored_pairs_csv
 from lightning_modules.errors import DataError
 
@@ -28,8 +27,6 @@ __all__ = [
     "PairCollator",
     "QueryBatch",
     "QueryCollator",
-    "RetrievalBatch",
-    "RetrievalCollator",
     "ScoredPairs",
     "ScoredPairsBatch",
     "TokenBatch",

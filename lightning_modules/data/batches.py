@@ -47,16 +47,6 @@ class ContrastiveItem:
     negatives: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
-@dataclass
-class TextItem:
-    """One text of a retrieval evaluation: a query (with the keys of its relevant corpus texts) or a corpus text."""
-
-    ids: list[int]
-    key: int
-    is_query: bool
-    relevant: list[int] = field(default_factory=list)
-
-
 # ---- batches --------------------------------------------------------------------------------------
 
 
@@ -113,22 +103,6 @@ class ContrastiveBatch(TokenBatch):
         return int(self.false_negatives.shape[0])
 
 
-@dataclass
-class RetrievalBatch(TokenBatch):
-    """Single texts of a retrieval evaluation: ``input_ids (T, L)``; ``text_keys (T,)`` long;
-    ``is_query (T,)`` bool; ``relevant``: for each text, the keys of the corpus texts relevant to it
-    (empty for corpus texts), a list of lists. Evaluated by ranking each query against the corpus."""
-
-    text_keys: torch.Tensor
-    is_query: torch.Tensor
-    relevant: list[list[int]]
-
-    @property
-    def num_pairs(self) -> int:
-        """The queries of the batch: each is judged against the whole corpus."""
-        return int(self.is_query.sum())
-
-
 # ---- retrieval against a whole corpus -------------------------------------------------------------
 
 
@@ -137,10 +111,10 @@ class TokenizedCorpus:
     ids, in order; ``position`` maps an id to its index) and ``token_ids`` (one list of token ids each).
 
     Shared, never copied: each ``QueryBatch`` points to the same one (Lightning deep-copies batches
-    when it moves them to a device, and a corpus can be large), and it holds the token vectors of
-    the latest encoding (``cache``, see ``lightning_modules.evaluation.corpus``), so that one set of
-    weights encodes the corpus once, for validation, test and mining alike. Not a dataclass on
-    purpose: Lightning would walk into it on every batch.
+    when it moves them to a device, and a corpus can be large), so that the evaluation layer can
+    keep one encoding of it per set of weights (``lightning_modules.evaluation.corpus``) for
+    validation, test and mining alike. Not a dataclass on purpose: Lightning would walk into it on
+    every batch.
     """
 
     def __init__(self, ids: list[str], token_ids: list[list[int]]) -> None:
@@ -149,7 +123,6 @@ class TokenizedCorpus:
         self.ids = list(ids)
         self.position = {doc_id: i for i, doc_id in enumerate(self.ids)}  # corpus id -> index
         self.token_ids = token_ids
-        self.cache: dict = {}
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -11,14 +11,12 @@ from lightning_modules.data.batches import (
     PairItem,
     QueryBatch,
     QueryItem,
-    RetrievalBatch,
     ScoredPairsBatch,
-    TextItem,
     TokenizedCorpus,
 )
 from lightning_modules.tokenization import pad_token_ids
 
-__all__ = ["ContrastiveCollator", "PairCollator", "QueryCollator", "RetrievalCollator", "pad_token_ids"]
+__all__ = ["ContrastiveCollator", "PairCollator", "QueryCollator", "pad_token_ids"]
 
 
 class PairCollator:
@@ -66,23 +64,6 @@ class ContrastiveCollator:
         ])
         false_negatives.fill_diagonal_(False)  # each row's own positive is the target, not a negative
         return ContrastiveBatch(input_ids, attention_mask, false_negatives=false_negatives)
-
-
-class RetrievalCollator:
-    """Single texts of a retrieval evaluation (``TextItem``) -> ``RetrievalBatch``."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, items: list[TextItem]) -> RetrievalBatch:
-        input_ids, attention_mask = pad_token_ids([item.ids for item in items], self.pad_token_id)
-        return RetrievalBatch(
-            input_ids,
-            attention_mask,
-            text_keys=torch.tensor([item.key for item in items], dtype=torch.long),
-            is_query=torch.tensor([item.is_query for item in items], dtype=torch.bool),
-            relevant=[list(item.relevant) for item in items],
-        )
 
 
 class QueryCollator:

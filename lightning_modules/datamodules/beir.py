@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.batches import ContrastiveItem, QueryItem, TokenizedCorpus
+from lightning_modules.data.batches import QueryItem, TokenizedCorpus
 from lightning_modules.data.beir import BeirData, Judgements, read_beir
 from lightning_modules.data.bm25 import bm25_top_k
 from lightning_modules.data.collate import ContrastiveCollator, QueryCollator
+from lightning_modules.data.contrastive import add_negatives, contrastive_items
 from lightning_modules.data.loading import make_loader, training_loader
+from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
 from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
@@ -35,7 +36,7 @@ NEGATIVE_SOURCES = ("model", "bm25", "none")
 ROLES = ("asymmetric", "symmetric")
 
 
-class BeirDataModule(pl.LightningDataModule):
+class BeirDataModule(LateInteractionDataModule):
     """Queries, a corpus and relevance judgements, checked and batched.
 
     Args:
@@ -115,7 +116,6 @@ class BeirDataModule(pl.LightningDataModule):
         self.data: BeirData | None = None
         self.corpus: TokenizedCorpus | None = None
         self.splits: dict[str, dict[str, dict[str, int]]] = {}  # split -> query id -> {corpus id: grade}
-        self.datasets: dict[str, list] = {}
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.evaluator = CorpusRetrievalEvaluator()
@@ -244,14 +244,13 @@ class BeirDataModule(pl.LightningDataModule):
         """One item per (training query, relevant document); hard negatives added by mining."""
         position = self.corpus.position
         self._train_queries = sorted(self.splits["train"])
-        query_ids = self._tokenize_queries("train", self._train_queries)
-        self._train_query_token_ids = query_ids
-        self._positives = {key: {position[d] for d in self.splits["train"][q]} for key, q in enumerate(self._train_queries)}
-        items = []
-        for key, query in enumerate(self._train_queries):
-            for document in sorted(self._positives[key]):
-                items.append(ContrastiveItem(query_ids[key], self.corpus.token_ids[document], key, document))
+        self._train_query_token_ids = self._tokenize_queries("train", self._train_queries)
+        pairs = [(key, document) for key, query in enumerate(self._train_queries)
+                 for document in sorted(position[d] for d in self.splits["train"][query])]
+        items, self._positives = contrastive_items(pairs, self._train_query_token_ids, self.corpus)
         self.datasets["train"] = items
+        self.training_sources = [f"query {self._train_queries[q]!r} with document {self.corpus.ids[d]!r}"
+                                 for q, d in pairs]
         self.notes.append(f"train: {len(items)} (query, relevant document) pairs over {len(self._train_queries)} queries")
         if self.hparams.negatives_from == "bm25" and self.hparams.mine_negatives:
             texts = [self.data.queries[q] for q in self._train_queries]
@@ -281,13 +280,6 @@ class BeirDataModule(pl.LightningDataModule):
         return training_loader(data, [len(item.b) for item in data], hp.batch_size, collate, hp.num_workers,
                                hp.group_by_length, self.trainer)
 
-    def describe_training_items(self, indices: list[int]) -> str:
-        """The (query, relevant document) ids of the training items at ``indices``."""
-        items = self.datasets["train"]
-        where = [f"query {self._train_queries[items[i].a_key]!r} with document {self.corpus.ids[items[i].b_key]!r}"
-                 for i in indices if 0 <= i < len(items)]
-        return describe_items(where, list(range(len(where))))
-
     def val_dataloader(self) -> DataLoader:
         return self._query_loader("validation")
 
@@ -309,19 +301,17 @@ class BeirDataModule(pl.LightningDataModule):
     def _wants_model_mining(self) -> bool:
         return self.hparams.negatives_from == "model" and self.hparams.mine_negatives > 0
 
-    def mining_request(self) -> dict | None:
-        """What the model should mine (see ``PairsDataModule.mining_request``), over the whole corpus."""
+    def mining_request(self) -> MiningRequest | None:
+        """The training queries against the whole corpus, or None (no model mining, or mined already)."""
         if not self._wants_model_mining() or self._mined:
             return None
-        return {"queries": self._train_query_token_ids, "corpus": self.corpus,
-                "positives": [self._positives[key] for key in range(len(self._train_queries))],
-                "k": self.hparams.mine_negatives, "margin": self.hparams.mine_margin,
-                "batch_size": self.hparams.eval_batch_size}
+        return MiningRequest(self._train_query_token_ids, self.corpus,
+                             [self._positives[key] for key in range(len(self._train_queries))],
+                             self.hparams.mine_negatives, self.hparams.mine_margin, self.hparams.eval_batch_size)
 
     def add_hard_negatives(self, mined: list[list[int]], source: str = "the model") -> None:
         """Make the corpus indices ``mined`` (one list per training query) its pairs' hard negatives."""
-        for item in self.datasets["train"]:
-            item.negatives = [(k, self.corpus.token_ids[k]) for k in mined[item.a_key] if k not in self._positives[item.a_key]]
+        add_negatives(self.datasets["train"], mined, self._positives, self.corpus)
         counts = [len(m) for m in mined]
         note = (f"hard negatives from {source}: {sum(counts)} over {len(mined)} queries "
                 f"({sum(c == 0 for c in counts)} queries got none)")

@@ -13,8 +13,8 @@ binary     InfoNCE on the positives, label-0 pairs as hard    ROC-AUC, best F1, 
            negatives (``binary_objective=contrastive``), or   best threshold
            CoSENT on the labels (``ranking``); ``auto``
            picks by how many label-0 pairs can serve
-contrastive InfoNCE, in-batch and hard negatives               MRR@10, Recall@1, Recall@10 of each
-                                                              text_a against all text_b
+contrastive InfoNCE, in-batch and hard negatives               MRR@10, nDCG@10, Recall@1/10/100 of
+                                                              each text_a ranked against all text_b
 ========== ================================================= ====================================
 """
 
@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.batches import ContrastiveItem, PairItem, TextItem
-from lightning_modules.data.collate import ContrastiveCollator, PairCollator, RetrievalCollator
+from lightning_modules.data.batches import ContrastiveItem, PairItem, QueryItem, TokenizedCorpus
+from lightning_modules.data.collate import ContrastiveCollator, PairCollator, QueryCollator
 from lightning_modules.data.columns import resolve_columns
+from lightning_modules.data.contrastive import add_negatives, contrastive_items
 from lightning_modules.data.formats import TableSpec, parse_delimiter, read_table
-from lightning_modules.data.loading import describe_items, make_loader, training_loader
+from lightning_modules.data.loading import make_loader, training_loader
 from lightning_modules.data.pairs import (
     PairExamples,
     ReadReport,
@@ -39,19 +39,20 @@ from lightning_modules.data.pairs import (
     normalise_scores,
 )
 from lightning_modules.data.splitting import MAX_HOLDOUT_SHARE, drop_leaked_pairs, holdout_split
+from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.errors import DataError
-from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, Evaluator, RetrievalEvaluator
+from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, PairRetrievalEvaluator
 from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
 
 log = logging.getLogger(__name__)
 
 # How each supervision is evaluated; the evaluator's primary metric picks the best checkpoint.
-EVALUATOR = {"graded": CorrelationEvaluator, "binary": ClassificationEvaluator, "contrastive": RetrievalEvaluator}
+EVALUATOR = {"graded": CorrelationEvaluator, "binary": ClassificationEvaluator, "contrastive": PairRetrievalEvaluator}
 ROLES = ("symmetric", "asymmetric")
 BINARY_OBJECTIVES = ("auto", "contrastive", "ranking")
 
 
-class PairsDataModule(pl.LightningDataModule):
+class PairsDataModule(LateInteractionDataModule):
     """Text pairs from the user's files, checked and batched.
 
     Args:
@@ -137,9 +138,7 @@ class PairsDataModule(pl.LightningDataModule):
         self.reports: dict[str, ReadReport] = {}
         self.warnings: list[str] = []  # what makes the run's figures less trustworthy, for results.json
         self.examples: dict[str, PairExamples] = {}
-        self.datasets: dict[str, list] = {}
-        self._train_where: list[str] = []  # file and line of each training item
-        self.evaluator: Evaluator | None = None  # known once setup has read the data's supervision
+        self.corpora: dict[str, TokenizedCorpus] = {}  # contrastive: each split's distinct text_b and negatives
         self._positives: dict[int, set[int]] = {}
         self._mined = False
 
@@ -276,14 +275,14 @@ class PairsDataModule(pl.LightningDataModule):
         train = self.examples["train"]
         if self.supervision == "graded" or (self.supervision == "binary" and self._binary_objective(train) == "ranking"):
             self.datasets["train"] = self._pair_items("train", train)
-            self._train_where = list(train.where)
+            self.training_sources = list(train.where)
         else:
             self.datasets["train"] = self._contrastive_items(train)
         for split in ("validation", "test"):
             if split not in self.examples:
                 continue
             if self.supervision == "contrastive":
-                self.datasets[split] = self._retrieval_items(split, self.examples[split])
+                self.datasets[split] = self._query_items(split, self.examples[split])
             else:
                 self.datasets[split] = self._pair_items(split, self.examples[split])
 
@@ -347,26 +346,17 @@ class PairsDataModule(pl.LightningDataModule):
             for text in negatives_of.get(a, []):
                 documents.setdefault(text.strip(), text)
         document_key = {stripped: key for key, stripped in enumerate(documents)}
-        query_ids = self._tokenize("train", [text for _, text in queries], "query")
-        document_ids = self._tokenize("train", list(documents.values()), "document")
-        self._positives = {}
-        for i in positive_rows:
-            self._positives.setdefault(query_key[examples.text_a[i].strip()], set()).add(
-                document_key[examples.text_b[i].strip()]
-            )
-        self._train_texts = (query_ids, document_ids)
-        self._train_where = [examples.where[i] for i in positive_rows] if examples.where else []
-        items = []
-        for i in positive_rows:
-            a_key, b_key = query_key[examples.text_a[i].strip()], document_key[examples.text_b[i].strip()]
-            negative_keys = [document_key[t.strip()] for t in dict.fromkeys(negatives_of.get(examples.text_a[i].strip(), []))]
-            negative_keys = [k for k in negative_keys if k not in self._positives[a_key]]
-            items.append(ContrastiveItem(query_ids[a_key], document_ids[b_key], a_key, b_key,
-                                         [(k, document_ids[k]) for k in negative_keys]))
+        self._train_query_ids = self._tokenize("train", [text for _, text in queries], "query")
+        self._train_corpus = _corpus(self._tokenize("train", list(documents.values()), "document"))
+        pairs = [(query_key[examples.text_a[i].strip()], document_key[examples.text_b[i].strip()]) for i in positive_rows]
+        negatives = [[document_key[t.strip()] for t in negatives_of.get(a, [])] for a, _ in queries]
+        items, self._positives = contrastive_items(pairs, self._train_query_ids, self._train_corpus, negatives)
+        self.training_sources = [examples.where[i] for i in positive_rows] if examples.where else []
         return items
 
-    def _retrieval_items(self, split: str, examples: PairExamples) -> list[TextItem]:
-        """Each distinct text_a as a query, each distinct text_b and negative as the corpus."""
+    def _query_items(self, split: str, examples: PairExamples) -> list[QueryItem]:
+        """Each distinct text_a as a query, ranked against the split's corpus (``corpora[split]``):
+        each distinct text_b and negative; a query's relevant documents are its text_b."""
         queries: dict[str, str] = {}
         corpus: dict[str, str] = {}
         for a, b, negatives in zip(examples.text_a, examples.text_b, examples.negatives):
@@ -374,15 +364,14 @@ class PairsDataModule(pl.LightningDataModule):
             for text in [b, *negatives]:
                 corpus.setdefault(text.strip(), text)
         corpus_key = {stripped: key for key, stripped in enumerate(corpus)}
-        relevant: dict[str, set[int]] = {}
+        relevant: dict[str, dict[int, int]] = {}
         for a, b in zip(examples.text_a, examples.text_b):
-            relevant.setdefault(a.strip(), set()).add(corpus_key[b.strip()])
+            relevant.setdefault(a.strip(), {})[corpus_key[b.strip()]] = 1
         query_ids = self._tokenize(split, list(queries.values()), "query")
-        corpus_ids = self._tokenize(split, list(corpus.values()), "document")
-        items = [TextItem(ids, key, True, sorted(relevant[stripped]))
-                 for key, (stripped, ids) in enumerate(zip(queries, query_ids))]
-        items += [TextItem(ids, key, False) for key, ids in enumerate(corpus_ids)]
-        return items
+        self.corpora[split] = _corpus(self._tokenize(split, list(corpus.values()), "document"))
+        # Query ids apart from the corpus's ("d<index>"): no document is ever excluded as the query's own.
+        return [QueryItem(ids, f"q{key}", relevant[stripped])
+                for key, (stripped, ids) in enumerate(zip(queries, query_ids))]
 
     # ---- loaders ---------------------------------------------------------------------------
 
@@ -399,10 +388,6 @@ class PairsDataModule(pl.LightningDataModule):
             collate = PairCollator(self.tokenizer.pad_token_id)
         return training_loader(data, lengths, hp.batch_size, collate, hp.num_workers, hp.group_by_length, self.trainer)
 
-    def describe_training_items(self, indices: list[int]) -> str:
-        """Where the training items at ``indices`` (positions in ``datasets["train"]``) come from: file and line."""
-        return describe_items(self._train_where, indices)
-
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
 
@@ -415,41 +400,30 @@ class PairsDataModule(pl.LightningDataModule):
         data = self.datasets[split]
         pad = self.tokenizer.pad_token_id
         if self.supervision == "contrastive":
+            # In this process: a worker would send the whole corpus back with each batch.
             data = sorted(data, key=lambda item: len(item.ids))
-            collate = RetrievalCollator(pad)
-        else:
-            data = sorted(data, key=lambda item: max(len(item.a), len(item.b)))
-            collate = PairCollator(pad, labelled=self.supervision == "binary")
+            return make_loader(data, self.hparams.eval_batch_size, QueryCollator(pad, self.corpora[split]), 0)
+        data = sorted(data, key=lambda item: max(len(item.a), len(item.b)))
+        collate = PairCollator(pad, labelled=self.supervision == "binary")
         return make_loader(data, self.hparams.eval_batch_size, collate, self.hparams.num_workers)
 
     # ---- mining (done by the HardNegativeMining callback, with the model being trained) ---------
 
-    def mining_request(self) -> dict | None:
-        """What to mine, or None when ``mine_negatives`` is off or mining is done: ``queries`` and
-        ``corpus`` (token ids of the training ``a`` texts and of the ``b`` texts and negatives),
-        ``positives`` (for each query, the corpus indices of its positives), ``k``, ``margin``,
-        ``batch_size``."""
+    def mining_request(self) -> MiningRequest | None:
+        """The distinct training ``text_a`` against the training ``text_b`` and negatives, or None
+        when ``mine_negatives`` is off or mining is done."""
         hp = self.hparams
         if not hp.mine_negatives or self._mined:
             return None
-        query_ids, document_ids = self._train_texts
-        return {
-            "queries": query_ids, "corpus": document_ids,
-            "positives": [self._positives.get(key, set()) for key in range(len(query_ids))],
-            "k": hp.mine_negatives, "margin": hp.mine_margin, "batch_size": hp.eval_batch_size,
-        }
+        return MiningRequest(self._train_query_ids, self._train_corpus,
+                             [self._positives.get(key, set()) for key in range(len(self._train_query_ids))],
+                             hp.mine_negatives, hp.mine_margin, hp.eval_batch_size)
 
     def add_hard_negatives(self, mined: list[list[int]]) -> None:
-        """Add the mined corpus indices (one list per query, as ``mining_request`` numbered them) to
-        the hard negatives of the training pairs."""
+        """Add the mined corpus indices (one list per query of ``mining_request``) to the hard
+        negatives of the training pairs."""
         items = self.datasets["train"]
-        document_ids = self._train_texts[1]
-        added = 0
-        for item in items:
-            present = {key for key, _ in item.negatives}
-            new = [k for k in mined[item.a_key] if k not in present]
-            item.negatives = item.negatives + [(k, document_ids[k]) for k in new]
-            added += len(new)
+        added = add_negatives(items, mined, self._positives, self._train_corpus)
         self.reports["train"].notes.append(f"mining added {added} hard negatives over {len(items)} pairs")
         log.info("Mining added %d hard negatives over %d pairs", added, len(items))
         self._mined = True
@@ -458,3 +432,8 @@ class PairsDataModule(pl.LightningDataModule):
         """What was read, kept and dropped in each split, for results.json."""
         return {"supervision": self.supervision, "warnings": list(self.warnings),
                 **{split: r.as_dict() for split, r in self.reports.items()}}
+
+
+def _corpus(token_ids: list[list[int]]) -> TokenizedCorpus:
+    """Documents known by their position: ids ``d0``, ``d1``, ..."""
+    return TokenizedCorpus([f"d{i}" for i in range(len(token_ids))], token_ids)

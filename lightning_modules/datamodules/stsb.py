@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from lightning_modules.data.batches import PairItem
 from lightning_modules.data.collate import PairCollator
-from lightning_modules.data.loading import describe_items, make_loader, training_loader
+from lightning_modules.data.loading import make_loader, training_loader
 from lightning_modules.data.reading import ScoredPairs
 from lightning_modules.data.stsb import load_stsb_splits, seeded_subset
-from lightning_modules.evaluation import CorrelationEvaluator, Evaluator
+from lightning_modules.datamodules.base import LateInteractionDataModule
+from lightning_modules.evaluation import CorrelationEvaluator
 from lightning_modules.tokenization import load_tokenizer, tokenize_texts
 
 log = logging.getLogger(__name__)
 
 
-class STSBDataModule(pl.LightningDataModule):
+class STSBDataModule(LateInteractionDataModule):
     """STS-B pairs with gold scores scaled to [0, 1].
 
     Args:
@@ -59,10 +59,8 @@ class STSBDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = None
-        self.datasets: dict[str, list[PairItem]] = {}
-        self._train_where: list[str] = []  # file and line of each training pair
         # Graded pairs: Spearman (the primary metric) and Pearson.
-        self.evaluator: Evaluator = CorrelationEvaluator()
+        self.evaluator = CorrelationEvaluator()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -75,7 +73,7 @@ class STSBDataModule(pl.LightningDataModule):
             pairs = seeded_subset(pairs, limit)
             self.datasets[name] = self._tokenize(pairs, name)
             if name == "train":
-                self._train_where = pairs.where
+                self.training_sources = pairs.where
 
     def train_dataloader(self) -> DataLoader:
         data = self.datasets["train"]
@@ -83,10 +81,6 @@ class STSBDataModule(pl.LightningDataModule):
         hp = self.hparams
         collate = PairCollator(self.tokenizer.pad_token_id)
         return training_loader(data, lengths, hp.batch_size, collate, hp.num_workers, hp.group_by_length, self.trainer)
-
-    def describe_training_items(self, indices: list[int]) -> str:
-        """Where the training pairs at ``indices`` (positions in ``datasets["train"]``) come from."""
-        return describe_items(self._train_where, indices)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")

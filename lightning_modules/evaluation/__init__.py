@@ -6,16 +6,15 @@ evaluator                    batch                     metrics (primary first)
 ============================ ========================= =====================================
 ``CorrelationEvaluator``     ``ScoredPairsBatch``      spearman, pearson
 ``ClassificationEvaluator``  ``LabelledPairsBatch``    auc, f1, accuracy (+ thresholds on val)
-``RetrievalEvaluator``       ``RetrievalBatch``        mrr@10, recall@1, recall@10
 ``CorpusRetrievalEvaluator`` ``QueryBatch``            ndcg@10, mrr@10, recall@10, recall@100
+``PairRetrievalEvaluator``   ``QueryBatch`` (pairs)    mrr@10, ndcg@10, recall@1, recall@10, recall@100
 ============================ ========================= =====================================
 """
 
-from lightning_modules.evaluation.beir import CorpusRetrievalEvaluator, evaluate_beir
+from lightning_modules.evaluation.beir import CorpusRetrievalEvaluator, PairRetrievalEvaluator, evaluate_beir
 from lightning_modules.evaluation.base import EVALUATORS, Evaluator, evaluator_for, evaluator_named
 from lightning_modules.evaluation.classification import ClassificationEvaluator
 from lightning_modules.evaluation.correlation import CorrelationEvaluator
-from lightning_modules.evaluation.retrieval import RetrievalEvaluator
 
 __all__ = [
     "EVALUATORS",
@@ -23,7 +22,7 @@ __all__ = [
     "CorpusRetrievalEvaluator",
     "CorrelationEvaluator",
     "Evaluator",
-    "RetrievalEvaluator",
+    "PairRetrievalEvaluator",
     "evaluate_beir",
     "evaluator_for",
     "evaluator_named",

@@ -20,8 +20,10 @@ from torch import nn
 
 from lightning_modules.data.batches import TokenBatch
 
-# batch type -> the evaluator class that reads it; filled by Evaluator.__init_subclass__.
+# batch type -> the evaluator class that reads it, and class name -> every evaluator class (a
+# variant too, such as one with another primary metric); filled by Evaluator.__init_subclass__.
 EVALUATORS: dict[type, type[Evaluator]] = {}
+EVALUATORS_BY_NAME: dict[str, type[Evaluator]] = {}
 
 
 class Evaluator(nn.Module):
@@ -44,6 +46,7 @@ class Evaluator(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        EVALUATORS_BY_NAME[cls.__name__] = cls
         if "batch_type" in cls.__dict__:
             EVALUATORS[cls.batch_type] = cls
 
@@ -65,10 +68,9 @@ def evaluator_for(batch: TokenBatch) -> Evaluator:
 
 def evaluator_named(name: str) -> Evaluator:
     """A new evaluator of the class called ``name`` (as a checkpoint records it)."""
-    by_name = {kind.__name__: kind for kind in EVALUATORS.values()}
-    if name not in by_name:
-        raise ValueError(f"unknown evaluator {name!r}; known: {sorted(by_name)}")
-    return by_name[name]()
+    if name not in EVALUATORS_BY_NAME:
+        raise ValueError(f"unknown evaluator {name!r}; known: {sorted(EVALUATORS_BY_NAME)}")
+    return EVALUATORS_BY_NAME[name]()
 
 
 def score_aligned_pairs(model, batch) -> torch.Tensor:

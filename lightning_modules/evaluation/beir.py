@@ -15,7 +15,6 @@ from lightning_modules.evaluation.metrics import ranking_metrics
 
 # How deep each query's list goes: the deepest cut-off reported (Recall@100).
 RANKING_DEPTH = 100
-RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
 
 class CorpusRetrievalEvaluator(Evaluator):
@@ -29,6 +28,7 @@ class CorpusRetrievalEvaluator(Evaluator):
 
     batch_type = QueryBatch
     primary_metric = "ndcg@10"
+    recall_at: tuple[int, ...] = (10, 100)
     encode_batch_size = 64  # documents per encoder call when the corpus is encoded
 
     def __init__(self) -> None:
@@ -53,12 +53,21 @@ class CorpusRetrievalEvaluator(Evaluator):
         # One entry per query (the distributed sampler repeats a few to even out the shards), in id order.
         unique = sorted({query[0]: query for query in queries}.values(), key=lambda query: query[0])
         if not unique or self._corpus is None:
-            return {name: float("nan") for name in RETRIEVAL_METRICS}
+            return {name: float("nan") for name in ("ndcg@10", "mrr@10", *(f"recall@{k}" for k in self.recall_at))}
         corpus = self._corpus
         _, top = rank_corpus(model, [vectors for _, vectors, _ in unique], corpus, RANKING_DEPTH,
                              exclude=[corpus.position.get(query_id) for query_id, _, _ in unique],
                              batch_size=self.encode_batch_size)
-        return ranking_metrics(top, [judged for _, _, judged in unique])
+        return ranking_metrics(top, [judged for _, _, judged in unique], recall_at=self.recall_at)
+
+
+class PairRetrievalEvaluator(CorpusRetrievalEvaluator):
+    """The same exact ranking for a set of positive pairs (``PairsDataModule``: each distinct
+    ``text_a`` a query, the split's distinct ``text_b`` and negatives its corpus): ``mrr@10`` picks
+    the checkpoint, and ``recall@1`` says how often the first answer is right."""
+
+    primary_metric = "mrr@10"
+    recall_at = (1, 10, 100)
 
 
 def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64) -> dict:

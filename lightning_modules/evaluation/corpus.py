@@ -1,8 +1,8 @@
 """Exact brute-force retrieval: every query scored by MaxSim against every document of a corpus.
 
-The corpus is encoded once per set of weights (``encode_corpus`` keeps the latest encoding on the
-``TokenizedCorpus``, as padded blocks of documents of similar length: validation, test and mining
-at the same weights share it) and scored a block at a time, keeping a running top-k per query, so memory grows with the corpus's token
+The corpus is encoded once per set of weights (``encode_corpus`` keeps the latest encoding of each
+``TokenizedCorpus`` in ``latest_encodings``, as padded blocks of documents of similar length:
+validation, test and mining at the same weights share it) and scored a block at a time, keeping a running top-k per query, so memory grows with the corpus's token
 vectors and ``Q * (k + chunk)`` scores, never with ``Q * corpus size``. Under several processes,
 each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
 shards' top-k lists are merged. How time and memory grow: docs/retrieval.md.
@@ -15,6 +15,7 @@ Across runs, encodings and rankings are also kept on disk when a cache is active
 from __future__ import annotations
 
 import ctypes
+import weakref
 from array import array
 from dataclasses import asdict, dataclass
 
@@ -61,6 +62,24 @@ class CorpusWork:
 corpus_work = CorpusWork()
 
 
+@dataclass
+class CorpusEncoding:
+    """One encoding of (a shard of) a corpus: ``blocks`` of ``(corpus indices (C,), TokenEmbeddings
+    (C, L, D))``; ``key``: the weights, rows and precision it was made with; ``disk_key``: its entry
+    in the on-disk cache (None when none is active); ``tokens`` and ``documents`` it holds."""
+
+    key: tuple
+    disk_key: str | None
+    blocks: list[tuple[torch.Tensor, TokenEmbeddings]]
+    tokens: int
+    documents: int
+
+
+# The latest encoding of each corpus, the one owner of them: one at a time per corpus (an older one
+# is stale, and may be large), dropped with the corpus itself.
+latest_encodings: weakref.WeakKeyDictionary[TokenizedCorpus, CorpusEncoding] = weakref.WeakKeyDictionary()
+
+
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The raw bytes of ``tensor`` (any dtype; no numpy needed)."""
     tensor = tensor.detach().cpu().contiguous()
@@ -102,8 +121,9 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
     ``SCORE_CHUNK`` documents of similar length (little padding): ``(corpus indices (C,),
     TokenEmbeddings (C, L, D))`` each. Reused while the weights (and ``rows``) are unchanged."""
     key = (weights_fingerprint(model), tuple(rows), model.inference_precision)
-    if corpus.cache.get("key") != key:
-        corpus.cache.clear()  # one encoding at a time: the old one is stale and may be large
+    latest = latest_encodings.get(corpus)
+    if latest is None or latest.key != key:
+        latest_encodings.pop(corpus, None)  # freed before the new one is made
         _, world = process_shard()
         passes = len(rows) * world / max(len(corpus), 1)
         cache = active_cache()
@@ -130,9 +150,8 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
         for start in range(0, len(order), SCORE_CHUNK):
             chunk = order[start : start + SCORE_CHUNK]
             blocks.append((torch.tensor([rows[i] for i in chunk]), TokenEmbeddings.stack([vectors[i] for i in chunk])))
-        corpus.cache.update(key=key, disk_key=disk_key, blocks=blocks, tokens=sum(len(v) for v in vectors),
-                            documents=len(rows))
-    return corpus.cache["blocks"]
+        latest = latest_encodings[corpus] = CorpusEncoding(key, disk_key, blocks, sum(len(v) for v in vectors), len(rows))
+    return latest.blocks
 
 
 def _cached_encoding(cache, key: str | None, documents: int, dim: int) -> list[torch.Tensor] | None:
@@ -186,7 +205,7 @@ def rank_corpus(
     blocks = encode_corpus(model, corpus, rows, batch_size, show_progress_bar and rank == 0)
     depth = min(depth, len(corpus))
     excluded = torch.tensor([-1 if e is None else e for e in (exclude or [None] * len(queries))])
-    cache, disk_key = active_cache(), corpus.cache.get("disk_key")
+    cache, disk_key = active_cache(), latest_encodings[corpus].disk_key
     if cache and disk_key:  # the encoding is on disk: so can this ranking be, keyed by it and by the queries
         # The shard's corpus positions too: the indices returned are positions, and two shards (or
         # corpora) can hold the same documents at other positions.

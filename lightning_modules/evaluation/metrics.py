@@ -1,4 +1,4 @@
-"""Evaluation metrics beyond correlations: pair classification and retrieval.
+"""Evaluation metrics beyond correlations: pair classification and ranking.
 
 Plain functions over tensors, so that they can be checked against brute force.
 """
@@ -67,34 +67,6 @@ def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: 
         "f1": 2 * true_positives / f1_denominator if f1_denominator else 0.0,
         "accuracy": (predicted == labels).double().mean().item(),
     }
-
-
-def retrieval_metrics(scores: torch.Tensor, relevant: list[list[int]], ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
-    """MRR@10 and Recall@k of queries ranked against a corpus.
-
-    Args:
-        scores: ``(Q, C)`` similarity of each query to each corpus text.
-        relevant: for each query, the corpus indices relevant to it (non-empty).
-
-    Returns ``mrr@10`` (mean reciprocal rank of the first relevant text in the top
-    10, 0 when none is) and ``recall@k`` (the share of a query's relevant texts in
-    its top k, averaged over queries), in [0, 1]. Ties rank the lower index first.
-    """
-    depth = min(max(10, *ks), scores.shape[1])
-    # A stable descending sort: equal scores keep corpus order, the same in every run.
-    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :depth]
-    is_relevant = torch.zeros_like(top, dtype=torch.bool)
-    for row, wanted in enumerate(relevant):
-        if not wanted:
-            raise ValueError(f"query {row} has no relevant corpus text")
-        is_relevant[row] = torch.isin(top[row], torch.tensor(wanted))
-    ranks = torch.arange(1, depth + 1, dtype=torch.float64)
-    first_hit = torch.where(is_relevant[:, :10], 1.0 / ranks[: min(10, depth)], 0.0).max(dim=1).values
-    results = {"mrr@10": float(first_hit.mean())}
-    totals = torch.tensor([len(set(w)) for w in relevant], dtype=torch.float64)
-    for k in ks:
-        results[f"recall@{k}"] = float((is_relevant[:, :k].sum(1) / totals).mean())
-    return results
 
 
 def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg_at: int = 10, mrr_at: int = 10,

@@ -102,11 +102,12 @@ def test_model_mining_over_the_corpus_skips_relevant_documents_and_those_above_t
     datamodule = _datamodule(folder, minilm_path, negatives_from="model", mine_negatives=4)
     request = datamodule.mining_request()
     model = tiny_model(minilm_path)
-    mined = mine_hard_negatives(model, request["queries"], request["corpus"], request["positives"], 4, margin=0.0)
-    vectors = model.embed_token_ids(request["corpus"].token_ids)
-    scores = model.score_vectors(model.embed_token_ids(request["queries"]), vectors)
+    assert (request.k, request.margin) == (4, 0.0)
+    mined = mine_hard_negatives(model, request)
+    vectors = model.embed_token_ids(request.corpus.token_ids)
+    scores = model.score_vectors(model.embed_token_ids(request.queries), vectors)
     for row, negatives in enumerate(mined):
-        known = request["positives"][row]
+        known = request.positives[row]
         assert not set(negatives) & known
         ceiling = scores[row, sorted(known)].min()
         allowed = [i for i in torch.argsort(scores[row], descending=True, stable=True).tolist()

@@ -12,13 +12,15 @@ from lightning_modules.data.batches import (
     ContrastiveBatch,
     ContrastiveItem,
     LabelledPairsBatch,
-    RetrievalBatch,
+    QueryBatch,
     ScoredPairsBatch,
+    TokenizedCorpus,
 )
 from lightning_modules.data.collate import ContrastiveCollator
 from lightning_modules.datamodules import PairsDataModule
 from lightning_modules.errors import DataError
-from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, RetrievalEvaluator
+from lightning_modules.datamodules.base import MiningRequest
+from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, PairRetrievalEvaluator
 from lightning_modules.encoder import EncoderOptions, TokenEncoder
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
@@ -97,15 +99,17 @@ def test_contrastive_validation_is_retrieval_over_unique_texts(tmp_path, minilm_
     datamodule = _datamodule(minilm_path, write_rows(tmp_path / "t.jsonl", _triplets()), validation_fraction=0.2)
     assert datamodule.supervision == "contrastive" and datamodule.evaluator.primary_metric == "mrr@10"
     validation = datamodule.examples["validation"]
-    items = datamodule.datasets["validation"]
-    queries = [item for item in items if item.is_query]
-    corpus = [item for item in items if not item.is_query]
+    queries = datamodule.datasets["validation"]
+    corpus = datamodule.corpora["validation"]
     assert len(queries) == len(set(validation.text_a))
     # The corpus: each distinct positive and hard negative of the validation pairs.
     assert len(corpus) == len(set(validation.text_b) | {n for ns in validation.negatives for n in ns})
-    assert sum(len(item.relevant) for item in queries) == len(validation)
+    assert sum(len(item.judgements) for item in queries) == len(validation)
+    # No query id is a corpus id: no document is ever excluded as a query's own (BEIR's rule).
+    assert not {item.query_id for item in queries} & set(corpus.ids)
     batch = next(iter(datamodule.val_dataloader()))
-    assert isinstance(batch, RetrievalBatch) and isinstance(datamodule.evaluator, RetrievalEvaluator)
+    assert isinstance(batch, QueryBatch) and batch.corpus is corpus
+    assert isinstance(datamodule.evaluator, PairRetrievalEvaluator)
 
 
 def test_contrastive_collator_masks_known_positives_only():
@@ -185,7 +189,9 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
     queries = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [5, 7, 3, 9]]
     corpus = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [4, 6, 8, 3, 5, 7, 2, 9]]
     positives = [{0}, {1, 2}, {3}, {4}]
-    mined = mine_hard_negatives(model, queries, corpus, positives, k=3, margin=0.01, batch_size=3)
+    request = MiningRequest(queries, TokenizedCorpus([f"d{i}" for i in range(len(corpus))], corpus), positives,
+                            k=3, margin=0.01, batch_size=3)
+    mined = mine_hard_negatives(model, request)
     assert model.training  # restored
     model.eval()
     with torch.no_grad():
@@ -211,18 +217,6 @@ def test_a_validation_file_equal_to_the_training_file_leaves_no_training_pair(tm
     path = write_rows(tmp_path / "t.jsonl", _triplets())
     with pytest.raises(DataError, match="(?s)no train pair is left.*pair also in validation"):
         _datamodule(minilm_path, path, validation=str(path))
-
-
-def test_retrieval_metrics_of_a_partial_pass_use_the_queries_it_can_rank(minilm_path):
-    from lightning_modules.model import LateInteractionModel
-
-    model = LateInteractionModel.build(EncoderOptions(minilm_path, projection_dim=8, random_init=True,
-                                                      config_overrides=TINY))
-    vector = torch.nn.functional.normalize(torch.ones(1, 8), dim=-1)
-    evaluator = RetrievalEvaluator()
-    evaluator._texts = [(True, 0, vector, [0]), (True, 1, vector, [5]), (False, 0, vector, [])]
-    metrics = evaluator.compute(model, "val")  # query 1's relevant text 5 was never embedded
-    assert metrics == {"mrr@10": 1.0, "recall@1": 1.0, "recall@10": 1.0}
 
 
 def test_a_small_hold_out_is_raised_to_its_floor_and_warned_about(tmp_path, minilm_path):

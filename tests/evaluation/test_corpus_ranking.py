@@ -16,7 +16,7 @@ from lightning_modules.data.collate import QueryCollator
 from lightning_modules.data.batches import QueryItem
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
 from lightning_modules.evaluation import corpus as corpus_module
-from lightning_modules.evaluation.corpus import encode_corpus, rank_corpus
+from lightning_modules.evaluation.corpus import encode_corpus, latest_encodings, rank_corpus
 from lightning_modules.evaluation.metrics import ranking_metrics
 from tests.helpers.models import tiny_model
 
@@ -49,7 +49,7 @@ def test_chunked_top_k_is_the_full_matrix_sorted(setup, monkeypatch):
     model, corpus, queries = setup
     monkeypatch.setattr(corpus_module, "SCORE_CHUNK", 16)  # several chunks, each merged into the top-k
     monkeypatch.setattr(corpus_module, "QUERY_GROUP", 4)  # and several groups of queries, by length
-    corpus.cache.clear()
+    latest_encodings.pop(corpus, None)
     scores, indices = rank_corpus(model, queries, corpus, depth=25, show_progress_bar=False)
     full = _brute_force(model, queries, corpus)
     expected = torch.sort(full, dim=1, descending=True, stable=True)
@@ -70,7 +70,7 @@ def test_an_excluded_document_is_never_returned_and_short_lists_are_padded(setup
 
 def test_one_set_of_weights_encodes_the_corpus_once(setup, monkeypatch):
     model, corpus, queries = setup
-    corpus.cache.clear()
+    latest_encodings.pop(corpus, None)
     calls = []
     original = model.embed_token_ids
     monkeypatch.setattr(model, "embed_token_ids", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -85,7 +85,7 @@ def test_one_set_of_weights_encodes_the_corpus_once(setup, monkeypatch):
     finally:
         with torch.no_grad():
             next(model.parameters()).sub_(1e-3)
-        corpus.cache.clear()
+        latest_encodings.pop(corpus, None)
 
 
 JUDGEMENTS = [{(3 * i) % 70: 1, (5 * i + 1) % 70: 2} for i in range(9)]
@@ -130,7 +130,7 @@ def _sharded_worker(rank, world, port, minilm_path, out):
         corpus = TokenizedCorpus([f"d{i}" for i in range(70)], model.tokenize(_texts(70, seed=1, length=30)))
         queries = model.encode(_texts(9, seed=2, length=8), is_query=True)
         scores, indices = rank_corpus(model, queries, corpus, depth=20, exclude=[5] * 9, show_progress_bar=False)
-        encoded = corpus.cache["documents"]
+        encoded = latest_encodings[corpus].documents
         # The evaluator, each process holding its own share of the queries (with one repeated, as
         # Lightning's distributed sampler does to even out the shards).
         items = _query_items(model)

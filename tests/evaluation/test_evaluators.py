@@ -15,16 +15,18 @@ from lightning_modules.data.batches import (
     ContrastiveBatch,
     LabelledPairsBatch,
     PairItem,
-    RetrievalBatch,
+    QueryBatch,
     ScoredPairsBatch,
     TokenBatch,
+    TokenizedCorpus,
 )
 from lightning_modules.data.collate import PairCollator
 from lightning_modules.evaluation import (
     ClassificationEvaluator,
+    CorpusRetrievalEvaluator,
     CorrelationEvaluator,
     Evaluator,
-    RetrievalEvaluator,
+    PairRetrievalEvaluator,
     evaluator_for,
     evaluator_named,
 )
@@ -53,13 +55,17 @@ def test_each_batch_kind_finds_its_evaluator_and_primary_metric():
     cases = [
         (ScoredPairsBatch(ids, mask, scores=torch.zeros(1)), CorrelationEvaluator, "spearman"),
         (LabelledPairsBatch(ids, mask, labels=torch.zeros(1)), ClassificationEvaluator, "auc"),
-        (RetrievalBatch(ids, mask, text_keys=torch.zeros(2), is_query=torch.tensor([True, False]),
-                        relevant=[[0], []]), RetrievalEvaluator, "mrr@10"),
+        (QueryBatch(ids, mask, query_ids=["q0", "q1"], judgements=[{0: 1}, {0: 1}],
+                    corpus=TokenizedCorpus(["d0"], [[101, 102]])), CorpusRetrievalEvaluator, "ndcg@10"),
     ]
     for batch, kind, primary in cases:
         evaluator = evaluator_for(batch)
         assert type(evaluator) is kind and evaluator.primary_metric == primary
         assert type(evaluator_named(kind.__name__)) is kind
+    # A variant of an evaluator (another primary metric) is found by name, as a checkpoint records it.
+    assert evaluator_named("PairRetrievalEvaluator").primary_metric == "mrr@10"
+    with pytest.raises(ValueError, match="unknown evaluator 'NoSuchEvaluator'"):
+        evaluator_named("NoSuchEvaluator")
     with pytest.raises(TypeError, match="no evaluator reads ContrastiveBatch"):
         evaluator_for(ContrastiveBatch(ids, mask, false_negatives=torch.zeros(1, 1, dtype=torch.bool)))
 
@@ -68,9 +74,9 @@ def test_batches_count_their_pairs():
     ids, mask = torch.ones(6, 3, dtype=torch.long), torch.ones(6, 3, dtype=torch.long)
     assert ScoredPairsBatch(ids, mask, scores=torch.zeros(3)).num_pairs == 3
     assert ContrastiveBatch(ids, mask, false_negatives=torch.zeros(2, 4, dtype=torch.bool)).num_pairs == 2
-    retrieval = RetrievalBatch(ids, mask, text_keys=torch.arange(6), is_query=torch.tensor([1, 0, 1, 0, 0, 0]).bool(),
-                               relevant=[[1], [], [3], [], [], []])
-    assert retrieval.num_pairs == 2
+    queries = QueryBatch(ids, mask, query_ids=[f"q{i}" for i in range(6)], judgements=[{0: 1}] * 6,
+                         corpus=TokenizedCorpus(["d0"], [[101, 102]]))
+    assert queries.num_pairs == 6
 
 
 def test_correlation_evaluator_matches_scipy_over_several_batches(tiny_module):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score
 from torchmetrics.functional.retrieval import retrieval_recall, retrieval_reciprocal_rank
 
-from lightning_modules.evaluation.metrics import best_threshold_metrics, metrics_at_threshold, retrieval_metrics
+from lightning_modules.evaluation.metrics import best_threshold_metrics, metrics_at_threshold, ranking_metrics
 
 
 def _brute_force_best(scores, labels):
@@ -65,42 +65,19 @@ def test_threshold_sits_between_the_classes():
                       "accuracy_threshold": pytest.approx(0.55)}
 
 
-def _brute_force_retrieval(scores, relevant):
-    """Rank each query's corpus with a Python sort; ties by corpus index."""
-    mrr, recall1, recall10 = [], [], []
-    for row, wanted in enumerate(relevant):
-        ranking = sorted(range(len(scores[row])), key=lambda c: (-scores[row][c], c))
-        hits = [rank for rank, c in enumerate(ranking[:10], start=1) if c in wanted]
-        mrr.append(1 / hits[0] if hits else 0.0)
-        recall1.append(len(set(ranking[:1]) & set(wanted)) / len(set(wanted)))
-        recall10.append(len(set(ranking[:10]) & set(wanted)) / len(set(wanted)))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"mrr@10": mean(mrr), "recall@1": mean(recall1), "recall@10": mean(recall10)}
-
-
 @pytest.mark.parametrize("corpus_size", [1, 5, 30])
-def test_retrieval_metrics_match_a_python_ranking_and_torchmetrics(corpus_size):
+def test_ranking_metrics_of_binary_judgements_match_torchmetrics(corpus_size):
+    """What a set of pairs reports (each query's text_b relevant, grade 1), with Recall@1 too."""
     generator = torch.Generator().manual_seed(corpus_size)
     scores = torch.rand(12, corpus_size, generator=generator)
     relevant = [torch.randperm(corpus_size, generator=generator)[: 1 + q % 3].tolist() for q in range(12)]
-    relevant = [r[: corpus_size] for r in relevant]
-    result = retrieval_metrics(scores, relevant)
-    expected = _brute_force_retrieval(scores.tolist(), relevant)
-    for name in expected:
-        assert result[name] == pytest.approx(expected[name], abs=1e-9), name
+    ranked = torch.tensor([sorted(range(corpus_size), key=lambda c: -scores[q, c])[:100] for q in range(12)])
+    result = ranking_metrics(ranked, [{c: 1 for c in r} for r in relevant], recall_at=(1, 10))
     # torchmetrics (no ties with random floats): per query, then the mean.
     targets = torch.zeros_like(scores, dtype=torch.bool)
     for row, wanted in enumerate(relevant):
         targets[row, wanted] = True
-    tm_mrr = torch.stack([retrieval_reciprocal_rank(scores[q], targets[q], top_k=10) for q in range(12)]).mean()
-    tm_recall = torch.stack([retrieval_recall(scores[q], targets[q], top_k=10) for q in range(12)]).mean()
-    assert result["mrr@10"] == pytest.approx(float(tm_mrr), abs=1e-6)
-    assert result["recall@10"] == pytest.approx(float(tm_recall), abs=1e-6)
-
-
-def test_retrieval_beyond_rank_10_counts_zero_and_ties_rank_lower_index_first():
-    scores = torch.zeros(1, 20)
-    assert retrieval_metrics(scores, [[12]])["mrr@10"] == 0.0
-    assert retrieval_metrics(scores, [[0]]) == {"mrr@10": 1.0, "recall@1": 1.0, "recall@10": 1.0}
-    with pytest.raises(ValueError, match="no relevant corpus text"):
-        retrieval_metrics(scores, [[]])
+    for name, reference in (("mrr@10", lambda q: retrieval_reciprocal_rank(scores[q], targets[q], top_k=10)),
+                            ("recall@1", lambda q: retrieval_recall(scores[q], targets[q], top_k=1)),
+                            ("recall@10", lambda q: retrieval_recall(scores[q], targets[q], top_k=10))):
+        assert result[name] == pytest.approx(float(torch.stack([reference(q) for q in range(12)]).mean()), abs=1e-6)

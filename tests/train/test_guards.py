@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.errors import NonFiniteTrainingError
+from lightning_modules.errors import NonFiniteTrainingError, SettingsError
 from lightning_modules.model import LateInteractionModel
 from lightning_modules.module import MaxSimModule
 from tests.helpers.cli import run_module
@@ -138,6 +138,20 @@ def test_an_output_folder_that_cannot_be_written_fails_in_one_paragraph(tmp_path
     named = run_module("train", *_overrides(stsb_dir), f"hydra.run.dir='{blocker}/run'", cwd=tmp_path)
     assert named.returncode == 2 and "Traceback" not in named.stderr
     assert f"hydra.run.dir={blocker}/run cannot be written (Not a directory)" in named.stderr
+
+
+class ForeignDataModule(pl.LightningDataModule):
+    """A DataModule that is not one of ours: it declares none of what the pipeline asks of one."""
+
+    def __init__(self, **settings) -> None:
+        super().__init__()
+
+
+def test_a_datamodule_outside_the_contract_is_refused(compose_cfg, tmp_path, stsb_dir):
+    cfg = compose_cfg(_overrides(stsb_dir, f"data._target_={__name__}.ForeignDataModule"), tmp_path / "run")
+    with pytest.raises(SettingsError, match="data._target_ builds a ForeignDataModule, not a DataModule of "
+                                            r"lightning_modules.datamodules \(a subclass of LateInteractionDataModule\)"):
+        run(cfg)
 
 
 def test_several_bad_settings_are_named_together(tmp_path, stsb_dir):

@@ -1,0 +1,88 @@
+"""What the pipeline, the Lightning system and the callbacks may ask of a DataModule, typed.
+
+Every DataModule here subclasses ``LateInteractionDataModule``; code outside ``datamodules/`` uses
+what it declares and nothing else (no ``getattr``/``hasattr`` on a DataModule), so a new
+DataModule knows what it must provide and a missing piece fails where it is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+
+from lightning_modules.data.batches import PairItem, TokenizedCorpus
+from lightning_modules.data.loading import describe_items
+from lightning_modules.evaluation import Evaluator
+
+
+@dataclass
+class MiningRequest:
+    """Hard negatives to mine with the model being trained (the ``HardNegativeMining`` callback).
+
+    Attributes:
+        queries: token ids of each training query (its key is its position).
+        corpus: the candidates, each query ranked against all of them.
+        positives: for each query, the corpus indices of its positives: never mined.
+        k: negatives kept per query.
+        margin: a candidate scoring above the query's lowest positive minus ``margin`` is skipped,
+            as more likely an unlabelled positive than a negative.
+        batch_size: texts per encoder call.
+    """
+
+    queries: list[list[int]]
+    corpus: TokenizedCorpus
+    positives: list[set[int]]
+    k: int
+    margin: float
+    batch_size: int
+
+
+class LateInteractionDataModule(pl.LightningDataModule):
+    """A DataModule that reads, checks and tokenises its data in ``setup`` and says how to evaluate it.
+
+    Subclasses set in ``__init__`` or ``setup``:
+
+    * ``evaluator``: the evaluator of the validation and test batches; its primary metric picks
+      the best checkpoint (``optimized_metric: auto``);
+    * ``datasets``: ``{split: items}`` (``lightning_modules.data.batches``);
+    * ``training_sources``: where each training item comes from (file and line, or ids), for
+      messages about a bad batch;
+
+    and override what differs: ``has_test``, ``report_dict``, ``mining_request`` with
+    ``add_hard_negatives``.
+    """
+
+    evaluator: Evaluator | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, list] = {}
+        self.training_sources: list[str] = []
+
+    @property
+    def has_test(self) -> bool:
+        """Whether there is a test split to evaluate after training."""
+        return True
+
+    def report_dict(self) -> dict | None:
+        """What was read, kept and dropped, for ``results.json`` (``data``); None: nothing to report."""
+        return None
+
+    def mining_request(self) -> MiningRequest | None:
+        """Hard negatives to mine before training, or None (none wanted, or mined already)."""
+        return None
+
+    def add_hard_negatives(self, mined: list[list[int]]) -> None:
+        """Take the mined corpus indices: one list per query of ``mining_request``, best first."""
+        raise NotImplementedError(f"{type(self).__name__} asks for no mining")
+
+    def describe_training_items(self, indices: list[int]) -> str:
+        """Where the training items at ``indices`` (positions in ``datasets["train"]``) come from."""
+        return describe_items(self.training_sources, indices)
+
+    def validation_pairs(self, count: int) -> list[tuple[list[int], list[int], float]]:
+        """The first ``count`` validation pairs as ``(ids_a, ids_b, gold)``, token ids exactly as
+        validation scored them; empty when validation holds no pairs (it ranks queries)."""
+        items = self.datasets.get("validation") or []
+        return [(item.a, item.b, float(item.target)) for item in items[:count] if isinstance(item, PairItem)]
