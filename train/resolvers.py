@@ -66,7 +66,15 @@ def hydra_subdir(run_folder: str) -> str:
     return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
 
+def path_name(path, default: str) -> str:
+    """The last part of a folder path or hub id (``../data/scifact/`` and ``BeIR/scifact`` give
+    ``scifact``), or ``default`` without one: a run on some data is filed under the data's name."""
+    name = Path(str(path).rstrip("/")).name if path else ""
+    return name or default
+
+
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("path_name", path_name, replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("project_root", project_root, replace=True)

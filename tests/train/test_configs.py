@@ -52,8 +52,11 @@ def test_every_group_option_composes_and_resolves(compose_cfg, tmp_path, group, 
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert group in container
     # The option chosen is the one composed: its own keys (and plain values) are there.
-    raw = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text()) or {}
+    text = (CONF_DIR / group / f"{option}.yaml").read_text()
+    raw = yaml.safe_load(text) or {}
     raw.pop("defaults", None)
+    if text.startswith("# @package _global_"):  # an option that also sets other groups' defaults
+        raw = raw[group]
     assert raw, f"{group}/{option}.yaml is empty"
     for key, value in raw.items():
         assert key in cfg[group], f"{group}={option}: key {key!r} missing from the composed config"
@@ -69,7 +72,8 @@ def test_every_experiment_composes(compose_cfg, tmp_path, experiment):
     # The experiment's data override is the one composed.
     raw = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
     chosen = next(d["override /data"] for d in raw["defaults"] if isinstance(d, dict) and "override /data" in d)
-    expected = yaml.safe_load((CONF_DIR / "data" / f"{chosen}.yaml").read_text())["_target_"]
+    data = yaml.safe_load((CONF_DIR / "data" / f"{chosen}.yaml").read_text())
+    expected = data.get("data", data)["_target_"]  # a global-package option holds it under data:
     assert container["data"]["_target_"] == expected
 
 
@@ -85,6 +89,22 @@ def test_sts_experiment_applies_its_recipe(compose_cfg, tmp_path):
     # The recipe trains without dropout, as its sweeps did.
     assert dict(cfg.model.config_overrides) == raw["model"]["config_overrides"]
     assert cfg.model.config_overrides.hidden_dropout_prob == 0.0
+
+
+def test_retrieval_data_brings_retrieval_defaults_and_names_the_run_after_the_data(compose_cfg, tmp_path):
+    raw = yaml.safe_load((CONF_DIR / "data" / "beir.yaml").read_text())
+    cfg = compose_cfg(["data=beir", "data.path=/somewhere/my_collection/"], tmp_path)
+    assert cfg.task_name == "my_collection"  # logs/my_collection/runs/..., not the STS defaults' "train"
+    assert (cfg.model.direction, cfg.model.infonce_symmetric, cfg.model.projection_dim) == ("a2b", False, None)
+    assert cfg.trainer.max_epochs == raw["trainer"]["max_epochs"] == 1
+    assert cfg.model.lr == raw["model"]["lr"]
+    # The experiment adds only SciFact's path: the same recipe, filed under the data's own name.
+    scifact = compose_cfg(["+experiment=scifact"], tmp_path)
+    assert scifact.task_name == "scifact" and scifact.model.direction == "a2b"
+    assert compose_cfg(["+experiment=scifact", "data.path=/elsewhere/nfcorpus"], tmp_path).task_name == "nfcorpus"
+    assert compose_cfg(["data=beir", "data.path=BeIR/fiqa"], tmp_path).task_name == "fiqa"
+    # The command line still wins over the data group's defaults.
+    assert compose_cfg(["data=beir", "data.path=/x/y", "model.direction=both"], tmp_path).model.direction == "both"
 
 
 def test_command_line_group_beats_the_experiment_default(compose_cfg, tmp_path):
