@@ -22,6 +22,11 @@ PAIR_NAMES = (
     ("query", "positive"),
     ("query", "document"),
     ("query", "passage"),
+    ("query", "context"),
+    ("question", "positive"),
+    ("question", "passage"),
+    ("question", "document"),
+    ("question", "context"),
     ("question", "answer"),
     ("premise", "hypothesis"),
 )

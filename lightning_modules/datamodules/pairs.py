@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 EVALUATOR = {"graded": CorrelationEvaluator, "binary": ClassificationEvaluator, "contrastive": PairRetrievalEvaluator}
 ROLES = ("symmetric", "asymmetric")
 BINARY_OBJECTIVES = ("auto", "contrastive", "ranking")
+EVAL_CORPORA = ("split", "all")
 
 
 class PairsDataModule(LateInteractionDataModule):
@@ -83,6 +84,9 @@ class PairsDataModule(LateInteractionDataModule):
             with a positive (retrieval-style data), else ranking (pair-classification
             data, where contrastive training would leave the label-0 pairs unused).
         max_negatives_per_pair: hard negatives a pair brings into a batch (drawn anew each time).
+        eval_corpus: what contrastive validation and test rank each ``text_a`` against: ``split``,
+            the split's own distinct ``text_b`` and negatives; ``all``, those of every split,
+            training included (a retrieval corpus: every passage the data knows).
         mine_negatives: mine this many hard negatives per ``text_a`` with the model
             before training (0: off); candidates scoring above the lowest positive
             minus ``mine_margin`` are skipped as likely false negatives. The
@@ -108,6 +112,7 @@ class PairsDataModule(LateInteractionDataModule):
         query_max_length: int = 32,
         binary_objective: str = "auto",
         max_negatives_per_pair: int = 4,
+        eval_corpus: str = "split",
         mine_negatives: int = 0,
         mine_margin: float = 0.05,
         validation_fraction: float = 0.05,
@@ -128,6 +133,8 @@ class PairsDataModule(LateInteractionDataModule):
             raise DataError("no training data: python -m train +experiment=pairs data.train=FILE (or a hub dataset id)")
         if roles not in ROLES:
             raise DataError(f"data.roles must be one of {list(ROLES)}, got {roles!r}")
+        if eval_corpus not in EVAL_CORPORA:
+            raise DataError(f"data.eval_corpus must be one of {list(EVAL_CORPORA)}, got {eval_corpus!r}")
         if binary_objective not in BINARY_OBJECTIVES:
             raise DataError(f"data.binary_objective must be one of {list(BINARY_OBJECTIVES)}, got {binary_objective!r}")
         parse_delimiter(delimiter)  # a bad value fails now, not after the model has loaded
@@ -355,20 +362,27 @@ class PairsDataModule(LateInteractionDataModule):
         return items
 
     def _query_items(self, split: str, examples: PairExamples) -> list[QueryItem]:
-        """Each distinct text_a as a query, ranked against the split's corpus (``corpora[split]``):
-        each distinct text_b and negative; a query's relevant documents are its text_b."""
+        """Each distinct text_a as a query, ranked against ``corpora[split]`` (see ``eval_corpus``);
+        a query's relevant documents are its text_b."""
         queries: dict[str, str] = {}
-        corpus: dict[str, str] = {}
-        for a, b, negatives in zip(examples.text_a, examples.text_b, examples.negatives):
+        for a in examples.text_a:
             queries.setdefault(a.strip(), a)
-            for text in [b, *negatives]:
-                corpus.setdefault(text.strip(), text)
+        query_ids = self._tokenize(split, list(queries.values()), "query")
+        shared = self.hparams.eval_corpus == "all"
+        sources = [self.examples[s] for s in ("train", "validation", "test") if s in self.examples] if shared else [examples]
+        corpus: dict[str, str] = {}  # stripped text -> text, in order of appearance
+        for source in sources:
+            for b, negatives in zip(source.text_b, source.negatives):
+                for text in [b, *negatives]:
+                    corpus.setdefault(text.strip(), text)
         corpus_key = {stripped: key for key, stripped in enumerate(corpus)}
         relevant: dict[str, dict[int, int]] = {}
         for a, b in zip(examples.text_a, examples.text_b):
             relevant.setdefault(a.strip(), {})[corpus_key[b.strip()]] = 1
-        query_ids = self._tokenize(split, list(queries.values()), "query")
-        self.corpora[split] = _corpus(self._tokenize(split, list(corpus.values()), "document"))
+        if not (shared and self.corpora):  # one corpus for validation and test alike: encoded once per set of weights
+            self.corpora[split] = _corpus(self._tokenize(split, list(corpus.values()), "document"))
+        else:
+            self.corpora[split] = next(iter(self.corpora.values()))
         # Query ids apart from the corpus's ("d<index>"): no document is ever excluded as the query's own.
         return [QueryItem(ids, f"q{key}", relevant[stripped])
                 for key, (stripped, ids) in enumerate(zip(queries, query_ids))]

@@ -144,6 +144,11 @@ def test_a_corrupt_parquet_file_is_a_clear_error(tmp_path):
         (["anchor", "positive", "negative_1", "negative_2"], ("anchor", "positive", None, None,
                                                               ["negative_1", "negative_2"])),
         (["question", "answer"], ("question", "answer", None, None, [])),
+        # Retrieval data: a question and its passage (or context, document), a negative passage.
+        (["id", "Question", "Passage"], ("Question", "Passage", None, None, [])),
+        (["question", "context", "negative"], ("question", "context", None, None, ["negative"])),
+        (["query", "context"], ("query", "context", None, None, [])),
+        (["question", "document"], ("question", "document", None, None, [])),
         (["id", "text1", "text2", "label"], ("text1", "text2", None, "label", [])),
         (["query", "positive", "hard_negatives"], ("query", "positive", None, None, ["hard_negatives"])),
     ],

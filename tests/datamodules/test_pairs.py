@@ -112,6 +112,27 @@ def test_contrastive_validation_is_retrieval_over_unique_texts(tmp_path, minilm_
     assert isinstance(datamodule.evaluator, PairRetrievalEvaluator)
 
 
+def test_an_eval_corpus_of_all_splits_ranks_against_every_passage(tmp_path, minilm_path):
+    rows = [{"question": f"question {i}", "passage": f"passage {i}", "negative": f"other passage {i}"} for i in range(60)]
+    test = write_rows(tmp_path / "test.csv", [{"question": f"new question {i}", "passage": f"new passage {i}"}
+                                             for i in range(5)])
+    datamodule = _datamodule(minilm_path, write_rows(tmp_path / "qa.csv", rows), test=str(test),
+                             validation_fraction=0.2, eval_corpus="all")
+    corpus = datamodule.corpora["validation"]
+    assert datamodule.corpora["test"] is corpus  # one corpus: encoded once per set of weights
+    # Every distinct passage and negative of every split, training's included.
+    assert len(corpus) == 60 + 60 + 5
+    for split in ("validation", "test"):
+        examples, items = datamodule.examples[split], datamodule.datasets[split]
+        for item, passage in zip(items, examples.text_b):  # one pair per question here
+            [relevant] = item.judgements
+            assert corpus.token_ids[relevant] == datamodule.tokenizer(passage)["input_ids"]
+    own = _datamodule(minilm_path, write_rows(tmp_path / "qa.csv", rows), validation_fraction=0.2)
+    assert len(own.corpora["validation"]) == 2 * len(own.examples["validation"])  # the default: the split's own
+    with pytest.raises(DataError, match=r"data.eval_corpus must be one of \['split', 'all'\], got 'every'"):
+        _datamodule(minilm_path, write_rows(tmp_path / "qa.csv", rows), eval_corpus="every")
+
+
 def test_contrastive_collator_masks_known_positives_only():
     # Two rows share text_a (key 0): each one's positive is a false negative of the other.
     items = [

@@ -116,6 +116,22 @@ def test_triplets_train_contrastively_and_report_retrieval(compose_cfg, tmp_path
 
 
 @pytest.mark.training
+def test_question_passage_pairs_train_as_retrieval_with_the_data_path_alone(compose_cfg, tmp_path, stsb_dir):
+    rows = [{"question": r["sentence1"], "passage": r["sentence2"]}
+            for r in _stsb_rows(stsb_dir, "train", 300) if float(r["score"]) >= 3.5]
+    train = write_rows(tmp_path / "qa.csv", rows)
+    cfg = compose_cfg(["+experiment=retrieval_pairs", f"data.train='{train}'", "model=tiny", "~logger",
+                       "trainer.max_epochs=1", "++trainer.enable_progress_bar=false"], tmp_path / "run")
+    assert (cfg.model.direction, cfg.data.roles, cfg.data.eval_corpus) == ("a2b", "asymmetric", "all")
+    results = run(cfg)
+    assert results["data"]["supervision"] == "contrastive" and results["monitor"] == "val/mrr@10"
+    # Validation ranks against every passage of the data, training's included.
+    datamodule = _reload(results, cfg)[1]
+    assert len(datamodule.corpora["validation"]) == len({r["passage"].strip() for r in rows})
+    assert {"val/mrr@10", "val/ndcg@10", "val/recall@1"} <= set(results)
+
+
+@pytest.mark.training
 def test_graded_pairs_in_tsv_with_a_declared_range(compose_cfg, tmp_path, stsb_dir):
     rows = [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": 20 * float(r["score"])}
             for r in _stsb_rows(stsb_dir, "train", 150)]
