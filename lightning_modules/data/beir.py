@@ -1,26 +1,53 @@
 """Retrieval benchmarks in BEIR's layout: a corpus, queries and graded relevance judgements.
 
-A local folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
-(``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``, with a
-header row). With hub access, ``BeIR/<name>`` reads the corpus and queries from that dataset
-and the judgements from ``BeIR/<name>-qrels``.
+A local folder holds a corpus, queries and the judgements of each split:
+
+* ``corpus.<ext>``: one document a row, with an id (``_id``, ``id``, ``docid``, ...), an optional
+  ``title`` and a text (``text``, ``contents``, ``body``, ...); ``queries.<ext>``: an id (``_id``,
+  ``id``, ``qid``, ...) and a text (``text``, ``query``, ``question``). ``<ext>`` is any table
+  format of ``formats.read_table``: ``.jsonl`` (BEIR's own, looked for first), ``.ndjson``,
+  ``.json``, ``.csv``, ``.tsv``, ``.tab``, ``.parquet``, ``.pq``; column names match in any case.
+* the judgements of a split, the first file found of ``QRELS_FILES``: BEIR's TSV (the header
+  ``query-id corpus-id score``), the same rows without the header, or TREC qrels
+  (``query-id iteration corpus-id relevance``, whitespace-separated, the iteration unused);
+  the first line tells which.
+
+With hub access, ``BeIR/<name>`` reads the corpus and queries from that dataset and the
+judgements from ``BeIR/<name>-qrels``.
 
 BEIR's conventions, kept here: a document's text is ``title + " " + text`` (the title left out
 when empty); a judgement with score > 0 marks a relevant document and its score is the gain in
-nDCG; queries without any relevant document in a split are not evaluated in it (counted).
+nDCG; queries without any relevant document in a split are not evaluated in it (counted). A
+document with neither title nor text is kept, as an empty text, so that judgements naming it
+still count (Cranfield has two, one judged relevant); ``BeirData.warnings`` says so.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_modules.data.formats import (JSON_FORMATS, PARQUET_FORMATS, TEXT_FORMATS, RawTable, TableSpec,
+                                            read_table, read_utf8)
 from lightning_modules.errors import DataError
 
 log = logging.getLogger(__name__)
+
+# The suffixes of a corpus or queries file, in the order they are looked for (BEIR's .jsonl first).
+TABLE_SUFFIXES = (*JSON_FORMATS, *TEXT_FORMATS, *PARQUET_FORMATS)
+# Column names of each role, the most common first; matched case-insensitively.
+CORPUS_COLUMNS = {"id": ("_id", "id", "docid", "doc_id", "doc-id", "corpus-id", "corpus_id", "pid", "docno"),
+                  "title": ("title",),
+                  "text": ("text", "contents", "content", "body", "passage", "document", "abstract")}
+QUERY_COLUMNS = {"id": ("_id", "id", "qid", "query-id", "query_id", "queryid"),
+                 "text": ("text", "query", "question")}
+# Where a split's judgements are looked for, in this order.
+QRELS_FILES = ("qrels/{split}.tsv", "qrels/{split}.txt", "qrels/{split}.qrels", "{split}.qrels")
+BEIR_HEADER = ["query-id", "corpus-id", "score"]
+LAYOUT = ("a retrieval folder holds corpus.jsonl, queries.jsonl (or .csv, .tsv, .parquet) and, for each split, "
+          "qrels/<split>.tsv (BEIR's TSV, or TREC qrels in qrels/<split>.txt or <split>.qrels)")
 
 
 @dataclass
@@ -61,57 +88,90 @@ class Judgements:
 
 @dataclass
 class BeirData:
-    """A corpus (ids and texts, in file order), the queries, and the judgements of the splits read."""
+    """A corpus (ids and texts, in file order), the queries, and the judgements of the splits read.
+
+    ``warnings``: what was read but deserves a look next to the results (empty documents kept).
+    """
 
     source: str
     corpus_ids: list[str]
     corpus_texts: list[str]
     queries: dict[str, str]
     judgements: dict[str, Judgements] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_beir_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a corpus file and a queries file of an accepted format."""
+    return beir_folder_problem(path) is None
+
+
+def beir_folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a retrieval folder (it is not a folder, or lacks a corpus or a queries
+    file of an accepted format), or ``None`` when it is one."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return f"{folder}: not a folder"
+    missing = [stem for stem in ("corpus", "queries") if _table_file(folder, stem) is None]
+    if missing:
+        looked = "; ".join(f"{stem}{', '.join(TABLE_SUFFIXES)}" for stem in missing)
+        return f"{folder}: no {' and no '.join(missing)} file (looked for {looked}); {LAYOUT}"
+    return None
 
 
 def read_beir(source: str, splits: list[str]) -> BeirData:
-    """Read a BEIR-layout folder, or ``BeIR/<name>`` from the hub, with the judgements of ``splits``.
+    """Read a retrieval folder (see the module's docstring), or ``BeIR/<name>`` from the hub,
+    with the judgements of ``splits``.
 
     Raises:
-        DataError: a file is missing or malformed (file and line), the corpus is empty, or
-            no judgement of a split names a known query and document.
+        DataError: a file is missing, empty or malformed (file and line), has no id or text
+            column (the columns found), or no judgement of a split names a known query and document.
     """
     folder = Path(source).expanduser()
     if folder.is_dir():
-        corpus = _read_jsonl(folder / "corpus.jsonl", ("_id", "text"))
-        queries = _read_jsonl(folder / "queries.jsonl", ("_id", "text"))
-        qrels = {split: _read_qrels_tsv(folder / "qrels" / f"{split}.tsv") for split in splits}
+        problem = beir_folder_problem(folder)
+        if problem:
+            raise DataError(problem)
+        corpus = _read_file(_table_file(folder, "corpus"), "document", "retrieval needs documents to rank")
+        queries = _read_file(_table_file(folder, "queries"), "query", "there is nothing to evaluate")
     elif _looks_like_hub_id(source):
-        corpus, queries, qrels = _read_hub(source, splits)
+        corpus = _hub_table(TableSpec(source, "corpus", "corpus"))
+        queries = _hub_table(TableSpec(source, "queries", "queries"))
     else:
-        raise DataError(f"{source}: not a folder, nor a hub dataset id; a BEIR folder holds corpus.jsonl, "
-                        "queries.jsonl and qrels/<split>.tsv")
-    if not corpus:
-        raise DataError(f"{source}: the corpus is empty; retrieval needs documents to rank")
-    corpus_ids, corpus_texts = [], []
+        raise DataError(f"{source}: not a folder, nor a hub dataset id; {LAYOUT}")
+    corpus_ids, corpus_texts, empty = [], [], []
     seen: set[str] = set()
-    for where, row in corpus:
-        doc_id = str(row["_id"])
+    for where, doc_id, text in _entries(corpus, CORPUS_COLUMNS, "document"):
         if doc_id in seen:
             raise DataError(f"{where}: corpus id {doc_id!r} appears twice; ids must be unique")
         seen.add(doc_id)
-        text = " ".join(part for part in (str(row.get("title") or "").strip(), str(row["text"] or "").strip()) if part)
         if not text:
-            raise DataError(f"{where}: document {doc_id!r} has neither title nor text")
+            empty.append(doc_id)
         corpus_ids.append(doc_id)
         corpus_texts.append(text)
     query_texts = {}
-    for where, row in queries:
-        text = str(row["text"] or "").strip()
+    for where, query_id, text in _entries(queries, QUERY_COLUMNS, "query"):
         if not text:
-            raise DataError(f"{where}: query {row['_id']!r} has no text")
-        query_texts[str(row["_id"])] = text
+            raise DataError(f"{where}: query {query_id!r} has no text")
+        query_texts[query_id] = text
     data = BeirData(source, corpus_ids, corpus_texts, query_texts)
-    for split, (where, rows) in qrels.items():
+    for split in splits:
+        where, rows = (_read_qrels(_qrels_file(folder, split)) if folder.is_dir()
+                       else _hub_qrels(_hub_table(TableSpec(f"{source}-qrels", None, split))))
         data.judgements[split] = _check_judgements(where, rows, seen, query_texts)
         log.info("%s", data.judgements[split].summary())
+    if empty:
+        data.warnings.append(_empty_documents_warning(corpus.source, empty, data.judgements))
+        log.warning("%s", data.warnings[-1])
     return data
+
+
+def _empty_documents_warning(source: str, empty: list[str], judgements: dict[str, Judgements]) -> str:
+    relevant = {doc for report in judgements.values() for docs in report.by_query.values() for doc in docs}
+    named = ", ".join(repr(doc) for doc in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return (f"{source}: {len(empty)} documents have neither title nor text ({named}), "
+            f"{len(relevant.intersection(empty))} of them relevant to a query of the splits read; kept as empty "
+            "texts (just the special tokens) so that their judgements still count")
 
 
 def _check_judgements(where: str, rows: list[tuple[str, str, int]], corpus_ids: set[str],
@@ -137,54 +197,100 @@ def _check_judgements(where: str, rows: list[tuple[str, str, int]], corpus_ids: 
     return report
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[str, dict]]:
-    """``(file:line, row)`` for each non-blank line of a JSON Lines file."""
-    if not path.is_file():
-        raise DataError(f"{path}: not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from error
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object with {', '.join(required)}, got {type(row).__name__}")
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)} (has {sorted(row)})")
-            rows.append((where, row))
-    return rows
+def _table_file(folder: Path, stem: str) -> Path | None:
+    return next((folder / f"{stem}{suffix}" for suffix in TABLE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()),
+                None)
 
 
-def _read_qrels_tsv(path: Path) -> tuple[str, list[tuple[str, str, int]]]:
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
-        raise DataError(f"{path}: not found; the judgements of this split (available: {available or 'none'})")
+def _read_file(path: Path, what: str, why: str) -> RawTable:
+    """The table of ``path``; a file with no non-blank line is an error saying it holds no ``what``."""
+    # read_table would call it an empty file; this says which of the three files it is, and why that stops.
+    if path.suffix.lower() not in PARQUET_FORMATS:
+        with path.open("rb") as handle:
+            if not any(line.strip() for line in handle):
+                raise DataError(f"{path}: holds no {what} (the file is empty); {why}")
+    return read_table(TableSpec(str(path)))
+
+
+def _entries(table: RawTable, roles: dict[str, tuple[str, ...]], what: str) -> list[tuple[str, str, str]]:
+    """``(where, id, text)`` for each row of ``table``, the text the row's title and text joined."""
+    by_lower = {name.lower(): name for name in table.columns}
+    found = {role: next((by_lower[n] for n in names if n in by_lower), None) for role, names in roles.items()}
+    missing = [role for role in ("id", "text") if found[role] is None]
+    if missing:
+        split = ""
+        if len(table.columns) == 1 and table.read_as:  # one column: most likely split at the wrong separator
+            split = f" It was read as {table.read_as}: is that its separator?"
+        raise DataError(f"{table.source}: no {' and no '.join(missing)} column for the {what} rows. Columns found: "
+                        f"{table.columns}.{split} Name " + " and ".join(f"the {role} column one of {list(roles[role])}"
+                                                                         for role in missing))
+    texts = [found[role] for role in ("title", "text") if found.get(role)]
+    entries = []
+    for index, row in enumerate(table.rows):
+        key = _cell(row.get(found["id"]))
+        if not key:
+            raise DataError(f"{table.where(index, found['id'])}: the {what} has no id")
+        text = " ".join(part for part in (_cell(row.get(column)) for column in texts) if part)
+        entries.append((table.where(index), key, text))
+    return entries
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _qrels_file(folder: Path, split: str) -> Path:
+    for pattern in QRELS_FILES:
+        if (folder / pattern.format(split=split)).is_file():
+            return folder / pattern.format(split=split)
+    found = sorted({p.name.rsplit(".", 1)[0] for pattern in QRELS_FILES
+                    for p in folder.glob(pattern.format(split="*"))})
+    raise DataError(f"{folder}: no judgements for the split {split!r}: looked for "
+                    f"{', '.join(pattern.format(split=split) for pattern in QRELS_FILES)} "
+                    f"(splits found: {found or 'none'})")
+
+
+def _read_qrels(path: Path) -> tuple[str, list[tuple[str, str, int]]]:
+    """``(path, [(query id, corpus id, grade)])``; the layout (BEIR's TSV with or without its
+    header, or TREC qrels) is told from the first non-blank line."""
+    lines = [(number, line) for number, line in enumerate(read_utf8(path).splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: holds no judgement (the file is empty)")
+    first = _tab_fields(lines[0][1])
+    split, positions, expected = _tab_fields, (0, 1, 2), "3 tab-separated fields (query-id, corpus-id, score)"
+    if [name.strip() for name in first[:3]] == BEIR_HEADER:
+        lines = lines[1:]
+    elif len(lines[0][1].split()) == 4:
+        split, positions = str.split, (0, 2, 3)
+        expected = "4 whitespace-separated fields (query-id, iteration, corpus-id, relevance) as in TREC qrels"
+    elif len(first) != 3 or _number(first[2]) is None:
+        raise DataError(f"{path}:{lines[0][0]}: expected the header query-id<TAB>corpus-id<TAB>score (BEIR), or a "
+                        f"TREC qrels line 'query-id iteration corpus-id relevance'; got {lines[0][1]!r}")
     rows = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
-            raise DataError(f"{path}:1: expected the header query-id<TAB>corpus-id<TAB>score, got {header}")
-        for number, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path}:{number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                                f"got {len(row)}: {row}")
-            rows.append((row[0].strip(), row[1].strip(), _grade(row[2], f"{path}:{number}")))
+    for number, line in lines:
+        fields = split(line)
+        if len(fields) <= max(positions):
+            raise DataError(f"{path}:{number}: expected {expected}, got {len(fields)}: {fields}")
+        query_id, doc_id, grade = (fields[i] for i in positions)
+        rows.append((query_id.strip(), doc_id.strip(), _grade(grade, f"{path}:{number}")))
     return str(path), rows
 
 
-def _grade(value, where: str) -> int:
+def _tab_fields(line: str) -> list[str]:
+    return next(csv.reader([line], delimiter="\t"))
+
+
+def _number(value) -> float | None:
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: score {value!r} is not a number; qrels grades are integers (0 = not relevant)") from None
+        return None
+
+
+def _grade(value, where: str) -> int:
+    number = _number(value)
+    if number is None:
+        raise DataError(f"{where}: score {value!r} is not a number; qrels grades are integers (0 = not relevant)")
     if number != int(number):
         raise DataError(f"{where}: score {value!r} is not a whole number; qrels grades are integers")
     return int(number)
@@ -194,22 +300,14 @@ def _looks_like_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
 
 
-def _read_hub(name: str, splits: list[str]):
-    """``BeIR/<name>`` (configs ``corpus`` and ``queries``) and ``BeIR/<name>-qrels`` (one split each)."""
-    import datasets  # lazily: reading a local folder needs no hub machinery
-
+def _hub_table(spec: TableSpec) -> RawTable:
+    """One table of a hub set: ``BeIR/<name>`` (configs ``corpus`` and ``queries``) or ``BeIR/<name>-qrels``."""
     try:
-        corpus = datasets.load_dataset(name, "corpus", split="corpus")
-        queries = datasets.load_dataset(name, "queries", split="queries")
-        qrels = {split: datasets.load_dataset(f"{name}-qrels", split=split) for split in splits}
-    except Exception as error:  # offline, unknown dataset, missing split: say which
-        raise DataError(f"{name}: could not read it from the hub ({type(error).__name__}: {error}); give a local "
-                        "BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) instead") from error
-    rows = {
-        split: (f"{name}-qrels[{split}]", [(str(r["query-id"]), str(r["corpus-id"]),
-                                             _grade(r["score"], f"{name}-qrels[{split}] row {i}"))
-                                            for i, r in enumerate(table)])
-        for split, table in qrels.items()
-    }
-    return ([(f"{name}[corpus] row {i}", r) for i, r in enumerate(corpus)],
-            [(f"{name}[queries] row {i}", r) for i, r in enumerate(queries)], rows)
+        return read_table(spec)
+    except DataError as error:  # offline, unknown dataset, missing split: read_table says which
+        raise DataError(f"{error}; or give a local folder: {LAYOUT}") from error
+
+
+def _hub_qrels(table: RawTable) -> tuple[str, list[tuple[str, str, int]]]:
+    return table.source, [(_cell(row["query-id"]), _cell(row["corpus-id"]), _grade(row["score"], table.where(index)))
+                          for index, row in enumerate(table.rows)]

@@ -137,6 +137,7 @@ class BeirDataModule(LateInteractionDataModule):
         markers = (self._marker_id(hp.query_marker), self._marker_id(hp.document_marker))
         splits = [s for s in (hp.train_split, hp.validation_split, hp.test_split) if s is not None]
         self.data = read_beir(hp.path, list(dict.fromkeys(splits)))
+        self.warnings.extend(self.data.warnings)  # empty documents kept: results.json and the summary say so
         judged = {split: report.by_query for split, report in self.data.judgements.items()}
         self.splits["train"] = dict(judged[hp.train_split])
         if hp.validation_split is not None:

@@ -33,6 +33,17 @@ def _datamodule(folder, minilm_path, **options):
     return datamodule
 
 
+def test_an_empty_document_stays_judgeable_and_the_run_reports_it(tmp_path, minilm_path):
+    corpus = [{"_id": f"d{i}", "title": "", "text": "" if i == 3 else f"A study of {TOPICS[i % 6]}."} for i in range(30)]
+    queries = [{"_id": f"q{i}", "text": f"Evidence on {TOPICS[i % 6]}, claim {i}?"} for i in range(40)]
+    qrels = {"train": [(f"q{i}", f"d{i % 30}", 1) for i in range(30)], "test": [("q30", "d3", 1), ("q31", "d4", 1)]}
+    datamodule = _datamodule(write_beir(tmp_path / "beir", corpus, queries, qrels), minilm_path)
+    assert len(datamodule.corpus) == 30 and datamodule.corpus.token_ids[3] == [101, 102]  # [CLS] [SEP]
+    assert [item.judgements for item in datamodule.datasets["test"]] == [{3: 1}, {4: 1}]
+    [warning] = datamodule.report_dict()["warnings"]
+    assert "1 document" in warning and "'d3'" in warning
+
+
 def test_the_hold_out_takes_whole_queries_seeded_and_never_test_ones(folder, minilm_path):
     first = _datamodule(folder, minilm_path)
     again = _datamodule(folder, minilm_path)
