@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -73,10 +74,62 @@ def reported_metrics(results: dict) -> dict:
 
 
 def training_data_source(data_settings) -> str | None:
-    """Where a run's training data came from, by its DataModule's settings (a config's ``data``
-    or a checkpoint's DataModule hyperparameters): the pairs file, the STS-B folder or hub id."""
-    source = data_settings.get("train") or data_settings.get("data_dir") or data_settings.get("hub_id")
-    return str(source) if source else None
+    """What a run trained and was measured on, by its DataModule's settings (a config's ``data``
+    or a checkpoint's DataModule hyperparameters), for the model card: a BEIR set's name and
+    folder (or hub id) with its splits; the pairs files; the STS-B folder or hub id. None when
+    the settings name no data."""
+    settings = dict(data_settings or {})
+    if settings.get("path"):  # BeirDataModule
+        return _beir_source(settings)
+    if settings.get("train"):  # PairsDataModule
+        return _pairs_source(settings)
+    if settings.get("data_dir") or settings.get("hub_id"):  # STSBDataModule: the folder, else the hub
+        folder, hub = settings.get("data_dir"), settings.get("hub_id")
+        if folder and (Path(str(folder)).expanduser().is_dir() or not hub):
+            return f"{folder} (STS-B: trained on its train split)"
+        return f"{hub} (STS-B from the hub" + (f", as there is no folder {folder}" if folder else "") \
+            + ": trained on its train split)"
+    return None
+
+
+def _beir_source(settings: dict) -> str:
+    path = str(settings["path"])
+    folder = Path(path).expanduser()
+    where = str(folder.resolve()) if folder.is_dir() else path
+    name = Path(path.rstrip("/")).name or path
+    train = settings.get("train_split") or "train"
+    if settings.get("validation_split"):
+        validation = f"validated on its `{settings['validation_split']}` queries"
+    else:
+        share = settings.get("validation_fraction")
+        validation = (f"validated on a seeded {share:.0%} of those queries held out"
+                      if isinstance(share, (int, float)) else "validated on a seeded share of those queries held out")
+    test = f"tested on its `{settings['test_split']}` queries" if settings.get("test_split") else "no test split"
+    text = (f"{name}, a BEIR retrieval set ({where}): trained on its `{train}` queries, {validation}, {test}, "
+            "each query ranked against the corpus")
+    limits = [f"{settings[key]} {what}" for key, what in (
+        ("limit_train_queries", "training queries"), ("limit_eval_queries", "queries per evaluation split"),
+        ("limit_corpus", "documents")) if settings.get(key)]
+    if limits:
+        text += f"; a seeded subset ({', '.join(limits)}): its figures are not the whole set's"
+    return text
+
+
+def _pairs_source(settings: dict) -> str:
+    def named(source) -> str:  # a file, a hub id, or {path, name, split}
+        if isinstance(source, Mapping):
+            extra = [f"{k} {source[k]}" for k in ("name", "split") if source.get(k)]
+            return str(source.get("path")) + (f" ({', '.join(extra)})" if extra else "")
+        return str(source)
+
+    parts = [f"{named(settings['train'])} (training pairs)"]
+    if settings.get("validation"):
+        parts.append(f"{named(settings['validation'])} (validation)")
+    else:
+        parts.append("validation: a seeded share of the training pairs held out")
+    if settings.get("test"):
+        parts.append(f"{named(settings['test'])} (test)")
+    return "; ".join(parts)
 
 
 def card_from_checkpoint(path: str | Path) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -21,6 +22,7 @@ from lightning_modules.errors import SettingsError
 from lightning_modules.evaluation.corpus import corpus_work
 from lightning_modules.evaluation.encoding_cache import use_cache
 from lightning_modules.model import LateInteractionModel, text_settings_from
+from lightning_modules.model.card import run_command
 from lightning_modules.progress import writes_to_terminal
 from lightning_modules.results import (
     build_results, format_summary, reported_metrics, training_data_source, write_results,
@@ -133,12 +135,13 @@ def _report_stop(trainer, what: str, run_folder: Path) -> None:
     run_log.info("%s; %s", what, advice.replace("\n  ", " "))
 
 
-def _resume_command(run_folder: Path) -> str:
-    from hydra.core.hydra_config import HydraConfig
+def _command_line_overrides() -> list[str]:
+    """The command line's overrides; a config composed without @hydra.main (a script calling run) has none."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
-    # The command line's overrides; a config composed without @hydra.main (a script calling run) has none.
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return resume_command(run_folder, overrides)
+
+def _resume_command(run_folder: Path) -> str:
+    return resume_command(run_folder, _command_line_overrides())
 
 
 def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict, out_dir: Path) -> None:
@@ -149,11 +152,13 @@ def export_run_model(cfg: DictConfig, trainer, module, datamodule, results: dict
     else:
         model = module.model
         model.text_settings = text_settings_from(dict(datamodule.hparams))
-    data = training_data_source(cfg.data)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
     card = {
         "base_model": cfg.model.model_name_or_path,
-        "data": f"{cfg.data._target_.rsplit('.', 1)[-1]} from {data}",
+        "data": training_data_source(data) or f"{data['_target_'].rsplit('.', 1)[-1]} (the configuration below)",
         "metrics": reported_metrics(results),
+        "monitor": results.get("monitor"),
+        "command": run_command(_command_line_overrides()) if HydraConfig.initialized() else None,
         "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
     results["exported_model"] = str(model.eval().save_pretrained(out_dir, card=card, overwrite=True))

@@ -58,6 +58,116 @@ def test_the_directory_has_pylate_layout_and_safetensors_only(exported):
     assert not list(folder.parent.glob(".model.partial-*"))  # the staging folder is gone
 
 
+RETRIEVAL_METRICS = {"test/ndcg@10": 68.42, "test/mrr@10": 64.1, "test/recall@10": 81.5, "test/recall@100": 93.3,
+                     "val/ndcg@10": 71.07}
+
+
+def _beir_settings(folder: Path) -> dict:
+    """A BeirDataModule's hyperparameters, as conf/data/beir.yaml gives them (the settings the card reads)."""
+    return {"path": str(folder), "train_split": "train", "validation_split": None, "test_split": "test",
+            "validation_fraction": 0.15, "roles": "asymmetric", "query_max_length": 16, "max_length": 40,
+            "query_marker": None, "document_marker": None, "limit_train_queries": None, "limit_eval_queries": None,
+            "limit_corpus": None}
+
+
+def test_a_retrievers_card_names_its_direction_data_and_test_ndcg(tmp_path, minilm_path):
+    from lightning_modules.results import training_data_source
+
+    (tmp_path / "scifact").mkdir()
+    settings = TextSettings(max_length=40, query_max_length=16, roles="asymmetric", query_marker="[unused0]")
+    model = tiny_model(minilm_path, text_settings=settings)
+    model.direction = "a2b"  # the retrieval recipe: a2b, mean
+    card_data = {"base_model": "tiny", "data": training_data_source(_beir_settings(tmp_path / "scifact")),
+                 "metrics": RETRIEVAL_METRICS, "monitor": "val/ndcg@10",
+                 "command": "python -m train +experiment=scifact"}
+    card = (export_model(model, tmp_path / "m", card=card_data) / "README.md").read_text()
+    assert f"Training data: scifact, a BEIR retrieval set ({(tmp_path / 'scifact').resolve()})" in card
+    assert "validated on a seeded 15% of those queries held out, tested on its `test` queries" in card
+    assert "direction `a2b`, reduction `mean`, hard max: asymmetric, ColBERT's score" in card
+    assert "Late-interaction retriever" in card and "Ranking documents for a query" in card
+    assert "queries are cut at 16 tokens and documents at 40" in card and "marker `[unused0]`" in card
+    # No claim of a symmetric score, and none that contradicts docs/retrieval.md: a2b with a mean
+    # ranks a query's documents as PyLate's sum does.
+    assert "symmetric: both directions averaged" not in card and "rank pairs differently" not in card
+    assert "rank a query's documents in the same order as here (docs/retrieval.md)" in card
+    rows = [line for line in card.splitlines() if line.startswith(("| test/", "| val/"))]
+    assert rows == ["| test/ndcg@10 | 68.42 |", "| test/mrr@10 | 64.1 |", "| test/recall@10 | 81.5 |",
+                    "| test/recall@100 | 93.3 |", "| val/ndcg@10 | 71.07 |"]  # test first, headline first
+    assert "`test/`: the test split" in card and "(the best by `val/ndcg@10`)" in card
+    assert "```bash\npython -m train +experiment=scifact\n```" in card
+    # Tokens that PyLate matches and we skip: no claim of equal rankings.
+    skipping = tiny_model(minilm_path, skip_special_tokens=True, text_settings=settings)
+    skipping.direction = "a2b"
+    card = (export_model(skipping, tmp_path / "s", card=card_data) / "README.md").read_text()
+    assert "in the same order" not in card and "their rankings can differ from ours" in card
+
+
+def test_a_symmetric_sts_models_card_says_so(tmp_path, minilm_path, stsb_dir):
+    from lightning_modules.results import training_data_source
+
+    data = training_data_source({"data_dir": str(stsb_dir), "hub_id": "sentence-transformers/stsb"})
+    metrics = {"val/spearman": 80.5, "test/spearman": 78.25, "test/pearson": 79.0}
+    card = (export_model(tiny_model(minilm_path), tmp_path / "m", card={"data": data, "metrics": metrics})
+            / "README.md").read_text()
+    assert f"Training data: {stsb_dir} (STS-B: trained on its train split)" in card
+    assert "# Late-interaction model trained" in card and "Ranking documents" not in card
+    assert "direction `both`, reduction `mean`, hard max: symmetric: both directions averaged" in card
+    assert "`score(a, b) == score(b, a)`, in [-1, 1]" in card
+    assert ("with direction `both` and reduction `mean` (symmetric: both directions averaged, tokens averaged, "
+            "a score in [-1, 1]), so their scores rank pairs differently from ours") in card
+    rows = [line for line in card.splitlines() if line.startswith(("| test/", "| val/"))]
+    assert rows == ["| test/spearman | 78.25 |", "| test/pearson | 79.0 |", "| val/spearman | 80.5 |"]
+    assert "The command line was not recorded" in card
+
+
+def test_training_data_source_names_each_kind_of_data(tmp_path):
+    from lightning_modules.results import training_data_source
+
+    limited = _beir_settings(tmp_path / "nfcorpus") | {"path": "BeIR/nfcorpus", "validation_split": "dev",
+                                                       "limit_eval_queries": 50, "limit_corpus": 2000}
+    assert training_data_source(limited) == (
+        "nfcorpus, a BEIR retrieval set (BeIR/nfcorpus): trained on its `train` queries, validated on its `dev` "
+        "queries, tested on its `test` queries, each query ranked against the corpus; a seeded subset (50 "
+        "queries per evaluation split, 2000 documents): its figures are not the whole set's")
+    pairs = {"train": "pairs.csv", "validation": None, "test": {"path": "org/set", "split": "test"}}
+    assert training_data_source(pairs) == ("pairs.csv (training pairs); validation: a seeded share of the training "
+                                           "pairs held out; org/set (split test) (test)")
+    assert training_data_source({"data_dir": str(tmp_path / "absent"), "hub_id": "sentence-transformers/stsb"}) == (
+        f"sentence-transformers/stsb (STS-B from the hub, as there is no folder {tmp_path / 'absent'}: "
+        "trained on its train split)")
+    assert training_data_source({"batch_size": 16}) is None
+
+
+def test_export_of_a_beir_runs_checkpoint_names_its_data_and_command(tmp_path, compose_cfg):
+    from lightning_modules.module import MaxSimModule
+
+    cfg = compose_cfg(["model=tiny", "model.direction=a2b"], tmp_path)
+    hparams = OmegaConf.to_container(cfg.model, resolve=True)
+    module = MaxSimModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    beir = tmp_path / "data" / "scifact"
+    beir.mkdir(parents=True)
+    run = tmp_path / "logs" / "scifact" / "runs" / "1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    saved = run / "checkpoints" / "best.ckpt"
+    # What Lightning saves of a DataModule that called save_hyperparameters: its arguments.
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": _beir_settings(beir)}, saved)
+    (run / "results.json").write_text(json.dumps({"best_checkpoint": str(saved), "monitor": "val/ndcg@10",
+                                                  **RETRIEVAL_METRICS}))
+    (run / "config_resolved.yaml").write_text("seed: 42\n")
+    OmegaConf.save(OmegaConf.create(["+experiment=scifact", f"data.path={beir}", "resume=x"]),
+                   run / ".hydra" / "overrides.yaml")
+    out = tmp_path / "exported"
+    done = run_module("train.export", f"ckpt={saved}", f"out={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = (out / "README.md").read_text()
+    assert f"Training data: scifact, a BEIR retrieval set ({beir.resolve()})" in card and "not recorded" not in card
+    assert "direction `a2b`" in card and "ColBERT's score" in card and "| test/ndcg@10 | 68.42 |" in card
+    assert "queries are cut at 16 tokens and documents at 40" in card  # the checkpoint's text settings
+    assert f"```bash\npython -m train +experiment=scifact data.path={beir}\n```" in card  # resume= left out
+
+
 @pytest.mark.parametrize("projection_dim", [16, None])
 def test_export_loads_back_with_equal_vectors_and_scores(tmp_path, minilm_path, projection_dim):
     model = tiny_model(minilm_path, projection_dim, skip_special_tokens=True,
@@ -105,6 +215,9 @@ def test_a_checkpoint_loads_with_its_data_settings(compose_cfg, tmp_path, stsb_d
     assert _max_difference(model.encode(TEXTS), exported.encode(TEXTS)) == 0.0
     card = (tmp_path / "model" / "README.md").read_text()
     assert f"| test/spearman | {results['test/spearman']} |" in card
+    # What the run trained on, by its DataModule's settings, and the command that runs it again.
+    assert f"Training data: {stsb_dir} (STS-B" in card and "from None" not in card
+    assert "```bash\npython -m train +experiment=sts model=tiny " in card and "(the best by `val/spearman`)" in card
 
 
 def test_sentence_transformers_multivector_encoder_gives_our_vectors(exported):
