@@ -11,7 +11,7 @@ from lightning_modules.data.batches import QueryBatch, TokenizedCorpus
 from lightning_modules.data.beir import read_beir
 from lightning_modules.evaluation.base import Evaluator
 from lightning_modules.evaluation.corpus import process_shard, rank_corpus
-from lightning_modules.evaluation.metrics import ranking_metrics
+from lightning_modules.evaluation.metrics import mean_metrics, per_query_ranking_metrics, ranking_metrics
 
 # How deep each query's list goes: the deepest cut-off reported (Recall@100).
 RANKING_DEPTH = 100
@@ -72,14 +72,29 @@ class PairRetrievalEvaluator(CorpusRetrievalEvaluator):
 
 def evaluate_beir(model, source: str, split: str = "test", batch_size: int = 64) -> dict:
     """nDCG@10, MRR@10, Recall@10 and Recall@100 (x100) of ``model`` on one split of a BEIR folder
-    (or ``BeIR/<name>`` with hub access), the queries encoded with the model's query settings."""
+    (or ``BeIR/<name>`` with hub access), the queries encoded with the model's query settings.
+
+    Returns the averages under their names, ``queries``, ``documents``, ``source``, ``kind``
+    (``"retrieval"``), ``per_query`` (query id -> the same four metrics, x100) and ``ranking``
+    (query id -> its ``RANKING_DEPTH`` best ``(corpus id, MaxSim score)``, best first: what a
+    TREC run file holds) and ``warnings`` (what the data reader noticed: empty documents kept). Only
+    queries with a relevant document in ``split`` are ranked."""
     data = read_beir(source, [split])
     judged = data.judgements[split]
     query_ids = sorted(judged.by_query)
-    corpus = TokenizedCorpus(data.corpus_ids, model.tokenize(data.corpus_texts, is_query=False))
+    corpus = TokenizedCorpus(data.corpus_ids, model.tokenize(data.corpus_texts, is_query=False, allow_empty=True))
     query_vectors = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
-    _, top = rank_corpus(model, [v.float() for v in query_vectors], corpus, RANKING_DEPTH,
-                         exclude=[corpus.position.get(q) for q in query_ids], batch_size=batch_size)
-    metrics = ranking_metrics(top, [{corpus.position[d]: g for d, g in judged.by_query[q].items()} for q in query_ids])
-    return {**{name: round(100 * value, 2) for name, value in metrics.items()},
-            "queries": len(query_ids), "documents": len(corpus), "source": judged.source, "kind": "retrieval"}
+    scores, top = rank_corpus(model, [v.float() for v in query_vectors], corpus, RANKING_DEPTH,
+                              exclude=[corpus.position.get(q) for q in query_ids], batch_size=batch_size)
+    per_query = per_query_ranking_metrics(
+        top, [{corpus.position[d]: g for d, g in judged.by_query[q].items()} for q in query_ids])
+    ranking = {q: [(corpus.ids[i], s) for i, s in zip(top[row].tolist(), scores[row].tolist()) if i >= 0]
+               for row, q in enumerate(query_ids)}
+    return {**_percent(mean_metrics(per_query)),
+            "queries": len(query_ids), "documents": len(corpus), "source": judged.source, "kind": "retrieval",
+            "per_query": {q: _percent(metrics) for q, metrics in zip(query_ids, per_query)}, "ranking": ranking,
+            "warnings": list(data.warnings)}
+
+
+def _percent(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(100 * value, 2) for name, value in metrics.items()}

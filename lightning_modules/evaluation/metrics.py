@@ -71,7 +71,18 @@ def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: 
 
 def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg_at: int = 10, mrr_at: int = 10,
                     recall_at: tuple[int, ...] = (10, 100)) -> dict[str, float]:
-    """nDCG, MRR and Recall of ranked lists against graded judgements, as trec_eval (and so BEIR) counts them.
+    """``per_query_ranking_metrics`` averaged over the queries (each in [0, 1])."""
+    return mean_metrics(per_query_ranking_metrics(ranked, judgements, ndcg_at, mrr_at, recall_at))
+
+
+def mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric of ``per_query`` (one dict a query, the same keys) averaged over the queries."""
+    return {name: sum(query[name] for query in per_query) / len(per_query) for name in per_query[0]}
+
+
+def per_query_ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg_at: int = 10,
+                              mrr_at: int = 10, recall_at: tuple[int, ...] = (10, 100)) -> list[dict[str, float]]:
+    """nDCG, MRR and Recall of each ranked list against its graded judgements, as trec_eval (and so BEIR) counts them.
 
     Args:
         ranked: ``(Q, K)`` corpus indices, best first; ``-1`` pads a shorter list. ``K`` must reach
@@ -79,7 +90,7 @@ def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg
         judgements: for each query, ``{corpus index: grade}`` of its relevant documents (grade > 0;
             the grade is the gain). Every query needs at least one.
 
-    Returns, averaged over queries, in [0, 1]: ``ndcg@{ndcg_at}`` (gain / log2(rank + 1), over the
+    Returns, for each query in order, in [0, 1]: ``ndcg@{ndcg_at}`` (gain / log2(rank + 1), over the
     ideal ordering of all the query's relevant documents, retrieved or not), ``mrr@{mrr_at}``
     (1 / rank of the first relevant document, 0 if none is in the top ``mrr_at``) and
     ``recall@k`` (the share of the query's relevant documents in its top k).
@@ -88,7 +99,7 @@ def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg
         raise ValueError(f"ranked must be (Q, K) with Q = {len(judgements)} queries, got {tuple(ranked.shape)}")
     depth = max(ranked.shape[1], ndcg_at)
     discounts = 1.0 / torch.log2(torch.arange(2, depth + 2, dtype=torch.float64))
-    totals = {f"ndcg@{ndcg_at}": 0.0, f"mrr@{mrr_at}": 0.0, **{f"recall@{k}": 0.0 for k in recall_at}}
+    per_query = []
     for row, judged in enumerate(judgements):
         relevant = {doc: grade for doc, grade in judged.items() if grade > 0}
         if not relevant:
@@ -97,9 +108,10 @@ def ranking_metrics(ranked: torch.Tensor, judgements: list[dict[int, int]], ndcg
         ideal = torch.tensor(sorted(relevant.values(), reverse=True)[:ndcg_at], dtype=torch.float64)
         cut = gains[:ndcg_at]
         dcg = float((cut * discounts[: len(cut)]).sum())
-        totals[f"ndcg@{ndcg_at}"] += dcg / float((ideal * discounts[: len(ideal)]).sum())
         hits = (gains[:mrr_at] > 0).nonzero()
-        totals[f"mrr@{mrr_at}"] += 1.0 / (int(hits[0]) + 1) if len(hits) else 0.0
-        for k in recall_at:
-            totals[f"recall@{k}"] += float((gains[:k] > 0).sum()) / len(relevant)
-    return {name: total / len(judgements) for name, total in totals.items()}
+        per_query.append({
+            f"ndcg@{ndcg_at}": dcg / float((ideal * discounts[: len(ideal)]).sum()),
+            f"mrr@{mrr_at}": 1.0 / (int(hits[0]) + 1) if len(hits) else 0.0,
+            **{f"recall@{k}": float((gains[:k] > 0).sum()) / len(relevant) for k in recall_at},
+        })
+    return per_query

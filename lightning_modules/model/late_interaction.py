@@ -169,9 +169,11 @@ class LateInteractionModel(nn.Module):
 
     # ---- texts (inference) ----------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str], is_query: bool = False) -> list[list[int]]:
-        """Token ids of each text, exactly as training tokenised that side."""
-        _check_texts(texts)
+    def tokenize(self, texts: list[str], is_query: bool = False, allow_empty: bool = False) -> list[list[int]]:
+        """Token ids of each text, exactly as training tokenised that side. ``allow_empty``: an empty
+        text is the special tokens alone (a corpus's empty document stays one that judgements can
+        name), not an error."""
+        _check_texts(texts, allow_empty)
         settings, tokenizer = self.text_settings, self.encoder.tokenizer
         query = is_query and settings.roles == "asymmetric"
         marker = settings.query_marker if query else settings.document_marker
@@ -249,9 +251,9 @@ class LateInteractionModel(nn.Module):
         return [{"index": int(i), "score": float(scores[i]), "text": documents[i]} for i in order]
 
 
-def _check_texts(texts) -> None:
+def _check_texts(texts, allow_empty: bool = False) -> None:
     if isinstance(texts, str):
         raise TypeError("expected a list of texts, got one string; wrap it in a list")
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not (allow_empty or text.strip())]
     if empty:
         raise InputError(f"text {empty[0]} (of {len(texts)}) is empty or not a string; every text needs content")
