@@ -164,3 +164,19 @@ def test_run_files_refuse_ids_they_cannot_hold_and_out_run_must_be_a_folder(tmp_
     done = run_module("train.evaluate", f"model={model_folder}", "tasks=[STS12]", f"out_run={tmp_path / 'x.trec'}",
                       cwd=tmp_path)
     assert done.returncode == 2 and "out_run=" in done.stderr and "is a file" in done.stderr
+
+
+def test_a_folder_of_csv_tables_and_trec_qrels_is_taken_for_a_retrieval_task(tmp_path, model_folder):
+    beir = _tiny_beir(tmp_path / "beir", seed=2)
+    corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    queries = [json.loads(line) for line in (beir / "queries.jsonl").read_text().splitlines()]
+    qrels = [tuple(line.split("\t")) for line in (beir / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    tables = write_beir(tmp_path / "tables", corpus, queries, {"test": qrels}, corpus_file="corpus.csv",
+                        queries_file="queries.csv", qrels_file="qrels/{split}.txt", qrels_layout="trec")
+    out = tmp_path / "eval.json"
+    done = run_module("train.evaluate", f"model={model_folder}", f"tasks=[{beir},{tables}]", f"out={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{tables}: retrieval task (a retrieval folder" in done.stderr
+    evaluated = json.loads(out.read_text())["retrieval"]
+    assert {k: v for k, v in evaluated["tables"].items() if k != "source"} == \
+        {k: v for k, v in evaluated["beir"].items() if k != "source"}

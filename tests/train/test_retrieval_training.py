@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers.beir import SCIFACT_DIR, scifact_subset
+from tests.helpers.beir import SCIFACT_DIR, scifact_subset, write_beir
 from tests.helpers.cli import run_module
 from train.pipeline import run
 
@@ -90,3 +90,44 @@ def test_a_second_run_takes_its_zero_shot_corpus_work_from_the_cache(compose_cfg
     assert changed["zero_shot"] == first["zero_shot"] and changed["test/ndcg@10"] != first["test/ndcg@10"]
     written = json.loads((tmp_path / "changed" / "results.json").read_text())
     assert written["corpus_passes"] == work and written["precision"] == changed["precision"]
+
+
+def _read_beir_rows(folder):
+    """The rows of a BEIR folder's corpus and queries, and the (query, document, grade) rows of its qrels."""
+    rows = {name: [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+            for name in ("corpus", "queries")}
+    qrels = {}
+    for path in sorted((folder / "qrels").glob("*.tsv")):
+        lines = path.read_text().splitlines()[1:]
+        qrels[path.stem] = [(q, d, int(g)) for q, d, g in (line.split("\t") for line in lines)]
+    return rows["corpus"], rows["queries"], qrels
+
+
+@pytest.mark.training
+def test_the_same_data_in_other_shapes_trains_to_the_same_figures(compose_cfg, tmp_path):
+    if not (SCIFACT_DIR / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT_DIR}")
+    corpus, queries, qrels = _read_beir_rows(
+        scifact_subset(tmp_path / "beir", train_queries=30, test_queries=10, distractors=20))
+    folders = {
+        "beir": tmp_path / "beir",
+        # TREC qrels (qrels/<split>.txt), and a CSV corpus and TSV queries with other column names beside them.
+        "trec": write_beir(tmp_path / "trec", corpus, queries, qrels, qrels_file="qrels/{split}.txt", qrels_layout="trec"),
+        "tables": write_beir(tmp_path / "tables", [{"id": r["_id"], "title": r["title"], "text": r["text"]} for r in corpus],
+                             [{"qid": r["_id"], "query": r["text"]} for r in queries], qrels,
+                             corpus_file="corpus.csv", queries_file="queries.tsv", qrels_file="{split}.qrels",
+                             qrels_layout="trec"),
+    }
+    results = {}
+    for name, folder in folders.items():
+        # The data path is the one setting a user gives (data=beir brings the retrieval recipe); the
+        # rest makes the run small and fast.
+        cfg = compose_cfg(["data=beir", f"data.path={folder}", "model=tiny", "data.validation_min_queries=10",
+                           "data.mine_negatives=3", "encoding_cache.enabled=false", "export=false", "~logger",
+                           "++trainer.enable_progress_bar=false"], tmp_path / f"run_{name}")
+        assert cfg.task_name == name
+        results[name] = run(cfg)
+    figures = {name: ({k: v for k, v in r.items() if k.startswith(("val/", "test/"))}, r["zero_shot"])
+               for name, r in results.items()}
+    assert figures["beir"][0]["test/ndcg@10"] >= 0 and len(figures["beir"][0]) == 8
+    assert figures["trec"] == figures["beir"] and figures["tables"] == figures["beir"]
