@@ -9,8 +9,9 @@ import sys
 import warnings
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf.errors import MissingMandatoryValue
 
-from lightning_modules.errors import UserError
+from lightning_modules.errors import SettingsError, UserError
 
 # What the console gets by print (the summary, a user error, a bug's traceback), for the run's
 # log file too: conf/hydra/default.yaml sends this logger to the file handler only.
@@ -57,11 +58,16 @@ class _WithoutAdvertisements(logging.Filter):
 
 def user_error_in(error: BaseException) -> UserError | None:
     """``error`` itself or the first ``UserError`` among its causes (Hydra's ``InstantiationException``
-    wraps what a constructor raised), else None."""
+    wraps what a constructor raised), else None. A required setting left out of the command line
+    (``???`` in the tool's config) is one too."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, UserError):
             return error
+        if isinstance(error, MissingMandatoryValue):
+            tool = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py") if sys.argv else "the command"
+            return SettingsError(f"missing setting: {error.full_key}= is required (the settings of "
+                                 f"train.{tool}: conf/tools/{tool}.yaml)")
         seen.add(id(error))
         error = error.__cause__
     return None

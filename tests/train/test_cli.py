@@ -8,6 +8,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from lightning_modules.errors import DataError, ExportError, InputError, ModelLoadError, UserError
+from tests.helpers.cli import run_module
 from train.cli import exit_on_user_error, literal_text_arguments, user_error_in
 
 
@@ -55,3 +56,15 @@ def test_hydra_quoted_and_other_arguments_are_left_alone():
     argv = ["train.score", "model=/m", "a='A man\\'s guitar'", "b=x", "+a=y", "ab=z"]
     assert literal_text_arguments(argv, ("a", "b")) == ["train.score", "model=/m", "a='A man\\'s guitar'", "b='x'",
                                                         "+a=y", "ab=z"]
+
+
+@pytest.mark.parametrize(("tool", "arguments", "setting"), [
+    ("train.export", [], "ckpt"),
+    ("train.explain", ["model=somewhere"], "a"),
+])
+def test_a_required_setting_left_out_is_one_paragraph_naming_it(tool, arguments, setting, tmp_path):
+    done = run_module(tool, *arguments, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "MissingMandatoryValue" not in done.stderr
+    name = tool.split(".")[1]
+    assert f"error: missing setting: {setting}= is required (the settings of {tool}: conf/tools/{name}.yaml)" \
+        in done.stderr
