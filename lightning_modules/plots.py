@@ -6,6 +6,9 @@
 * ``draw_token_heatmap(match, path)`` draws a ``TokenMatch`` (rows: tokens of ``a``,
   columns: tokens of ``b``) with the best matches marked and the score in the title.
 * ``draw_score_scatter(predicted, gold, path, title)`` draws predicted against gold scores.
+* ``draw_query_metric_change(after, before, path, title)`` draws each query's metric (nDCG@10)
+  after training against before, and ``draw_relevant_rank(after, before, path, title)`` the
+  ranks of each query's first relevant document: what retrieval validation gives per query.
 
 Figures are built as ``matplotlib.figure.Figure`` objects on the non-interactive Agg
 canvas, never through ``pyplot``: no global state, no GUI backend, and a user who
@@ -23,6 +26,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from lightning_modules.encoder import TokenEmbeddings
 
@@ -202,6 +206,114 @@ def draw_score_scatter(predicted, gold, path: str | Path, title: str) -> Path:
     number of pairs and, where scipy is installed and it is defined, Spearman x 100.
     """
     return _save(score_scatter_figure(predicted, gold, title), path)
+
+
+def query_metric_change_figure(after: dict[str, float], before: dict[str, float] | None, title: str,
+                               metric: str = "nDCG@10") -> tuple[Figure, dict[str, int]]:
+    """The figure of ``draw_query_metric_change`` and the counts its title gives."""
+    figure = Figure(figsize=(5.5, 5.0), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.grid(alpha=0.3)
+    if before is None:  # nothing to compare with: how the queries are spread
+        axes.hist(list(after.values()), bins=np.linspace(0.0, 1.0, 11), edgecolor="white")
+        axes.set_xlabel(f"{metric} after training")
+        axes.set_ylabel("queries")
+        counts = {"queries": len(after)}
+        axes.set_title(f"{title}\n{len(after)} queries, no zero-shot validation to compare with", fontsize=10)
+        return figure, counts
+    ids = sorted(after.keys() & before.keys())
+    x, y = np.array([before[q] for q in ids]), np.array([after[q] for q in ids])
+    change = np.sign(y - x)  # exactly equal for a query ranked the same: 0
+    counts = {"queries": len(ids), "better": int((change > 0).sum()), "worse": int((change < 0).sum()),
+              "unchanged": int((change == 0).sum())}
+    axes.plot([0, 1], [0, 1], color="grey", linewidth=1, zorder=1)  # above the diagonal: improved
+    for sign, colour, label in ((1, "tab:green", "better"), (-1, "tab:red", "worse"), (0, "grey", "unchanged")):
+        chosen = change == sign
+        # Translucent: many queries sit on the same values (0 and 1 above all).
+        axes.scatter(x[chosen], y[chosen], s=14, alpha=0.5, linewidths=0, color=colour,
+                     label=f"{label} ({counts[label]})", zorder=2)
+    axes.set_xlim(-0.03, 1.03)
+    axes.set_ylim(-0.03, 1.03)
+    axes.set_xlabel(f"{metric} before training (zero-shot)")
+    axes.set_ylabel(f"{metric} after training")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title(f"{title}\n{counts['queries']} queries: {counts['better']} better, {counts['worse']} worse, "
+                   f"{counts['unchanged']} unchanged", fontsize=10)
+    return figure, counts
+
+
+def draw_query_metric_change(after: dict[str, float], before: dict[str, float] | None, path: str | Path,
+                             title: str, metric: str = "nDCG@10") -> dict[str, int]:
+    """Save each query's ``metric`` after training (y) against before (x) as a PNG; return the counts.
+
+    ``after``, ``before``: query id -> value in [0, 1]; queries in both are compared. Points above
+    the diagonal improved. Returns ``queries``, ``better``, ``worse`` and ``unchanged`` (what the
+    title says). ``before`` None (no zero-shot validation): a histogram of ``after`` instead,
+    the title saying so, and only ``queries``.
+    """
+    figure, counts = query_metric_change_figure(after, before, title, metric)
+    _save(figure, path)
+    return counts
+
+
+def rank_bins(depth: int) -> list[tuple[int, int]]:
+    """The bins of ranks 1..``depth`` that ``draw_relevant_rank`` counts, ``(first, last)`` each:
+    single ranks at the top, where a rank matters most, then wider ones (1, 2, 3, 4-5, 6-10, 11-20,
+    21-50, 51-100 for a depth of 100)."""
+    starts = [s for s in (1, 2, 3, 4, 6, 11, 21, 51, 101, 201, 501, 1001) if s <= depth]
+    return [(s, e - 1) for s, e in zip(starts, [*starts[1:], depth + 1])]
+
+
+def relevant_rank_figure(after: list[int | None], before: list[int | None] | None, title: str,
+                         depth: int = 100) -> tuple[Figure, dict[str, list[int]]]:
+    """The figure of ``draw_relevant_rank`` and the counts it shows."""
+    bins = rank_bins(depth)
+    labels = [str(a) if a == b else f"{a}-{b}" for a, b in bins] + [f">{depth}"]
+
+    def count(ranks: list[int | None]) -> list[int]:
+        return [sum(1 for r in ranks if r is not None and a <= r <= b) for a, b in bins] + [
+            sum(1 for r in ranks if r is None or r > depth)]
+
+    counts = {"labels": labels, "after": count(after)} | ({"before": count(before)} if before is not None else {})
+    figure = Figure(figsize=(6.5, 4.5), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(labels))
+    shown = [("before", "tab:grey"), ("after", "tab:blue")] if before is not None else [("after", "tab:blue")]
+    width = 0.8 / len(shown)
+    for k, (name, colour) in enumerate(shown):
+        offset = (k - (len(shown) - 1) / 2) * width
+        axes.bar(positions + offset, counts[name], width=width, color=colour, label=f"{name} training")
+    axes.set_xticks(positions, labels)
+    axes.set_xlabel("rank of the first relevant document")
+    axes.set_ylabel("queries")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of queries
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    top, beyond = counts["after"][0], counts["after"][-1]
+    if before is None:
+        details = f"{len(after)} queries; at rank 1: {top}, beyond {depth}: {beyond}; no zero-shot validation"
+    else:
+        details = (f"{len(after)} queries; at rank 1: {counts['before'][0]} -> {top}, "
+                   f"beyond {depth}: {counts['before'][-1]} -> {beyond}")
+    axes.set_title(f"{title}\n{details}", fontsize=10)
+    return figure, counts
+
+
+def draw_relevant_rank(after: list[int | None], before: list[int | None] | None, path: str | Path, title: str,
+                       depth: int = 100) -> dict[str, list[int]]:
+    """Save how many queries have their first relevant document at each rank, after training and
+    (where given) before, as grouped bars over ``rank_bins(depth)`` and ``>depth``; return the counts.
+
+    ``after``, ``before``: one rank a query (1-based; None: not in the top ``depth``). Returns
+    ``labels`` (the bars' labels) and ``after`` (and ``before``): the counts per bar. The title
+    gives the queries at rank 1 and beyond ``depth`` (before -> after), or says there is no
+    zero-shot validation.
+    """
+    figure, counts = relevant_rank_figure(after, before, title, depth)
+    _save(figure, path)
+    return counts
 
 
 def _grey_out_left_out_tokens(axes, mask_a: np.ndarray, mask_b: np.ndarray) -> None:

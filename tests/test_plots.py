@@ -1,5 +1,5 @@
-"""Token heatmaps and score scatters: ``lightning_modules.plots``, ``python -m train.explain`` and the
-``EvaluationPlots`` callback, with the tiny random model."""
+"""Token heatmaps, score scatters and retrieval pictures: ``lightning_modules.plots``,
+``python -m train.explain`` and the ``EvaluationPlots`` callback, with the tiny random model."""
 
 from __future__ import annotations
 
@@ -15,20 +15,31 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from scipy.stats import spearmanr
 
-from lightning_modules.callbacks.evaluation_plots import _log_images, _validation_pairs, _wanted
+from lightning_modules.callbacks import evaluation_plots
+from lightning_modules.callbacks.evaluation_plots import _log_images, _queries_to_draw, _validation_pairs, _wanted
+from lightning_modules.data.batches import QueryBatch, TokenizedCorpus
 from lightning_modules.encoder import EncoderOptions, TokenEncoder
+from lightning_modules.evaluation import CorpusRetrievalEvaluator
+from lightning_modules.evaluation.metrics import ranking_metrics
 from lightning_modules.model import export_model
 from lightning_modules.model import LateInteractionModel, TextSettings
 from lightning_modules.plots import (
     DPI,
     MAX_INCHES,
+    draw_query_metric_change,
+    draw_relevant_rank,
     draw_score_scatter,
     draw_token_heatmap,
+    query_metric_change_figure,
+    rank_bins,
+    relevant_rank_figure,
     score_scatter_figure,
     token_heatmap_figure,
     token_similarity,
+    token_similarity_from_ids,
 )
 from train.pipeline import run
+from tests.helpers.beir import write_beir
 from tests.helpers.cli import run_module
 from tests.helpers.models import TINY
 
@@ -269,3 +280,122 @@ def test_training_run_saves_scatters_and_heatmaps(compose_cfg, tmp_path, stsb_di
     # Training moved the weights: the pictures of step 0 and step 2 differ.
     before, after = (_read_png(tmp_path / "plots" / f"val_pair0_step{s:06d}.png") for s in (0, 2))
     assert before.shape != after.shape or (before != after).any()
+
+
+# ---- retrieval: per-query pictures, the evaluator's per-query results, the callback -----------------
+
+
+def test_query_metric_change_counts_better_worse_and_unchanged(tmp_path):
+    before = {"q0": 0.0, "q1": 0.5, "q2": 1.0, "q3": 0.3, "q4": 0.2}
+    after = {"q0": 1.0, "q1": 0.5, "q2": 0.0, "q3": 0.6, "q4": 0.2, "q5": 0.9}  # q5: no zero-shot value, left out
+    counts = draw_query_metric_change(after, before, tmp_path / "plots" / "ndcg.png", "validation")
+    assert counts == {"queries": 5, "better": 2, "worse": 1, "unchanged": 2}
+    assert _read_png(tmp_path / "plots" / "ndcg.png").std() > 0.05
+
+    axes = query_metric_change_figure(after, before, "validation")[0].axes[0]
+    assert axes.get_title() == "validation\n5 queries: 2 better, 1 worse, 2 unchanged"
+    points = {c.get_label(): c.get_offsets().tolist() for c in axes.collections}  # (before, after) per query
+    assert points == {"better (2)": [[0.0, 1.0], [0.3, 0.6]], "worse (1)": [[1.0, 0.0]],
+                      "unchanged (2)": [[0.5, 0.5], [0.2, 0.2]]}
+
+    # No zero-shot validation: the trained model alone, and the title says so.
+    figure, counts = query_metric_change_figure(after, None, "validation")
+    assert counts == {"queries": 6}
+    assert figure.axes[0].get_title() == "validation\n6 queries, no zero-shot validation to compare with"
+    assert sum(patch.get_height() for patch in figure.axes[0].patches) == 6
+
+
+def test_relevant_rank_bins_and_counts(tmp_path):
+    assert rank_bins(100) == [(1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 50), (51, 100)]
+    assert rank_bins(7) == [(1, 1), (2, 2), (3, 3), (4, 5), (6, 7)]
+    after = [1, 1, 2, 5, 7, 100, None]
+    before = [3, None, None, 60, 1, 1, 2]
+    counts = draw_relevant_rank(after, before, tmp_path / "rank.png", "validation")
+    assert counts == {"labels": ["1", "2", "3", "4-5", "6-10", "11-20", "21-50", "51-100", ">100"],
+                      "after": [2, 1, 0, 1, 1, 0, 0, 1, 1], "before": [2, 1, 1, 0, 0, 0, 0, 1, 2]}
+    assert _read_png(tmp_path / "rank.png").std() > 0.05
+
+    figure, _ = relevant_rank_figure(after, before, "validation")
+    axes = figure.axes[0]
+    assert axes.get_title() == "validation\n7 queries; at rank 1: 2 -> 2, beyond 100: 2 -> 1"
+    assert [[bar.get_height() for bar in bars] for bars in axes.containers] == [counts["before"], counts["after"]]
+    figure, counts = relevant_rank_figure(after, None, "validation", depth=10)
+    assert counts == {"labels": ["1", "2", "3", "4-5", "6-10", ">10"], "after": [2, 1, 0, 1, 1, 2]}
+    assert figure.axes[0].get_title().endswith("no zero-shot validation")
+
+
+def test_queries_to_draw_alternate_most_improved_and_most_worsened():
+    before = {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.5, "e": 0.2}
+    after = {"a": 0.9, "b": 0.1, "c": 0.6, "d": 0.5, "e": 0.2}
+    assert _queries_to_draw(after, before, 4) == ["a", "b", "c", "e"]  # then unchanged, the worst first
+    assert _queries_to_draw(after, before, 0) == []
+    assert _queries_to_draw(after, None, 2) == ["b", "e"]  # no zero-shot: the worst after training
+
+
+def test_retrieval_evaluator_keeps_each_querys_results(encoder):
+    model = _model(encoder, direction="a2b")
+    documents = ["Insulin resistance in liver cells.", "Tumor growth in mice.", "Vitamin D and bone density.",
+                 "Virus entry into immune cells.", "Statins and heart risk.", "Gene expression in the brain."]
+    queries = {"q0": "insulin in the liver", "q1": "bone density and vitamins", "q2": "heart risk of statins"}
+    judged = [{0: 1}, {2: 1, 3: 1}, {4: 2}]
+    corpus = TokenizedCorpus([f"d{i}" for i in range(6)], model.tokenize(documents, is_query=False))
+    ids = model.tokenize(list(queries.values()), is_query=True)
+    width = max(map(len, ids))
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    evaluator = CorpusRetrievalEvaluator()
+    with torch.no_grad():
+        evaluator.update(model, QueryBatch(input_ids, mask, list(queries), judged, corpus))
+        metrics = evaluator.compute(model, "val")
+
+    # Brute force: each query's MaxSim against every document, best first.
+    order = [sorted(range(6), key=lambda d: -token_similarity_from_ids(model, q, corpus.token_ids[d]).score)
+             for q in ids]
+    assert metrics == pytest.approx(ranking_metrics(torch.tensor(order), judged))
+    split = evaluator.last_split
+    assert split.split == "val" and split.corpus is corpus and list(split.queries) == ["q0", "q1", "q2"]
+    for row, query in enumerate(split.queries.values()):
+        assert query.token_ids == ids[row]
+        assert query.top_document == order[row][0]
+        assert query.relevant_rank == 1 + min(order[row].index(d) for d in judged[row])
+    for name, value in metrics.items():  # the averages are those of the per-query results
+        assert value == pytest.approx(sum(q.metrics[name] for q in split.queries.values()) / 3)
+    assert CorpusRetrievalEvaluator._first_relevant_rank([4, -1], {3: 1}) is None  # beyond the ranking depth
+    assert CorpusRetrievalEvaluator._first_relevant_rank([4, 3, 3], {3: 1, 4: 0}) == 2
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    topics = ["insulin resistance in liver cells", "tumor growth in mouse models", "vitamin D and bone density",
+              "virus entry into immune cells", "statin dose and heart risk", "gene expression in the brain"]
+    corpus = [{"_id": f"d{i}", "title": f"Study {i}", "text": f"We report on {topics[i % 6]}, case {i}."}
+              for i in range(30)]
+    queries = [{"_id": f"q{i}", "text": f"Is there evidence about {topics[i % 6]} (claim {i})?"} for i in range(36)]
+    qrels = {"train": [(f"q{i}", f"d{i}", 1) for i in range(30)],
+             "test": [(f"q{i}", f"d{i - 30}", 1) for i in range(30, 36)]}
+    return write_beir(tmp_path / "beir", corpus, queries, qrels)
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("zero_shot", [True, False])
+def test_retrieval_run_saves_per_query_pictures(compose_cfg, tmp_path, tiny_beir, monkeypatch, zero_shot):
+    drawn = []  # what each per-query nDCG picture counted
+    draw = evaluation_plots.draw_query_metric_change
+    monkeypatch.setattr(evaluation_plots, "draw_query_metric_change", lambda *a, **k: drawn.append(draw(*a, **k)))
+    cfg = compose_cfg(
+        ["+experiment=scifact", "model=tiny", f"data.path={tiny_beir}", "data.validation_min_queries=5",
+         "data.negatives_from=none", f"zero_shot={zero_shot}", "encoding_cache.enabled=false", "export=false",
+         "~logger", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"],
+        tmp_path / "run",
+    )
+    run(cfg)
+    plots = tmp_path / "run" / "plots"
+    written = {p.name for p in plots.iterdir()}
+    assert written == {"retrieval_per_query_ndcg.png", "retrieval_relevant_rank.png",
+                       *(f"retrieval_heatmap_{k}.png" for k in range(3))}
+    for name in written:
+        assert _read_png(plots / name).std() > 0.05
+    # Fit's one validation of the 5 held-out queries, against the zero-shot one where there was one.
+    assert len(drawn) == 1 and drawn[0]["queries"] == 5
+    assert set(drawn[0]) == ({"queries", "better", "worse", "unchanged"} if zero_shot else {"queries"})
+    assert not zero_shot or drawn[0]["better"] + drawn[0]["worse"] + drawn[0]["unchanged"] == 5

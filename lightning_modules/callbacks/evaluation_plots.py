@@ -1,7 +1,10 @@
-"""Pictures of each validation: predicted against gold scores, and how a few fixed pairs match token by token."""
+"""Pictures of each validation: predicted against gold scores and how a few fixed pairs match token by
+token (pair data), or each query's nDCG@10 and relevant document's rank before and after training and
+how a few queries match their top document (retrieval)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -12,7 +15,14 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
 from lightning_modules.datamodules.base import LateInteractionDataModule
-from lightning_modules.plots import draw_score_scatter, draw_token_heatmap, token_similarity_from_ids
+from lightning_modules.evaluation.beir import RANKING_DEPTH, CorpusRetrievalEvaluator, RankedSplit
+from lightning_modules.plots import (
+    draw_query_metric_change,
+    draw_relevant_rank,
+    draw_score_scatter,
+    draw_token_heatmap,
+    token_similarity_from_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +45,28 @@ class EvaluationPlots(pl.Callback):
     zero-shot validation that runs before training (a ``trainer.validate`` at global
     step 0), which gives the untrained model's pictures to compare with. Other
     ``trainer.validate`` calls draw nothing, so they never overwrite a picture of fit.
-    Retrieval validation (PairsDataModule with contrastive data) returns no pair
-    scores and has no pairs: it draws nothing. Only the rank-zero process draws;
-    under DDP the scatter gathers every process's predictions first.
+    Only the rank-zero process draws; under DDP the scatter gathers every process's
+    predictions first.
+
+    Retrieval validation (a ``CorpusRetrievalEvaluator``: a BEIR set, or contrastive
+    pairs) has no pairs to score. It keeps the zero-shot validation's per-query results
+    instead and, after every validation of ``fit``, compares this validation's with them,
+    overwriting (so the files left are those of fit's last validation):
+
+    * ``retrieval_per_query_ndcg.png``: each query's nDCG@10 after against before, with
+      the counts of queries better, worse and unchanged;
+    * ``retrieval_relevant_rank.png``: how many queries have their first relevant
+      document at rank 1, 2, 3, 4-5, ..., 51-100, or beyond 100, before and after;
+    * ``retrieval_heatmap_{k}.png`` for ``k < num_pairs``: the token heatmap of a query
+      against its top document, for the most improved, the most worsened, the next most
+      improved... queries (``_queries_to_draw``);
+
+    logged to W&B as ``val/retrieval/per_query_ndcg``, ``val/retrieval/relevant_rank`` and
+    ``val/retrieval/heatmap{k}``. Without a zero-shot validation (``zero_shot=false``, a
+    resumed run) they show the trained model alone and their titles say so.
 
     Args:
-        num_pairs: validation pairs drawn as heatmaps each time (0: none).
+        num_pairs: validation pairs (or retrieval queries) drawn as heatmaps each time (0: none).
         subdir: the folder, inside the run folder, that receives the pictures.
     """
 
@@ -51,6 +77,7 @@ class EvaluationPlots(pl.Callback):
         self.subdir = subdir
         self._predicted: list[torch.Tensor] = []
         self._gold: list[torch.Tensor] = []
+        self._zero_shot: RankedSplit | None = None  # retrieval: the untrained model's per-query results
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._predicted, self._gold = [], []
@@ -83,6 +110,67 @@ class EvaluationPlots(pl.Callback):
             # One key per pair: W&B shows how the pair's matching evolves over steps, and
             # pictures of different sizes (token counts) never share a panel.
             _log_images(trainer.loggers, f"val/token_similarity/pair{k}", [path], step)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # After on_validation_epoch_end: the module's own epoch end, which ranks the queries
+        # (evaluator.compute), runs after the callbacks' one.
+        evaluator = pl_module.evaluator
+        ranked = evaluator.last_split if isinstance(evaluator, CorpusRetrievalEvaluator) else None
+        if ranked is None or ranked.split != "val" or not _wanted(trainer):
+            return
+        if trainer.state.fn == TrainerFn.VALIDATING:  # the zero-shot validation: what training is compared with
+            self._zero_shot = ranked
+        elif trainer.is_global_zero:  # every process holds the same rankings
+            self._draw_retrieval(trainer, pl_module.model, ranked)
+
+    def _draw_retrieval(self, trainer, model, ranked: RankedSplit) -> None:
+        """The three kinds of retrieval pictures of ``ranked`` (fit's validation) against the zero-shot one."""
+        folder = Path(trainer.default_root_dir) / self.subdir
+        step, before = trainer.global_step, self._zero_shot
+        title = f"validation, step {step}, against zero-shot" if before else f"validation, step {step}"
+        after_ndcg = _ndcg(ranked)
+        before_ndcg = _ndcg(before) if before else None
+        path = folder / "retrieval_per_query_ndcg.png"
+        draw_query_metric_change(after_ndcg, before_ndcg, path, title)
+        _log_images(trainer.loggers, "val/retrieval/per_query_ndcg", [path], step)
+
+        path = folder / "retrieval_relevant_rank.png"
+        draw_relevant_rank([q.relevant_rank for q in ranked.queries.values()],
+                           [q.relevant_rank for q in before.queries.values()] if before else None,
+                           path, title, depth=RANKING_DEPTH)
+        _log_images(trainer.loggers, "val/retrieval/relevant_rank", [path], step)
+
+        for k, query_id in enumerate(_queries_to_draw(after_ndcg, before_ndcg, self.num_pairs)):
+            query = ranked.queries[query_id]
+            if query.top_document is None:  # nothing was ranked (every document excluded)
+                continue
+            was = f"{before_ndcg[query_id]:.2f} -> " if before_ndcg and query_id in before_ndcg else ""
+            verdict = "relevant" if query.relevant_rank == 1 else "not relevant"
+            match = token_similarity_from_ids(model, query.token_ids, ranked.corpus.token_ids[query.top_document])
+            path = draw_token_heatmap(match, folder / f"retrieval_heatmap_{k}.png",
+                                      title=f"query {query_id}, nDCG@10 {was}{after_ndcg[query_id]:.2f}, step {step}\n"
+                                            f"against its top document {ranked.corpus.ids[query.top_document]} "
+                                            f"({verdict})")
+            _log_images(trainer.loggers, f"val/retrieval/heatmap{k}", [path], step)
+
+
+def _ndcg(ranked: RankedSplit) -> dict[str, float]:
+    """Query id -> nDCG@10 of ``ranked``."""
+    return {query_id: query.metrics["ndcg@10"] for query_id, query in ranked.queries.items()}
+
+
+def _queries_to_draw(after: dict[str, float], before: dict[str, float] | None, count: int) -> list[str]:
+    """``count`` query ids (of ``after``: query id -> nDCG@10) to draw: with ``before``, the most
+    improved, the most worsened, the next most improved, ... then unchanged queries, the worst first;
+    without, the worst queries after training (where a user looks for what went wrong). Ties: by id."""
+    if before is None:
+        return sorted(after, key=lambda q: (after[q], q))[:count]
+    change = {q: after[q] - before[q] for q in sorted(after.keys() & before.keys())}
+    improved = sorted((q for q in change if change[q] > 0), key=lambda q: (-change[q], q))
+    worsened = sorted((q for q in change if change[q] < 0), key=lambda q: (change[q], q))
+    unchanged = sorted((q for q in change if change[q] == 0), key=lambda q: (after[q], q))
+    alternating = [q for pair in itertools.zip_longest(improved, worsened) for q in pair if q is not None]
+    return (alternating + unchanged)[:count]
 
 
 def _wanted(trainer) -> bool:
