@@ -148,6 +148,30 @@ def test_cli_bad_data_folder_ends_in_one_clear_line(tmp_path, stsb_dir):
     assert "Traceback" not in done.stderr
 
 
+def test_ema_weights_stay_in_place_until_the_validation_metrics_are_computed(compose_cfg, tmp_path, stsb_dir,
+                                                                           monkeypatch):
+    """A retrieval evaluator encodes its corpus in the module's on_validation_epoch_end: the weights
+    there must be the averaged ones that the validation steps used, not the training ones."""
+    from lightning_modules.module import MaxSimModule
+
+    def fingerprint(module):
+        return sum(float(p.detach().double().sum()) for p in module.parameters())
+
+    seen = {"steps": [], "metrics": []}
+    step, log_evaluation = MaxSimModule.validation_step, MaxSimModule._log_evaluation
+    monkeypatch.setattr(MaxSimModule, "validation_step",
+                        lambda self, *a: seen["steps"].append(fingerprint(self)) or step(self, *a))
+    monkeypatch.setattr(MaxSimModule, "_log_evaluation",
+                        lambda self, split: seen["metrics"].append(fingerprint(self)) or log_evaluation(self, split))
+    cfg = compose_cfg(_overrides(stsb_dir, "callbacks=ema", "~logger", "trainer.max_epochs=1", "zero_shot=false",
+                                 "test=false", "export=false", "data.limit_train_pairs=64",
+                                 "data.limit_eval_pairs=32", "model.lr=1e-2", "++trainer.num_sanity_val_steps=0"),
+                      tmp_path)
+    run(cfg)
+    assert len(seen["metrics"]) == 1 and seen["steps"]
+    assert seen["metrics"][0] == seen["steps"][-1]  # the averaged weights, still in place
+
+
 def test_ema_callback_checkpoints_averaged_weights(compose_cfg, tmp_path, stsb_dir):
     """callbacks=ema: the saved best weights are the moving average, not the last trained weights."""
     states = {}
