@@ -132,38 +132,107 @@ def read_beir(source: str, splits: list[str]) -> BeirData:
         problem = beir_folder_problem(folder)
         if problem:
             raise DataError(problem)
-        corpus = _read_file(_table_file(folder, "corpus"), "document", "retrieval needs documents to rank")
-        queries = _read_file(_table_file(folder, "queries"), "query", "there is nothing to evaluate")
-    elif _looks_like_hub_id(source):
-        corpus = _hub_table(TableSpec(source, "corpus", "corpus"))
-        queries = _hub_table(TableSpec(source, "queries", "queries"))
-    else:
+    elif not _looks_like_hub_id(source):
         raise DataError(f"{source}: not a folder, nor a hub dataset id; {LAYOUT}")
-    corpus_ids, corpus_texts, empty = [], [], []
+    corpus = read_corpus(source)
+    query_texts = read_queries(source)
+    data = BeirData(source, corpus.ids, corpus.texts, query_texts)
+    for split in splits:
+        where, rows = (_read_qrels(_qrels_file(folder, split)) if folder.is_dir()
+                       else _hub_qrels(_hub_table(TableSpec(f"{source}-qrels", None, split))))
+        data.judgements[split] = _check_judgements(where, rows, set(corpus.ids), query_texts)
+        log.info("%s", data.judgements[split].summary())
+    if corpus.empty:
+        data.warnings.append(_empty_documents_warning(corpus.source, corpus.empty, data.judgements))
+        log.warning("%s", data.warnings[-1])
+    return data
+
+
+@dataclass
+class Corpus:
+    """Documents to rank, in file order: ``ids`` (unique) and ``texts`` (title and text joined, as
+    BEIR does); ``source`` (the file read); ``empty``: the ids of documents with neither title nor
+    text, kept as empty texts."""
+
+    source: str
+    ids: list[str]
+    texts: list[str]
+    empty: list[str] = field(default_factory=list)
+
+
+def read_corpus(source: str) -> Corpus:
+    """The documents of a retrieval folder's corpus file, of a corpus file itself (``.jsonl``,
+    ``.csv``, ``.tsv``, ``.parquet``, ...: an id column and a text column, an optional title), or of
+    ``BeIR/<name>`` from the hub.
+
+    Raises:
+        DataError: no such folder, file or hub set; a file that is empty or malformed; no id or text
+            column; an id that appears twice (the file and line).
+    """
+    table = _source_table(source, "corpus", "document", "retrieval needs documents to rank")
+    corpus = Corpus(table.source, [], [])
     seen: set[str] = set()
-    for where, doc_id, text in _entries(corpus, CORPUS_COLUMNS, "document"):
+    for where, doc_id, text in _entries(table, CORPUS_COLUMNS, "document"):
         if doc_id in seen:
             raise DataError(f"{where}: corpus id {doc_id!r} appears twice; ids must be unique")
         seen.add(doc_id)
         if not text:
-            empty.append(doc_id)
-        corpus_ids.append(doc_id)
-        corpus_texts.append(text)
-    query_texts = {}
-    for where, query_id, text in _entries(queries, QUERY_COLUMNS, "query"):
+            corpus.empty.append(doc_id)
+        corpus.ids.append(doc_id)
+        corpus.texts.append(text)
+    return corpus
+
+
+def read_queries(source: str) -> dict[str, str]:
+    """Query id -> text, in file order, from a retrieval folder's queries file, a queries file itself
+    (as ``read_corpus``'s, or a TSV of ``id<TAB>text`` lines without a header, as MS MARCO's), or
+    ``BeIR/<name>`` from the hub.
+
+    Raises:
+        DataError: as ``read_corpus``; a query without text.
+    """
+    path = Path(source).expanduser()
+    headerless = _headerless_pairs(path) if path.is_file() and path.suffix.lower() in (".tsv", ".txt") else None
+    if headerless:
+        entries = [(f"{path}:{number}", *fields) for number, fields in headerless]
+    else:
+        entries = _entries(_source_table(source, "queries", "query", "there is nothing to search for"),
+                           QUERY_COLUMNS, "query")
+    queries = {}
+    for where, query_id, text in entries:
         if not text:
             raise DataError(f"{where}: query {query_id!r} has no text")
-        query_texts[query_id] = text
-    data = BeirData(source, corpus_ids, corpus_texts, query_texts)
-    for split in splits:
-        where, rows = (_read_qrels(_qrels_file(folder, split)) if folder.is_dir()
-                       else _hub_qrels(_hub_table(TableSpec(f"{source}-qrels", None, split))))
-        data.judgements[split] = _check_judgements(where, rows, seen, query_texts)
-        log.info("%s", data.judgements[split].summary())
-    if empty:
-        data.warnings.append(_empty_documents_warning(corpus.source, empty, data.judgements))
-        log.warning("%s", data.warnings[-1])
-    return data
+        queries[query_id] = text
+    return queries
+
+
+def _source_table(source: str, stem: str, what: str, why: str) -> RawTable:
+    """The ``stem`` table (corpus or queries) of a folder, a file, or a hub set."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        file = _table_file(path, stem)
+        if file is None:
+            raise DataError(f"{path}: no {stem} file (looked for {stem}{', '.join(TABLE_SUFFIXES)}); {LAYOUT}")
+        return _read_file(file, what, why)
+    if path.is_file():
+        return _read_file(path, what, why)
+    if _looks_like_hub_id(source):
+        return _hub_table(TableSpec(source, stem, stem))
+    raise DataError(f"{source}: not a folder, a file, nor a hub dataset id (working directory {Path.cwd()}); "
+                    f"{LAYOUT}")
+
+
+def _headerless_pairs(path: Path) -> list[tuple[int, list[str]]] | None:
+    """``[(line number, [id, text])]`` when every non-blank line of ``path`` is ``id<TAB>text`` and the
+    first is not a header naming known columns; else None (read it as a table with a header)."""
+    lines = [(number, line.split("\t")) for number, line in enumerate(read_utf8(path).splitlines(), start=1)
+             if line.strip()]
+    if not lines or any(len(fields) != 2 for _, fields in lines):
+        return None
+    names = {name for names in QUERY_COLUMNS.values() for name in names}
+    if {field.strip().lower() for field in lines[0][1]} & names:
+        return None
+    return [(number, [field.strip() for field in fields]) for number, fields in lines]
 
 
 def _empty_documents_warning(source: str, empty: list[str], judgements: dict[str, Judgements]) -> str:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from lightning_modules.data.beir import beir_folder_problem, is_beir_folder, read_beir
+from lightning_modules.data.beir import beir_folder_problem, is_beir_folder, read_beir, read_corpus, read_queries
 from lightning_modules.errors import DataError
 from tests.helpers.beir import SCIFACT_DIR, write_beir
 
@@ -250,3 +250,20 @@ def test_a_retrieval_folder_is_told_from_others_and_says_why_not(tmp_path):
     assert beir_folder_problem(sts / "train.csv") == f"{sts / 'train.csv'}: not a folder"
     with pytest.raises(DataError, match="no queries file"):
         read_beir(str(sts), ["test"])
+
+
+def test_a_corpus_or_queries_file_reads_alone_and_queries_may_be_headerless_tsv(tmp_path):
+    folder = _folder(tmp_path)
+    whole = read_beir(str(folder), ["test"])
+    corpus = read_corpus(str(folder / "corpus.jsonl"))
+    assert (corpus.ids, corpus.texts) == (whole.corpus_ids, whole.corpus_texts)
+    assert read_corpus(str(folder)).ids == whole.corpus_ids and read_queries(str(folder)) == whole.queries
+    (tmp_path / "queries.tsv").write_text("q1\tWhat is it?\nq2\tanother one\n")
+    assert read_queries(str(tmp_path / "queries.tsv")) == {"q1": "What is it?", "q2": "another one"}
+    (tmp_path / "named.tsv").write_text("qid\tquery\nq1\tWhat is it?\n")  # a header: read by its names
+    assert read_queries(str(tmp_path / "named.tsv")) == {"q1": "What is it?"}
+    (tmp_path / "blank.tsv").write_text("q1\t \n")
+    with pytest.raises(DataError, match="blank.tsv:1: query 'q1' has no text"):
+        read_queries(str(tmp_path / "blank.tsv"))
+    with pytest.raises(DataError, match="not a folder, a file, nor a hub dataset id"):
+        read_corpus(str(tmp_path / "missing" / "corpus"))
