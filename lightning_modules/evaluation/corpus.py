@@ -2,8 +2,9 @@
 
 The corpus is encoded once per set of weights (``encode_corpus`` keeps the latest encoding of each
 ``TokenizedCorpus`` in ``latest_encodings``, as padded blocks of documents of similar length:
-validation, test and mining at the same weights share it) and scored a block at a time, keeping a running top-k per query, so memory grows with the corpus's token
-vectors and ``Q * (k + chunk)`` scores, never with ``Q * corpus size``. Under several processes,
+validation, test and mining at the same weights share it) and scored by the loop that search
+shares (``lightning_modules.index.ranking``: a block at a time, keeping a running top-k per
+query, so memory grows with the corpus's token vectors, never with ``Q * corpus size``). Under several processes,
 each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
 shards' top-k lists are merged. How time and memory grow: docs/retrieval.md.
 
@@ -14,7 +15,6 @@ Across runs, encodings and rankings are also kept on disk when a cache is active
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from array import array
 from dataclasses import asdict, dataclass
@@ -25,13 +25,9 @@ import transformers
 
 from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.encoder import TokenEmbeddings
-from lightning_modules.evaluation.encoding_cache import active_cache, digest
-from lightning_modules.progress import progress
-
-# Documents scored against all queries at once: bounds the (Q, chunk) score block and its padding.
-SCORE_CHUNK = 512
-# Queries scored together, grouped by length.
-QUERY_GROUP = 64
+from lightning_modules.evaluation.encoding_cache import active_cache
+from lightning_modules.index.ranking import best, length_blocks, rank_blocks
+from lightning_modules.index.storage import digest, model_fingerprint, tensor_bytes
 
 
 def weights_fingerprint(model: torch.nn.Module) -> tuple:
@@ -80,28 +76,14 @@ class CorpusEncoding:
 latest_encodings: weakref.WeakKeyDictionary[TokenizedCorpus, CorpusEncoding] = weakref.WeakKeyDictionary()
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The raw bytes of ``tensor`` (any dtype; no numpy needed)."""
-    tensor = tensor.detach().cpu().contiguous()
-    size = tensor.numel() * tensor.element_size()
-    return ctypes.string_at(tensor.data_ptr(), size) if size else b""
-
-
 def encoding_key(model, corpus: TokenizedCorpus, rows: list[int]) -> str:
     """A digest of everything the encoding of ``rows`` depends on: every weight (bytes, dtype, shape),
     the encoder's architecture settings and its matching mask (skipped tokens), the documents'
     token ids (so the tokenizer, the lengths and the texts), the inference precision, the device type
     and the versions of torch and transformers.
     (Dropout settings are left out: evaluation runs in eval mode.)"""
-    encoder = model.encoder
-    config = {k: v for k, v in encoder.backbone.config.to_dict().items()
-              if k not in ("_name_or_path", "transformers_version") and "dropout" not in k}
-    parts: list[bytes | str] = ["encoding", torch.__version__, transformers.__version__,
-                                type(encoder.backbone).__name__, repr(sorted(config.items())),
-                                tensor_bytes(encoder.excluded_ids), model.inference_precision,
-                                next(model.parameters()).device.type]
-    for name, tensor in model.state_dict().items():
-        parts += [name, str(tensor.dtype), repr(tuple(tensor.shape)), tensor_bytes(tensor)]
+    parts: list[bytes | str] = ["encoding", torch.__version__, transformers.__version__, model_fingerprint(model),
+                                model.inference_precision, next(model.parameters()).device.type]
     for row in rows:
         parts.append(array("q", corpus.token_ids[row]).tobytes())
     return digest(*parts)
@@ -117,9 +99,9 @@ def process_shard() -> tuple[int, int]:
 @torch.no_grad()
 def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: int = 64,
                   show_progress_bar: bool = True) -> list[tuple[torch.Tensor, TokenEmbeddings]]:
-    """The documents ``rows`` of ``corpus`` encoded in eval mode, as scoring blocks of at most
-    ``SCORE_CHUNK`` documents of similar length (little padding): ``(corpus indices (C,),
-    TokenEmbeddings (C, L, D))`` each. Reused while the weights (and ``rows``) are unchanged."""
+    """The documents ``rows`` of ``corpus`` encoded in eval mode, as scoring blocks of documents of
+    similar length (``index.ranking.length_blocks``): ``(corpus indices (C,), TokenEmbeddings (C, L, D))``
+    each. Reused while the weights (and ``rows``) are unchanged."""
     key = (weights_fingerprint(model), tuple(rows), model.inference_precision)
     latest = latest_encodings.get(corpus)
     if latest is None or latest.key != key:
@@ -145,11 +127,7 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
             corpus_work.passes_from_cache += passes
             device = next(model.parameters()).device
             vectors = [v.to(device) for v in vectors]
-        order = sorted(range(len(rows)), key=lambda i: len(vectors[i]))
-        blocks = []
-        for start in range(0, len(order), SCORE_CHUNK):
-            chunk = order[start : start + SCORE_CHUNK]
-            blocks.append((torch.tensor([rows[i] for i in chunk]), TokenEmbeddings.stack([vectors[i] for i in chunk])))
+        blocks = length_blocks(rows, vectors)
         latest = latest_encodings[corpus] = CorpusEncoding(key, disk_key, blocks, sum(len(v) for v in vectors), len(rows))
     return latest.blocks
 
@@ -217,42 +195,13 @@ def rank_corpus(
         top_scores, top_indices = cached
         corpus_work.queries_from_cache += len(queries)
     else:
-        top_scores, top_indices = _rank_shard(model, queries, blocks, excluded, depth, show_progress_bar and rank == 0)
+        top_scores, top_indices = rank_blocks(model, queries, blocks, excluded, depth, show_progress_bar and rank == 0)
         corpus_work.queries_scored += len(queries)
         if cache and disk_key:
             cache.save("ranking", disk_key, {"scores": top_scores, "indices": top_indices})
     if world > 1:  # merge the shards' lists: each process holds the best of its own documents
         shards = [None] * world
         dist.all_gather_object(shards, (top_scores, top_indices))
-        top_scores, top_indices = _best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1), depth)
+        top_scores, top_indices = best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1), depth)
     # An excluded document can fill a place only when too few others remain: it is padding, not a hit.
     return top_scores, top_indices.masked_fill(top_scores == float("-inf"), -1)
-
-
-def _rank_shard(model, queries: list[torch.Tensor], blocks, excluded: torch.Tensor, depth: int,
-                show_progress_bar: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``depth`` best of this process's encoded ``blocks`` for each query: ``scores (Q, K)``, ``indices (Q, K)``."""
-    top_scores = torch.full((len(queries), 0), float("-inf"))
-    top_indices = torch.zeros((len(queries), 0), dtype=torch.long)
-    # Queries of similar length together: padding a short query to the longest would multiply its work.
-    by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
-    groups = [by_length[start : start + QUERY_GROUP] for start in range(0, len(by_length), QUERY_GROUP)]
-    query_blocks = [(torch.tensor(group), TokenEmbeddings.stack([queries[i] for i in group])) for group in groups]
-    for block_indices, block in progress(blocks, "scoring queries against the corpus", unit="block",
-                                         disable=not show_progress_bar, leave=False):
-        scores = torch.empty(len(queries), len(block_indices))
-        for rows_of_group, query_block in query_blocks:
-            with model.inference_context():
-                scores[rows_of_group] = model.score_matrix(query_block, block).float().cpu()
-        indices = block_indices.expand(len(queries), -1)
-        scores = scores.masked_fill(indices == excluded[:, None], float("-inf"))
-        top_scores, top_indices = _best(torch.cat([top_scores, scores], 1), torch.cat([top_indices, indices], 1), depth)
-    return top_scores, top_indices
-
-
-def _best(scores: torch.Tensor, indices: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``depth`` highest ``scores (Q, N)`` per row with their ``indices``; equal scores: lower index first."""
-    by_index = torch.argsort(indices, dim=1, stable=True)
-    scores, indices = scores.gather(1, by_index), indices.gather(1, by_index)
-    by_score = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :depth]
-    return scores.gather(1, by_score), indices.gather(1, by_score)

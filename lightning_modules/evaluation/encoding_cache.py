@@ -13,7 +13,6 @@ move it or turn it off.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -25,6 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lightning_modules.index.storage import digest
+
 log = logging.getLogger(__name__)
 
 # Bump when what an entry holds, or how its key is made, changes: old entries then just miss.
@@ -34,16 +35,6 @@ SUFFIX = ".safetensors"
 ENTRY_NAME = re.compile(r"^(encoding|ranking)-[0-9a-f]{40}\.safetensors$")
 # A temporary file older than this was left by a run that died while writing it.
 STALE_TEMPORARY_S = 24 * 3600
-
-
-def digest(*parts: bytes | str) -> str:
-    """A hex digest of ``parts`` (each length-prefixed, so that no two lists of parts collide)."""
-    hasher = hashlib.blake2b(digest_size=20)
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        hasher.update(len(data).to_bytes(8, "little"))
-        hasher.update(data)
-    return hasher.hexdigest()
 
 
 class EncodingCache:

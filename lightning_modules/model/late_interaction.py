@@ -2,7 +2,8 @@
 
 Two levels of use: ``embed`` / ``score_pairs`` / ``score_matrix`` on token tensors
 (training), and ``encode`` / ``score`` / ``similarity_matrix`` / ``rank`` on texts
-(inference, after ``LateInteractionModel.from_pretrained``). It saves itself
+(inference, after ``LateInteractionModel.from_pretrained``), and ``index`` to search a corpus
+encoded once (``lightning_modules.index``). It saves itself
 (``save_pretrained``: PyLate's directory format) and loads itself (``from_pretrained``: an
 export or a training checkpoint) through ``lightning_modules.model.saving``, without Lightning.
 """
@@ -18,6 +19,7 @@ from torch import nn
 
 from lightning_modules.encoder import EncoderOptions, TokenEmbeddings, TokenEncoder
 from lightning_modules.errors import InputError, ModelLoadError
+from lightning_modules.index import DEFAULT_DTYPE, Index
 from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
 from lightning_modules.model import saving
 from lightning_modules.model.settings import TextSettings
@@ -244,11 +246,27 @@ class LateInteractionModel(nn.Module):
         return scores
 
     @torch.no_grad()
-    def rank(self, query: str, documents: list[str], top_k: int | None = None) -> list[dict]:
-        """The documents by MaxSim against ``query``, best first: ``[{"index", "score", "text"}, ...]``."""
+    def rank(self, query: str, documents: list[str] | Index, top_k: int | None = None) -> list[dict]:
+        """The documents by MaxSim against ``query``, best first: ``[{"index", "score", "text"}, ...]``,
+        with ``"id"`` too when ``documents`` is an ``Index`` of a corpus with ids. ``documents``: a
+        list of texts (encoded on every call), or an ``Index`` (``model.index(corpus)``, encoded once)."""
+        if isinstance(documents, Index):
+            found = documents.search([query], k=top_k or len(documents))
+            return [{"index": i, "score": score, "text": documents.texts[i],
+                     **({"id": documents.ids[i]} if documents.has_ids else {})}
+                    for i, score in zip(found.indices[0], found.scores[0])]
         scores = self.similarity_matrix([query], documents)[0]
         order = torch.argsort(scores, descending=True, stable=True)[: top_k or len(documents)]
         return [{"index": int(i), "score": float(scores[i]), "text": documents[i]} for i in order]
+
+    def index(self, corpus, dtype: str = DEFAULT_DTYPE, batch_size: int = 64,
+              show_progress_bar: bool | None = None) -> Index:
+        """Encode a corpus once, to search it many times (``Index.search``, ``rank``, ``Index.save``).
+
+        ``corpus``: a list of texts (their positions are their ids), a dict of id -> text, or a path
+        (a corpus file, ``.jsonl``/``.csv``/``.tsv``/``.parquet``, or a BEIR folder). ``dtype``: of the
+        stored vectors (float16 halves float32's memory; scoring multiplies in float32 on a CPU)."""
+        return Index.build(self, corpus, dtype=dtype, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
 
 def _check_texts(texts, allow_empty: bool = False) -> None:

@@ -15,7 +15,7 @@ from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.data.collate import QueryCollator
 from lightning_modules.data.batches import QueryItem
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
-from lightning_modules.evaluation import corpus as corpus_module
+from lightning_modules.index import ranking as ranking_module
 from lightning_modules.evaluation.corpus import encode_corpus, latest_encodings, rank_corpus
 from lightning_modules.evaluation.metrics import ranking_metrics
 from tests.helpers.models import tiny_model
@@ -47,8 +47,8 @@ def _brute_force(model, queries, corpus):
 
 def test_chunked_top_k_is_the_full_matrix_sorted(setup, monkeypatch):
     model, corpus, queries = setup
-    monkeypatch.setattr(corpus_module, "SCORE_CHUNK", 16)  # several chunks, each merged into the top-k
-    monkeypatch.setattr(corpus_module, "QUERY_GROUP", 4)  # and several groups of queries, by length
+    monkeypatch.setattr(ranking_module, "SCORE_CHUNK", 16)  # several chunks, each merged into the top-k
+    monkeypatch.setattr(ranking_module, "QUERY_GROUP", 4)  # and several groups of queries, by length
     latest_encodings.pop(corpus, None)
     scores, indices = rank_corpus(model, queries, corpus, depth=25, show_progress_bar=False)
     full = _brute_force(model, queries, corpus)
