@@ -32,6 +32,11 @@ $(PYLATE_VENV)/.installed: Makefile
 	$(PYLATE_PY) -c "import pylate.models"
 	touch $@
 
+# PyLate's Voyager index for benchmarks/search.py (not needed by the tests).
+$(PYLATE_VENV)/.installed-bench: $(PYLATE_VENV)/.installed
+	$(PYLATE_PY) -m pip install --quiet voyager
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	# PyLate's colbert_scores for benchmarks/maxsim.py: --no-deps, its pins do not fit our torch.
@@ -53,7 +58,7 @@ test-all: install interop-env
 	$(PY) -m pytest -m "" $(ARGS)
 
 ## Benchmarks against the peers, side by side
-bench: $(VENV)/.installed-bench interop-env
+bench: $(VENV)/.installed-bench $(PYLATE_VENV)/.installed-bench
 	$(PY) -m benchmarks.maxsim
 	$(PY) -m tools.kernels.auto_limit
 	$(PY) -m tools.kernels.triton_compile_check
@@ -61,6 +66,7 @@ bench: $(VENV)/.installed-bench interop-env
 	-$(PY) -m benchmarks.contrastive_batch  # reads ../shared/data/stsb; without it, the others still run
 	$(PY) -m benchmarks.sts_vs_sentence_transformers $(ARGS)
 	-$(PY) -m benchmarks.retrieval  # reads ../shared/data/scifact; PyLate runs in $(PYLATE_VENV)
+	-$(PY) -m benchmarks.search  # SciFact's test queries; PyLate's Voyager runs in $(PYLATE_VENV)
 	-$(PY) -m benchmarks.cpu_speed  # reads ../shared/data/scifact; about an hour on 2 cores
 
 ## What tools/kernels/gpu_check.sh needs on a GPU machine that cannot download: pure-Python

@@ -8,7 +8,6 @@ query; ``out_run=`` writes each one's ranking as a TREC run file); any other is 
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import hydra
@@ -20,6 +19,7 @@ from lightning_modules.evaluation.sts import evaluate_sts
 from lightning_modules.precision import resolve_precision
 from lightning_modules.model import LateInteractionModel
 from train.cli import exit_on_user_error
+from train.run_files import run_tag, write_run
 from train.tasks import resolve_sts_task, task_kind, task_names
 
 log = logging.getLogger(__name__)
@@ -63,29 +63,6 @@ def format_retrieval_table(results: dict) -> str:
         lines.append(f"{name:<28}{r['queries']:>8}{r['ndcg@10']:>9.2f}{r['mrr@10']:>8.2f}"
                      f"{r['recall@10']:>8.2f}{r['recall@100']:>8.2f}")
     return "\n".join(lines)
-
-
-def run_tag(model: str) -> str:
-    """The TREC run file's tag (its last column, one word): the model path's name, else ``maxsim``."""
-    return re.sub(r"\s+", "_", Path(model).name) or "maxsim"
-
-
-def write_run(path: Path, ranking: dict[str, list[tuple[str, float]]], tag: str) -> None:
-    """A TREC run file: ``qid Q0 docid rank score tag`` a line, each query's documents best first, ranks from 1.
-
-    Raises:
-        DataError: an id is empty or holds whitespace, which separates the file's columns.
-    """
-    for qid, documents in ranking.items():
-        for doc in (qid, *(d for d, _ in documents)):
-            if not doc or re.search(r"\s", doc):
-                raise DataError(f"id {doc!r} cannot go into a TREC run file ({path}): its columns are separated by "
-                                "whitespace, so an id must be one non-empty word")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for qid, documents in ranking.items():
-            # repr: every digit of the score, so that a tool re-sorting by score keeps our order
-            f.writelines(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n" for rank, (doc, score) in enumerate(documents, 1))
 
 
 @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="evaluate")

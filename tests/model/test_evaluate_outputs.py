@@ -14,7 +14,7 @@ from lightning_modules.model import export_model
 from tests.helpers.beir import write_beir
 from tests.helpers.cli import run_module
 from tests.helpers.models import tiny_model
-from train.evaluate import run_tag, write_run
+from train.run_files import run_tag, write_run
 from train.tasks import task_names
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
