@@ -32,21 +32,24 @@ class TokenEmbeddings:
     Attributes:
         vectors: ``(B, L, D)`` L2-normalised token vectors.
         mask: ``(B, L)`` bool, ``True`` for tokens that take part in matching.
+        zero_padded: every masked token's vector is zero (``stack`` pads so): scoring can then
+            skip the copy that zeroes them (the encoder's own output holds values there).
     """
 
     vectors: torch.Tensor
     mask: torch.Tensor
+    zero_padded: bool = False
 
     def split(self, first: int) -> tuple[TokenEmbeddings, TokenEmbeddings]:
         """Split along the batch: rows ``[:first]`` and ``[first:]``."""
         return (
-            TokenEmbeddings(self.vectors[:first], self.mask[:first]),
-            TokenEmbeddings(self.vectors[first:], self.mask[first:]),
+            TokenEmbeddings(self.vectors[:first], self.mask[:first], self.zero_padded),
+            TokenEmbeddings(self.vectors[first:], self.mask[first:], self.zero_padded),
         )
 
     def select(self, rows: torch.Tensor) -> TokenEmbeddings:
         """Keep the texts at ``rows`` (an index or boolean tensor over the batch)."""
-        return TokenEmbeddings(self.vectors[rows], self.mask[rows])
+        return TokenEmbeddings(self.vectors[rows], self.mask[rows], self.zero_padded)
 
     @classmethod
     def stack(cls, vectors: list[torch.Tensor]) -> TokenEmbeddings:
@@ -54,7 +57,7 @@ class TokenEmbeddings:
         padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
         lengths = torch.tensor([len(v) for v in vectors], device=padded.device)
         mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
-        return cls(padded, mask)
+        return cls(padded, mask, zero_padded=True)
 
 
 @dataclass(frozen=True)

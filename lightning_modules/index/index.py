@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -184,7 +184,7 @@ class Index:
         if self._blocks is None or self._blocks[0][1].vectors.dtype != dtype or self._blocks[0][1].vectors.device != device:
             self._blocks = None  # the old ones freed first: they can be large
             blocks = length_blocks(list(range(len(self.ids))), self.vectors, dtype)
-            self._blocks = [(indices, type(block)(block.vectors.to(device), block.mask.to(device)))
+            self._blocks = [(indices, replace(block, vectors=block.vectors.to(device), mask=block.mask.to(device)))
                             for indices, block in blocks]
         return self._blocks
 

@@ -107,6 +107,8 @@ def maxsim_matrix(
     temperature: float | None = None,
     backend: str = "auto",
     chunk_budget_bytes: int = CHUNK_BUDGET_BYTES,
+    a_zero_padded: bool = False,
+    b_zero_padded: bool = False,
 ) -> torch.Tensor:
     """MaxSim of every text of ``a`` against every text of ``b``.
 
@@ -119,6 +121,9 @@ def maxsim_matrix(
         backend: ``"auto"``, ``"dense"``, ``"chunked"``, ``"triton"`` or ``"late-interaction-kernels"``
             (see the module docstring).
         chunk_budget_bytes: the chunked backend's budget for a block's largest tensor (see ``ChunkedMaxSim``).
+        a_zero_padded, b_zero_padded: the caller guarantees that the side's masked vectors are
+            zero (``TokenEmbeddings.stack`` pads so): its copy with them zeroed is skipped, which
+            for a block of a corpus is as much memory traffic as scoring one query against it.
 
     Returns:
         ``(Ba, Bb)`` scores (float32; float64 for float64 inputs), ``score[i, j] = MaxSim(a[i], b[j])``.
@@ -128,4 +133,5 @@ def maxsim_matrix(
     if isinstance(chunk_budget_bytes, bool) or not isinstance(chunk_budget_bytes, int) or chunk_budget_bytes <= 0:
         raise ValueError(f"chunk_budget_bytes must be a positive integer, got {chunk_budget_bytes!r}")
     backend = resolve_backend(backend, a, b, temperature)
-    return run_matrix(backend, a, a_mask, b, b_mask, direction, reduction, temperature, chunk_budget_bytes)
+    return run_matrix(backend, a, a_mask, b, b_mask, direction, reduction, temperature, chunk_budget_bytes,
+                      zero_padded=(a_zero_padded, b_zero_padded))

@@ -70,11 +70,14 @@ def resolve_backend(backend, a, b, temperature):
     return backend
 
 
-def run_matrix(backend, a, a_mask, b, b_mask, direction, reduction, temperature, chunk_budget_bytes):
-    """``(Ba, Bb)`` scores on ``backend`` (resolved: not ``auto``), for checked inputs."""
+def run_matrix(backend, a, a_mask, b, b_mask, direction, reduction, temperature, chunk_budget_bytes,
+               zero_padded=(False, False)):
+    """``(Ba, Bb)`` scores on ``backend`` (resolved: not ``auto``), for checked inputs;
+    ``zero_padded``: whether ``a``'s and ``b``'s masked vectors are known to be zero already."""
     if backend != "dense":  # (the dense einsum is autocast's own)
         a, b = autocast_operands(a, b)  # before the copy below, which is then in the autocast dtype
-    a, b = zero_masked(a, a_mask), zero_masked(b, b_mask)
+    a = a if zero_padded[0] else zero_masked(a, a_mask)
+    b = b if zero_padded[1] else zero_masked(b, b_mask)
     if backend == "triton":
         from lightning_modules.maxsim.triton import TritonMaxSim
 

@@ -159,7 +159,8 @@ class LateInteractionModel(nn.Module):
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """MaxSim of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
         return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,
-                             chunk_budget_bytes=self.chunk_budget_bytes, **self.scoring_options())
+                             chunk_budget_bytes=self.chunk_budget_bytes, a_zero_padded=a.zero_padded,
+                             b_zero_padded=b.zero_padded, **self.scoring_options())
 
     def inference_context(self):
         """The autocast context of ``inference_precision`` on the model's device."""

@@ -258,3 +258,28 @@ def test_contrastive_training_step_is_the_same_with_either_backend(minilm_path, 
     torch.testing.assert_close(loss_c, loss_d, rtol=1e-5, atol=1e-6)
     for gc, gd in zip(grads_c, grads_d):
         torch.testing.assert_close(gc, gd, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["dense", "chunked"])
+@pytest.mark.parametrize("direction", ["a2b", "both"])
+def test_zero_padded_sides_skip_the_zeroing_and_score_the_same(backend, direction, monkeypatch):
+    """Texts stacked by TokenEmbeddings.stack are zero-padded and say so; scoring them without the
+    zeroing copy gives the very scores of the copy, and a side that holds garbage in its padding
+    is still zeroed when it does not claim to be zero-padded."""
+    from lightning_modules.encoder import TokenEmbeddings
+
+    torch.manual_seed(0)
+    texts = [torch.nn.functional.normalize(torch.randn(n, 8), dim=-1) for n in (3, 7, 1, 5)]
+    a, b = TokenEmbeddings.stack(texts[:2]), TokenEmbeddings.stack(texts)
+    assert a.zero_padded and b.select(torch.tensor([1, 2])).zero_padded and b.split(1)[1].zero_padded
+    plain = maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, direction=direction, backend=backend)
+    from lightning_modules.maxsim import dispatch
+
+    zeroed = []
+    monkeypatch.setattr(dispatch, "zero_masked", lambda x, mask: zeroed.append(x) or x.masked_fill(~mask[..., None], 0))
+    fast = maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, direction=direction, backend=backend,
+                         a_zero_padded=True, b_zero_padded=True)
+    assert torch.equal(plain, fast) and zeroed == []  # no copy made
+    garbage = b.vectors.masked_fill(~b.mask[..., None], 3.0)  # the encoder's output holds values there
+    assert torch.equal(maxsim_matrix(a.vectors, a.mask, garbage, b.mask, direction=direction, backend=backend,
+                                     a_zero_padded=True), plain)
