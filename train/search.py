@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> None:
     queries = load_queries(cfg)
     settings = cfg.search
     approximate = ApproximateSettings(lists=settings.lists, probe=int(settings.probe),
-                                      token_hits=int(settings.token_hits),
+                                      token_hits=int(settings.token_hits), rerank=int(settings.rerank),
                                       training_sample=int(settings.training_sample), seed=int(settings.seed))
     model = load_model(cfg)
     start = time.perf_counter()

@@ -4,8 +4,9 @@ by MaxSim (``Index.search(mode="approximate")``).
 
 The token vectors go into a faiss inverted-file index (``IndexIVFScalarQuantizer``: k-means lists,
 8-bit codes, inner product): a query token looks in the ``probe`` lists nearest to it and takes
-its ``token_hits`` best tokens there; their documents are the query's candidates. Work per query
-grows with ``probe * tokens / lists`` and with the candidates scored, not with the corpus. The
+its ``token_hits`` best tokens there; their documents are the query's candidates, estimated from
+those hits alone, and the ``rerank`` best estimated are scored exactly. Work per query grows
+with ``probe * tokens / lists`` and with the documents scored, not with the corpus. The
 knobs, what they cost and what they keep: docs/search.md, "Approximate search".
 
 faiss (``pip install 'maxsim-lightning[search]'``: faiss-cpu) is imported only here and only when
@@ -43,26 +44,30 @@ class ApproximateSettings:
             root of the number of tokens (fewer when there are too few tokens to learn them).
         probe: lists each query token looks in; more finds more, at more cost.
         token_hits: the nearest document tokens each query token takes (ColBERT's k'); their
-            documents are the candidates scored exactly.
+            documents are the candidates.
+        rerank: the candidates scored exactly by MaxSim, the best by their estimated score (see
+            ``TokenIVF.candidates``); reading their token vectors is most of a query's cost.
         training_sample: at most this many token vectors, drawn at random, train the k-means.
         seed: of that draw.
     """
 
+    # The defaults were chosen on SciFact's training queries (docs/search.md, "Approximate search").
     lists: int | None = None
     probe: int = 8
-    token_hits: int = 32
+    token_hits: int = 64
+    rerank: int = 96
     training_sample: int = 1 << 16
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("probe", "token_hits", "training_sample"):
+        for name in ("probe", "token_hits", "rerank", "training_sample"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"search.{name}={getattr(self, name)}: must be at least 1")
         if self.lists is not None and self.lists < 1:
             raise SettingsError(f"search.lists={self.lists}: must be at least 1 (or null: chosen from the corpus)")
 
     def build_key(self) -> tuple:
-        """What the built index depends on (``probe`` and ``token_hits`` apply at search time)."""
+        """What the built index depends on (``probe``, ``token_hits`` and ``rerank`` apply at search time)."""
         return self.lists, self.training_sample, self.seed
 
 
@@ -157,15 +162,31 @@ class TokenIVF:
         return ivf
 
     def candidates(self, queries: list[torch.Tensor], settings: ApproximateSettings) -> list[torch.Tensor]:
-        """The candidate documents of each query (``(L_q, D)`` token vectors): the documents of its
-        tokens' ``token_hits`` nearest token vectors among the ``probe`` nearest lists; a sorted
-        ``(C,)`` int64 tensor of document positions a query."""
+        """The candidate documents of each query (``(L_q, D)`` token vectors), best first by their
+        estimated score, at most ``settings.rerank``: a ``(C,)`` int64 tensor of document positions
+        a query.
+
+        A query token's ``token_hits`` nearest token vectors, among its ``probe`` nearest lists,
+        name the documents. Each is estimated as MaxSim would score it from those hits alone: a
+        query token's best hit in the document, or, where it has none there, the token's weakest
+        hit (no token of that document was nearer: XTR's imputation), averaged over query tokens.
+        """
         self.ivf.nprobe = min(settings.probe, self.lists)
         flat = torch.cat([q.float().cpu() for q in queries]).numpy()
-        _, hits = self.ivf.search(flat, settings.token_hits)
-        hits = torch.from_numpy(hits)
+        similarities, hits = self.ivf.search(flat, settings.token_hits)
+        similarities, hits = torch.from_numpy(similarities), torch.from_numpy(hits)
         candidates = []
-        for query_hits in hits.split([len(q) for q in queries]):
-            found = query_hits[query_hits >= 0]
-            candidates.append(self.token_document[found].unique())
+        lengths = [len(q) for q in queries]
+        for query_hits, query_similarities in zip(hits.split(lengths), similarities.split(lengths)):
+            found = query_hits >= 0
+            documents, slot = torch.unique(self.token_document[query_hits.clamp(min=0)], return_inverse=True)
+            # (L_q, C): each query token's best hit in each document, else its weakest hit at all.
+            weakest = query_similarities.masked_fill(~found, float("inf")).amin(dim=1, keepdim=True)
+            estimate = weakest.expand(-1, len(documents)).clone()
+            estimate.scatter_reduce_(1, slot, query_similarities.masked_fill(~found, float("-inf")), "amax")
+            keep = estimate.sum(dim=0).argsort(descending=True, stable=True)[: settings.rerank]
+            present = torch.zeros(len(documents), dtype=torch.bool)
+            present[slot[found]] = True  # a document named only by padding hits (-1) is not a candidate
+            keep = keep[present[keep]]
+            candidates.append(documents[keep])
         return candidates

@@ -200,7 +200,6 @@ class Index:
         scores = torch.full((len(queries), k), float("-inf"))
         found = torch.full((len(queries), k), -1, dtype=torch.long)
         for row, (query, candidates) in enumerate(zip(queries, ivf.candidates(queries, settings))):
-            candidates = candidates.sort().values
             sub_blocks = []
             for number in block_of[candidates].unique().tolist():
                 rows = row_of[candidates[block_of[candidates] == number]]

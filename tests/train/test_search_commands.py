@@ -85,12 +85,13 @@ def test_approximate_search_writes_jsonl_and_keeps_its_index(index_folder, beir,
     out = tmp_path / "run.jsonl"
     done = run_module("train.search", f"index={index_folder}", f"queries={beir / 'queries.jsonl'}",
                       "search.mode=approximate", "search.lists=16", "search.probe=16", "search.token_hits=100000",
+                      "search.rerank=1000",
                       f"out={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 11 and records[0]["query_id"] == "q0" and len(records[0]["results"]) == 10
     exact = run_module("train.search", f"index={index_folder}", f"queries={beir / 'queries.jsonl'}", cwd=tmp_path)
-    # Every list probed and every token taken: the candidates are the whole corpus, so exact's ranking.
+    # Every list probed, every token taken, every candidate scored: exact search's ranking.
     exact_run = {}
     for line in exact.stdout.splitlines():
         qid, _, doc, rank, _, _ = line.split(" ")
