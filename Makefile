@@ -34,7 +34,7 @@ $(PYLATE_VENV)/.installed: Makefile
 
 # PyLate's Voyager index for benchmarks/search.py (not needed by the tests).
 $(PYLATE_VENV)/.installed-bench: $(PYLATE_VENV)/.installed
-	$(PYLATE_PY) -m pip install --quiet voyager
+	$(PYLATE_PY) -m pip install --quiet "voyager>=2.0.9,<2.2"  # 2.2 takes arrays only: PyLate 1.6 passes lists
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
