@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lightning_modules.errors import SettingsError
-from lightning_modules.index.storage import digest
+from lightning_modules.index.storage import atomic_write, digest
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +126,10 @@ class TokenIVF:
                             len(token_document))
         ivf = cls._build(faiss, vectors, lists, settings)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(handle)
             try:
-                faiss.write_index(ivf, temporary)
-                os.replace(temporary, path)
-            except OSError as error:  # a read-only index: search on, rebuild next time
+                atomic_write(path, lambda temporary: faiss.write_index(ivf, str(temporary)))
+            except (OSError, RuntimeError) as error:  # a read-only index: search on, build again next time
                 log.warning("Could not keep the approximate index in %s (%s)", path.parent, error)
-            finally:
-                Path(temporary).unlink(missing_ok=True)
         return cls(ivf, token_document)
 
     @staticmethod

@@ -178,7 +178,7 @@ def read_manifest(folder: Path) -> Manifest:
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Write ``index.json`` atomically."""
-    _atomic_write(folder / MANIFEST, lambda path: path.write_text(json.dumps(manifest.as_dict(), indent=1) + "\n",
+    atomic_write(folder / MANIFEST, lambda path: path.write_text(json.dumps(manifest.as_dict(), indent=1) + "\n",
                                                                    encoding="utf-8"))
 
 
@@ -191,7 +191,7 @@ def write_shard(folder: Path, number: int, ids: list[str], texts: list[str], vec
                "lengths": lengths, "ids": _json_tensor(ids), "texts": _json_tensor(texts)}
     metadata = {METADATA_KEY: fingerprint}
     name = SHARD_NAME.format(number=number)
-    _atomic_write(folder / name, lambda path: save_file(tensors, str(path), metadata))
+    atomic_write(folder / name, lambda path: save_file(tensors, str(path), metadata))
     return Shard(name, len(ids), int(lengths.sum()), file_digest(folder / name))
 
 
@@ -260,7 +260,7 @@ def _json_of(tensor: torch.Tensor):
     return json.loads(tensor.numpy().tobytes().decode())
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call ``write(temporary path)`` beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
