@@ -221,3 +221,42 @@ def test_index_keeps_what_dtype_asks(model, documents):
         assert model.index(documents, dtype=dtype).vectors[0].dtype == torch_dtype
     with pytest.raises(SettingsError, match="dtype='int8'"):
         model.index(documents, dtype="int8")
+
+
+KILLED_BUILD = """
+import os, signal, sys
+from pathlib import Path
+from lightning_modules.index import storage, write_index
+from lightning_modules.index.index import as_corpus
+from lightning_modules.model.settings import TextSettings
+from tests.helpers.models import tiny_model
+from tests.index.test_index import _documents
+
+real = storage.write_shard
+def write_then_die(folder, number, *args, **kwargs):
+    shard = real(folder, number, *args, **kwargs)
+    if number == 2:  # the shard is whole on disk, the manifest does not list it yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return shard
+storage.write_shard = write_then_die
+model = tiny_model(sys.argv[1], text_settings=TextSettings(max_length=24, query_max_length=8, roles="asymmetric"))
+write_index(model, as_corpus(_documents(70))[0], Path(sys.argv[2]), shard_size=16, model_path="m",
+            show_progress_bar=False)
+"""
+
+
+def test_a_build_killed_by_sigkill_continues_to_the_same_index(model, documents, tmp_path, minilm_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", KILLED_BUILD, minilm_path, str(tmp_path / "killed")], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert len(storage.read_manifest(tmp_path / "killed").shards) == 2  # shard 2 written, not listed
+    corpus, _ = as_corpus(documents)
+    report = write_index(model, corpus, tmp_path / "killed", shard_size=16, model_path="m", show_progress_bar=False)
+    assert (report.held, report.adopted, report.added) == (32, 16, 22)
+    write_index(model, corpus, tmp_path / "whole", shard_size=16, model_path="m", show_progress_bar=False)
+    assert _files(tmp_path / "killed") == _files(tmp_path / "whole")
