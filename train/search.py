@@ -89,13 +89,13 @@ def main(cfg: DictConfig) -> None:
     seconds = time.perf_counter() - start
     log.info("%d queries searched (%s) in %.2f s: %.1f ms a query", len(query_ids), settings.mode, seconds,
              1000 * seconds / max(len(query_ids), 1))
-    if cfg.q is not None:
-        print_results(index, found.ids[0], found.scores[0])
-        return
     ranking = {q: list(zip(ids, scores)) for q, ids, scores in zip(query_ids, found.ids, found.scores)}
     tag = str(cfg.tag) if cfg.tag else run_tag(str(cfg.index))
+    if cfg.q is not None:
+        print_results(index, found.ids[0], found.scores[0])
     if cfg.out is None:
-        sys.stdout.writelines(run_lines(ranking, tag))
+        if cfg.q is None:
+            sys.stdout.writelines(run_lines(ranking, tag))
     elif Path(cfg.out).suffix.lower() in JSONL_SUFFIXES:
         write_jsonl(Path(cfg.out), ranking, queries)
         print(f"Written to {cfg.out}")

@@ -71,10 +71,15 @@ def test_search_run_file_reproduces_evaluate_by_an_independent_tool(index_folder
 
 
 def test_one_query_prints_ids_scores_and_text(index_folder, beir, tmp_path):
-    done = run_module("train.search", f"index={index_folder}", "q=heart muscle's cells", "k=3", cwd=tmp_path)
+    done = run_module("train.search", f"index={index_folder}", "q=heart muscle's cells", "k=3",
+                      f"out={tmp_path / 'one.jsonl'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["rank", "id", "score", "text"] and len(lines) == 4
+    assert lines[0].split() == ["rank", "id", "score", "text"] and len(lines) == 5  # and "Written to ..."
+    record = json.loads((tmp_path / "one.jsonl").read_text())
+    assert record["query"] == "heart muscle's cells" and [r["id"] for r in record["results"]] == [
+        line.split()[1] for line in lines[1:4]]
+    lines = lines[:4]
     corpus = {row["_id"]: row["text"] for row in map(json.loads, (beir / "corpus.jsonl").open())}
     for rank, line in enumerate(lines[1:], 1):
         number, doc, score, text = line.split(maxsplit=3)
