@@ -31,7 +31,7 @@ def model_path(source: str) -> str:
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out).expanduser()
-    prepare_folder(out, bool(cfg.overwrite))  # a folder of other files is refused before the model loads
+    prepare_folder(out, overwrite=False)  # a folder of other files is refused before the model loads
     corpus, has_ids = as_corpus(str(cfg.corpus))
     log.info("%s: %d documents", corpus.source, len(corpus.ids))
     if corpus.empty:
@@ -43,6 +43,8 @@ def main(cfg: DictConfig) -> None:
     log.info("Encoding in %s (%s)", precision.inference, precision.reason)
     if int(cfg.batch_size) < 1:
         raise SettingsError(f"batch_size={cfg.batch_size}: must be at least 1")
+    if cfg.overwrite:  # only once the corpus and the model have loaded: a typo must not cost the old index
+        prepare_folder(out, overwrite=True)
     start = time.perf_counter()
     report = write_index(model, corpus, out, has_ids=has_ids, shard_size=int(cfg.shard_size), dtype=str(cfg.dtype),
                          batch_size=int(cfg.batch_size), model_path=model_path(str(cfg.model)))

@@ -202,6 +202,8 @@ def read_queries(source: str) -> dict[str, str]:
     for where, query_id, text in entries:
         if not text:
             raise DataError(f"{where}: query {query_id!r} has no text")
+        if query_id in queries:
+            raise DataError(f"{where}: query id {query_id!r} appears twice; ids must be unique")
         queries[query_id] = text
     return queries
 

@@ -135,9 +135,9 @@ class TokenIVF:
     @staticmethod
     def _build(faiss, vectors: list[torch.Tensor], lists: int, settings: ApproximateSettings):
         tokens = sum(len(v) for v in vectors)
-        if lists * POINTS_PER_LIST > tokens:
+        if settings.lists is not None and lists * POINTS_PER_LIST > tokens:
             raise SettingsError(f"search.lists={lists}: too many for {tokens} token vectors (k-means needs "
-                                f"{POINTS_PER_LIST} a list); use at most {tokens // POINTS_PER_LIST}, or null")
+                                f"{POINTS_PER_LIST} a list); use at most {max(1, tokens // POINTS_PER_LIST)}, or null")
         flat = torch.cat(vectors)  # (T, D) in the stored dtype: faiss gets float32 a chunk at a time
         generator = torch.Generator().manual_seed(settings.seed)
         sample = torch.randperm(tokens, generator=generator)[: max(settings.training_sample, lists * POINTS_PER_LIST)]
@@ -174,6 +174,7 @@ class TokenIVF:
             documents, slot = torch.unique(self.token_document[query_hits.clamp(min=0)], return_inverse=True)
             # (L_q, C): each query token's best hit in each document, else its weakest hit at all.
             weakest = query_similarities.masked_fill(~found, float("inf")).amin(dim=1, keepdim=True)
+            weakest = weakest.masked_fill(weakest == float("inf"), 0.0)  # a token with no hit at all: no evidence
             estimate = weakest.expand(-1, len(documents)).clone()
             estimate.scatter_reduce_(1, slot, query_similarities.masked_fill(~found, float("-inf")), "amax")
             keep = estimate.sum(dim=0).argsort(descending=True, stable=True)[: settings.rerank]

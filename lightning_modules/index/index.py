@@ -46,10 +46,10 @@ class SearchResults:
     indices: list[list[int]]
 
 
-def as_corpus(corpus) -> tuple[Corpus, bool]:
+def as_corpus(corpus, first_position: int = 0) -> tuple[Corpus, bool]:
     """``(Corpus, has_ids)`` of what a user gives: a ``Corpus``; a path (a corpus file or a retrieval
-    folder, ``read_corpus``); a dict of id -> text; or a list of texts, whose positions become
-    their ids (``has_ids`` False)."""
+    folder, ``read_corpus``); a dict of id -> text; or a list of texts, whose positions (from
+    ``first_position``: where they go in an index) become their ids (``has_ids`` False)."""
     if isinstance(corpus, Corpus):
         return corpus, True
     if isinstance(corpus, (str, Path)):
@@ -57,7 +57,8 @@ def as_corpus(corpus) -> tuple[Corpus, bool]:
     if isinstance(corpus, dict):
         return Corpus("(a dict)", [str(key) for key in corpus], [str(text) for text in corpus.values()]), True
     if isinstance(corpus, (list, tuple)):
-        return Corpus("(a list)", [str(i) for i in range(len(corpus))], list(corpus)), False
+        positions = range(first_position, first_position + len(corpus))
+        return Corpus("(a list)", [str(i) for i in positions], list(corpus)), False
     raise TypeError(f"a corpus is a list of texts, a dict of id -> text, a Corpus or a path; got {type(corpus).__name__}")
 
 
@@ -118,7 +119,7 @@ class Index:
         Raises:
             DataError: a held id comes with another text (an index only grows).
         """
-        corpus, has_ids = as_corpus(corpus)
+        corpus, has_ids = as_corpus(corpus, first_position=len(self))
         if has_ids != self.has_ids:
             raise DataError("documents with ids cannot join an index of documents without (or the reverse)")
         new = new_documents(corpus, dict(zip(self.ids, self.texts)), "this index")
@@ -192,6 +193,8 @@ class Index:
                            settings: ApproximateSettings) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate search: each query scored exactly against its candidates only."""
         ivf = self.approximate_index(settings)
+        # k documents need k candidates at least (one more: the query's own may be excluded).
+        settings = replace(settings, rerank=max(settings.rerank, k + 1))
         blocks = self.blocks()
         block_of = torch.empty(len(self.ids), dtype=torch.long)
         row_of = torch.empty(len(self.ids), dtype=torch.long)
@@ -294,14 +297,20 @@ def check_model(folder: Path, manifest: Manifest, model) -> None:
 
 def prepare_folder(folder: Path, overwrite: bool) -> None:
     """Make ``folder`` ready to hold an index: refuse one holding other files; with ``overwrite``,
-    empty one that holds an index."""
+    remove the index's own files from one that holds an index (and nothing else)."""
     if folder.exists() and not folder.is_dir():
         raise SettingsError(f"{folder} is a file; an index is written to a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (folder / MANIFEST).is_file():
-            raise SettingsError(f"{folder} holds files and no index ({MANIFEST}); choose an empty or new folder")
-        if overwrite:
-            shutil.rmtree(folder)
+    if not folder.is_dir():
+        return
+    has_index = (folder / MANIFEST).is_file()
+    if not has_index and any(not storage.is_index_file(path) for path in folder.iterdir()):
+        raise SettingsError(f"{folder} holds files and no index ({MANIFEST}); choose an empty or new folder")
+    if has_index and overwrite:
+        for path in folder.iterdir():
+            if path.is_dir() and path.name == storage.APPROXIMATE:
+                shutil.rmtree(path)
+            elif storage.is_index_file(path) and path.name != storage.LOCK:
+                path.unlink()
 
 
 def new_documents(corpus: Corpus, held: dict[str, str], where: str) -> list[int]:
@@ -354,6 +363,13 @@ def write_index(model, corpus: Corpus, folder: Path, *, has_ids: bool = True, sh
     if dtype not in DTYPES:
         raise SettingsError(f"dtype={dtype!r}: expected one of {list(DTYPES)}")
     prepare_folder(folder, overwrite=False)
+    with storage.writing_lock(folder):
+        return _write_index(model, corpus, folder, has_ids, shard_size, dtype, batch_size, show_progress_bar,
+                            model_path, encoded)
+
+
+def _write_index(model, corpus: Corpus, folder: Path, has_ids: bool, shard_size: int, dtype: str, batch_size: int,
+                 show_progress_bar: bool, model_path: str | None, encoded: list[torch.Tensor] | None) -> IndexReport:
     fingerprint = storage.model_fingerprint(model)
     if (folder / MANIFEST).is_file():
         manifest = storage.read_manifest(folder)
@@ -367,6 +383,11 @@ def write_index(model, corpus: Corpus, folder: Path, *, has_ids: bool = True, sh
         manifest = Manifest(model={"path": model_path, "fingerprint": fingerprint, "dim": model.encoder.dim},
                             text_settings=model.text_settings.as_dict(), scoring=model.scoring_options(), dtype=dtype,
                             precision=model.inference_precision, shard_size=shard_size, has_ids=has_ids)
+    if manifest.pending and manifest.pending.get("source") != corpus.source:
+        raise SettingsError(f"{folder}: adding {manifest.pending.get('source')} was interrupted with "
+                            f"{manifest.pending.get('documents')} documents still to add; finish it first (the same "
+                            f"python -m train.index command, corpus={manifest.pending.get('source')}), then add "
+                            f"{corpus.source}; or start over with overwrite=true")
     _remove_temporary_files(folder)
     held: dict[str, str] = {}
     for shard in manifest.shards:
@@ -382,7 +403,7 @@ def write_index(model, corpus: Corpus, folder: Path, *, has_ids: bool = True, sh
         storage.write_manifest(folder, manifest)
         ids, texts = [corpus.ids[i] for i in chunk], [corpus.texts[i] for i in chunk]
         shard_number = len(manifest.shards)
-        shard = _adopt(folder, shard_number, ids, fingerprint)
+        shard = _adopt(folder, shard_number, ids, texts, fingerprint)
         if shard is not None:
             report.adopted += len(chunk)
             log.info("shard %d/%d: %s was written whole before an interruption; kept", number, len(chunks), shard.file)
@@ -401,17 +422,18 @@ def write_index(model, corpus: Corpus, folder: Path, *, has_ids: bool = True, sh
     return report
 
 
-def _adopt(folder: Path, number: int, ids: list[str], fingerprint: str) -> storage.Shard | None:
-    """The shard ``number`` when a whole file of it, written by this model for exactly ``ids``, is
-    already there (an interrupted run wrote it, then died before listing it); else None."""
+def _adopt(folder: Path, number: int, ids: list[str], texts: list[str], fingerprint: str) -> storage.Shard | None:
+    """The shard ``number`` when a whole file of it, written by this model for exactly these
+    documents (``ids`` and ``texts``), is already there (an interrupted run wrote it, then died
+    before listing it); else None."""
     path = folder / storage.SHARD_NAME.format(number=number)
-    if not path.is_file() or not storage.shard_written_for(path, fingerprint, ids):
+    if not path.is_file() or not storage.shard_written_for(path, fingerprint, ids, texts):
         return None
     return storage.Shard(path.name, len(ids), storage.shard_tokens(path), storage.file_digest(path))
 
 
 def _remove_temporary_files(folder: Path) -> None:
-    """Remove the temporary files a killed run left (``.<name>.*.tmp``), never anything else."""
-    if folder.is_dir():
-        for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+    """Remove the temporary files a killed run left (``.<name>.*.tmp``, here and in ``approximate/``),
+    never anything else."""
+    for path in [*folder.glob(".*.tmp"), *(folder / storage.APPROXIMATE).glob(".*.tmp")]:
+        path.unlink(missing_ok=True)

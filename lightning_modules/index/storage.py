@@ -19,9 +19,11 @@ manifest and checked on reading: a damaged or replaced file is an error, never s
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,13 +32,21 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from lightning_modules.errors import DataError
+from lightning_modules.errors import DataError, SettingsError
+
+try:
+    import fcntl  # the build lock; where there is none (Windows), builds are not guarded against each other
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 MANIFEST = "index.json"
+LOCK = "index.lock"  # held by the one build that writes the folder
+APPROXIMATE = "approximate"  # approximate search's folder inside an index
 FORMAT = "maxsim-lightning index"
 VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SHARD_NAME = "shard-{number:05d}.safetensors"
+SHARD_FILE = re.compile(r"^shard-\d{5,}\.safetensors$")
 # A shard's one metadata entry: the fingerprint of the model that wrote it.
 METADATA_KEY = "maxsim-lightning index, model"
 REBUILD = "build it again with python -m train.index (into a new out= folder, or with overwrite=true)"
@@ -168,10 +178,16 @@ def read_manifest(folder: Path) -> Manifest:
         raise DataError(f"{path}: index format version {data.get('version')!r}; this version of maxsim-lightning "
                         f"reads version {VERSION}: {REBUILD}")
     try:
-        return Manifest(model=data["model"], text_settings=data["text_settings"], scoring=data["scoring"],
-                        dtype=data["dtype"], precision=data["precision"], shard_size=int(data["shard_size"]),
-                        has_ids=bool(data["has_ids"]), shards=[Shard(**shard) for shard in data["shards"]],
-                        pending=data["pending"], sources=list(data["sources"]))
+        manifest = Manifest(model=data["model"], text_settings=data["text_settings"], scoring=data["scoring"],
+                            dtype=data["dtype"], precision=data["precision"], shard_size=int(data["shard_size"]),
+                            has_ids=bool(data["has_ids"]), shards=[Shard(**shard) for shard in data["shards"]],
+                            pending=data["pending"], sources=list(data["sources"]))
+        # Only shard files of this folder: a manifest naming another path is not one we wrote.
+        if not all(SHARD_FILE.match(shard.file) for shard in manifest.shards) or manifest.dtype not in DTYPES:
+            raise ValueError("a shard file name or the dtype is not one an index writes")
+        if manifest.pending is not None and not {"source", "documents"} <= set(manifest.pending):
+            raise ValueError("pending lacks source or documents")
+        return manifest
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path}: a field is missing or malformed ({error!r}); the index is damaged: {REBUILD}") from error
 
@@ -236,11 +252,13 @@ def read_shard_documents(folder: Path, shard: Shard, fingerprint: str) -> tuple[
     return ids, texts
 
 
-def shard_written_for(path: Path, fingerprint: str, ids: list[str]) -> bool:
-    """Whether ``path`` is a whole shard file of exactly ``ids``, written by the model ``fingerprint``."""
+def shard_written_for(path: Path, fingerprint: str, ids: list[str], texts: list[str]) -> bool:
+    """Whether ``path`` is a whole shard file of exactly these documents (``ids``, ``texts``), written
+    by the model ``fingerprint``."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get(METADATA_KEY) == fingerprint and _json_of(handle.get_tensor("ids")) == ids
+            return ((handle.metadata() or {}).get(METADATA_KEY) == fingerprint
+                    and _json_of(handle.get_tensor("ids")) == ids and _json_of(handle.get_tensor("texts")) == texts)
     except (SafetensorError, OSError, ValueError):
         return False
 
@@ -267,13 +285,43 @@ def atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide the index from other users
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the index from other users
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # once, at import: setting it later would race with other threads' files
+
+
+def is_index_file(path: Path) -> bool:
+    """Whether ``path`` is one of the files an index writes in its folder (what ``overwrite`` removes)."""
+    name = path.name
+    return (name in (MANIFEST, LOCK) or bool(SHARD_FILE.match(name)) or (name.startswith(".") and name.endswith(".tmp"))
+            or (name == APPROXIMATE and path.is_dir()))
+
+
+@contextlib.contextmanager
+def writing_lock(folder: Path):
+    """Hold ``folder``'s lock while a build writes it: a second build of the same folder stops
+    with a message instead of overwriting the first's shards and manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with (folder / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            raise SettingsError(f"{folder}: another python -m train.index is writing this index; wait for it to end "
+                                "(or stop it), then run again") from error
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

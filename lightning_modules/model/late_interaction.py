@@ -251,7 +251,9 @@ class LateInteractionModel(nn.Module):
         """The documents by MaxSim against ``query``, best first: ``[{"index", "score", "text"}, ...]``,
         with ``"id"`` too when ``documents`` is an ``Index`` of a corpus with ids. ``documents``: a
         list of texts (encoded on every call), or an ``Index`` (``model.index(corpus)``, encoded once)."""
-        if isinstance(documents, Index):
+        if isinstance(documents, Index):  # searched with the model that built it (index.model)
+            if not len(documents):
+                return []
             found = documents.search([query], k=top_k or len(documents))
             return [{"index": i, "score": score, "text": documents.texts[i],
                      **({"id": documents.ids[i]} if documents.has_ids else {})}

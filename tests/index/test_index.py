@@ -14,6 +14,7 @@ from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.errors import DataError, SettingsError
 from lightning_modules.evaluation.corpus import latest_encodings, rank_corpus
 from lightning_modules.index import Index, storage, write_index
+from lightning_modules.index import index as index_module
 from lightning_modules.index.index import as_corpus
 from lightning_modules.model.settings import TextSettings
 from tests.helpers.models import tiny_model
@@ -227,6 +228,7 @@ KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
 from lightning_modules.index import storage, write_index
+from lightning_modules.index import index as index_module
 from lightning_modules.index.index import as_corpus
 from lightning_modules.model.settings import TextSettings
 from tests.helpers.models import tiny_model
@@ -260,3 +262,44 @@ def test_a_build_killed_by_sigkill_continues_to_the_same_index(model, documents,
     assert (report.held, report.adopted, report.added) == (32, 16, 22)
     write_index(model, corpus, tmp_path / "whole", shard_size=16, model_path="m", show_progress_bar=False)
     assert _files(tmp_path / "killed") == _files(tmp_path / "whole")
+
+
+def test_what_a_review_found(model, documents, tmp_path):
+    """Edge cases: a list added to a list-built index, a rerun with another corpus while one is half
+    added, a leftover shard whose texts changed, overwrite and other files, a second writer, and a
+    manifest that names a file outside its folder."""
+    listed = model.index(["heart muscle", "lung virus"])
+    assert listed.add(["bone marrow"]) == 1 and listed.ids == ["0", "1", "2"]
+    assert model.rank("bone", listed, top_k=1)[0]["index"] == 2 and model.rank("x", model.index([])) == []
+
+    corpus, _ = as_corpus(documents)
+    folder = tmp_path / "ix"
+    write_index(model, as_corpus(dict(list(documents.items())[:20]))[0], folder, shard_size=16)
+    manifest = storage.read_manifest(folder)
+    manifest.pending = {"source": "a.jsonl", "documents": 5}
+    storage.write_manifest(folder, manifest)
+    with pytest.raises(SettingsError, match="adding a.jsonl was interrupted with 5 documents"):
+        write_index(model, corpus, folder, shard_size=16)
+    manifest.pending = None
+    storage.write_manifest(folder, manifest)
+
+    changed = {**documents, "d30": "a text changed after the kill"}
+    leftover = storage.write_shard(folder, 2, list(documents)[20:36], list(documents.values())[20:36],
+                                   [torch.zeros(3, 16)] * 16, "float16", storage.model_fingerprint(model))
+    assert leftover.file == "shard-00002.safetensors"  # written whole, never listed: then the corpus changed
+    report = write_index(model, as_corpus(changed)[0], folder, shard_size=16)
+    assert report.adopted == 0 and Index.load(folder, model).texts[30] == "a text changed after the kill"
+
+    (folder / "notes.txt").write_text("mine")
+    with storage.writing_lock(folder):
+        with pytest.raises(SettingsError, match="another python -m train.index is writing this index"):
+            write_index(model, corpus, folder)
+    index_module.prepare_folder(folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["index.lock", "notes.txt"]  # only the index's files went
+
+    model.index(documents).save(tmp_path / "other")
+    data = json.loads((tmp_path / "other" / "index.json").read_text())
+    data["shards"][0]["file"] = "../secrets.safetensors"
+    (tmp_path / "other" / "index.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="a shard file name or the dtype is not one an index writes"):
+        Index.load(tmp_path / "other", model)
