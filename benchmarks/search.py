@@ -103,8 +103,10 @@ def main() -> None:
                         help="the model (an export, a .ckpt or a plain encoder; default: MiniLM, zero-shot)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a BEIR folder (default: SciFact)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--index", help="an index of --data's corpus by --model (default: built here, in a temporary folder)")
-    parser.add_argument("--settings", nargs="*", default=list(DEFAULT_SETTINGS), help="approximate rows, probe:token_hits:rerank")
+    parser.add_argument("--index", help="an index of --data's corpus by --model (default: built here, in a temporary "
+                                        "folder)")
+    parser.add_argument("--settings", nargs="*", default=list(DEFAULT_SETTINGS),
+                        help="approximate rows, probe:token_hits:rerank")
     parser.add_argument("--lists", type=int, default=None, help="faiss lists (default: sqrt of the token vectors)")
     parser.add_argument("--pylate-k-token", type=int, default=100, help="PyLate's k_token (its default: 100)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["pylate"])
@@ -169,11 +171,12 @@ def main() -> None:
         if "pylate" not in args.skip:
             theirs = run_pylate(index, vectors, query_ids, args.pylate_k_token)
             ranking = {q: {d: s for d, s in docs} for q, docs in theirs["ranking"].items()}
-            rows.append({"system": f"PyLate {theirs['pylate']} Voyager {theirs['voyager']}, k_token={args.pylate_k_token}",
+            name = f"PyLate {theirs['pylate']} Voyager {theirs['voyager']}, k_token={args.pylate_k_token}"
+            theirs_top = {q: [d for d, _ in docs] for q, docs in theirs["ranking"].items()}
+            rows.append({"system": name,
                          "ms_per_query": round(1000 * theirs["search_seconds"] / len(query_ids), 2),
                          "ndcg@10": ndcg_at_10(ranking, judged),
-                         "top10_of_exact": top10_overlap({q: [d for d, _ in docs] for q, docs in theirs["ranking"].items()},
-                                                         exact_top),
+                         "top10_of_exact": top10_overlap(theirs_top, exact_top),
                          "bytes_per_document": theirs["index_bytes"] / len(index),
                          "build_seconds": round(theirs["index_seconds"], 1)})
     for row in rows:

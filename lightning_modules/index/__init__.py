@@ -3,7 +3,8 @@
 (``approximate``). docs/search.md."""
 
 from lightning_modules.index.approximate import ApproximateSettings
-from lightning_modules.index.index import DEFAULT_DTYPE, DEFAULT_SHARD_SIZE, Index, IndexReport, SearchResults, write_index
+from lightning_modules.index.index import (DEFAULT_DTYPE, DEFAULT_SHARD_SIZE, Index, IndexReport, SearchResults,
+                                           write_index)
 
 __all__ = ["ApproximateSettings", "DEFAULT_DTYPE", "DEFAULT_SHARD_SIZE", "Index", "IndexReport", "SearchResults",
            "write_index"]

@@ -59,10 +59,12 @@ def as_corpus(corpus, first_position: int = 0) -> tuple[Corpus, bool]:
     if isinstance(corpus, (list, tuple)):
         positions = range(first_position, first_position + len(corpus))
         return Corpus("(a list)", [str(i) for i in positions], list(corpus)), False
-    raise TypeError(f"a corpus is a list of texts, a dict of id -> text, a Corpus or a path; got {type(corpus).__name__}")
+    raise TypeError("a corpus is a list of texts, a dict of id -> text, a Corpus or a path; "
+                    f"got {type(corpus).__name__}")
 
 
-def encode_documents(model, texts: list[str], batch_size: int, show_progress_bar: bool, desc: str) -> list[torch.Tensor]:
+def encode_documents(model, texts: list[str], batch_size: int, show_progress_bar: bool,
+                     desc: str) -> list[torch.Tensor]:
     """The ``(L_i, D)`` token vectors of documents, on the CPU, as evaluation encodes a corpus
     (eval mode; an empty document is its special tokens alone)."""
     was_training = model.training
@@ -138,8 +140,8 @@ class Index:
     # ---- search -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def search(self, queries: str | list[str], k: int = 10, mode: str = "exact", exclude: list[str | None] | None = None,
-               approximate: ApproximateSettings | None = None, batch_size: int = 64,
+    def search(self, queries: str | list[str], k: int = 10, mode: str = "exact",
+               exclude: list[str | None] | None = None, approximate: ApproximateSettings | None = None, batch_size: int = 64,
                show_progress_bar: bool | None = None) -> SearchResults:
         """The ``k`` best documents of each query by MaxSim.
 
@@ -168,7 +170,8 @@ class Index:
             raise ValueError(f"exclude holds {len(exclude)} entries for {len(queries)} queries")
         dtype = SCORING_DTYPES[self.model.inference_precision]
         queries = [q.to(dtype) for q in queries]
-        excluded = torch.tensor([-1 if e is None else self.position.get(e, -1) for e in (exclude or [None] * len(queries))])
+        exclude = exclude or [None] * len(queries)
+        excluded = torch.tensor([-1 if e is None else self.position.get(e, -1) for e in exclude])
         if not queries or not self.ids:
             return SearchResults([[] for _ in queries], [[] for _ in queries], [[] for _ in queries])
         if mode == "exact":
@@ -182,7 +185,8 @@ class Index:
         model's device; made on the first search, kept until documents are added."""
         dtype = SCORING_DTYPES[self.model.inference_precision]
         device = next(self.model.parameters()).device
-        if self._blocks is None or self._blocks[0][1].vectors.dtype != dtype or self._blocks[0][1].vectors.device != device:
+        held = self._blocks[0][1].vectors if self._blocks else None
+        if held is None or held.dtype != dtype or held.device != device:
             self._blocks = None  # the old ones freed first: they can be large
             blocks = length_blocks(list(range(len(self.ids))), self.vectors, dtype)
             self._blocks = [(indices, replace(block, vectors=block.vectors.to(device), mask=block.mask.to(device)))
@@ -324,8 +328,8 @@ def new_documents(corpus: Corpus, held: dict[str, str], where: str) -> list[int]
         if doc_id not in held:
             new.append(i)
         elif held[doc_id] != text:
-            raise DataError(f"{corpus.source}: document {doc_id!r} is already in {where} with another text; an index only "
-                            "grows: build a new one (overwrite=true) to change a document")
+            raise DataError(f"{corpus.source}: document {doc_id!r} is already in {where} with another text; an "
+                            "index only grows: build a new one (overwrite=true) to change a document")
     return new
 
 

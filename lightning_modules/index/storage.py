@@ -167,13 +167,15 @@ def read_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; an index is a folder written by python -m train.index")
     if not path.is_file():
-        raise DataError(f"{folder}: not an index (no {MANIFEST}); an index is a folder written by python -m train.index")
+        raise DataError(f"{folder}: not an index (no {MANIFEST}); an index is a folder written by "
+                        "python -m train.index")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"{path}: unreadable ({error}); the index is damaged: {REBUILD}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DataError(f"{path}: not a maxsim-lightning index (its format is {data.get('format') if isinstance(data, dict) else None!r})")
+        found = data.get("format") if isinstance(data, dict) else None
+        raise DataError(f"{path}: not a maxsim-lightning index (its format is {found!r})")
     if data.get("version") != VERSION:
         raise DataError(f"{path}: index format version {data.get('version')!r}; this version of maxsim-lightning "
                         f"reads version {VERSION}: {REBUILD}")
@@ -189,7 +191,8 @@ def read_manifest(folder: Path) -> Manifest:
             raise ValueError("pending lacks source or documents")
         return manifest
     except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{path}: a field is missing or malformed ({error!r}); the index is damaged: {REBUILD}") from error
+        raise DataError(f"{path}: a field is missing or malformed ({error!r}); the index is damaged: "
+                        f"{REBUILD}") from error
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
@@ -211,7 +214,8 @@ def write_shard(folder: Path, number: int, ids: list[str], texts: list[str], vec
     return Shard(name, len(ids), int(lengths.sum()), file_digest(folder / name))
 
 
-def read_shard(folder: Path, shard: Shard, fingerprint: str, dim: int) -> tuple[list[str], list[str], list[torch.Tensor]]:
+def read_shard(folder: Path, shard: Shard, fingerprint: str,
+               dim: int) -> tuple[list[str], list[str], list[torch.Tensor]]:
     """The ids, texts and ``(L_i, D)`` vectors of one shard, checked against its manifest entry.
 
     Raises:

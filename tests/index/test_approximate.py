@@ -39,8 +39,9 @@ def test_candidates_are_the_best_estimated_from_the_hits(index):
         for document in documents:  # a query token's best hit in the document, else its weakest hit
             total = 0.0
             for row_sims, row_hits in zip(similarities, hits):
-                in_document = [float(s) for s, h in zip(row_sims, row_hits) if h >= 0 and ivf.token_document[h] == document]
-                total += max(in_document) if in_document else min(float(s) for s, h in zip(row_sims, row_hits) if h >= 0)
+                hit = [(float(s), int(h)) for s, h in zip(row_sims, row_hits) if h >= 0]
+                in_document = [s for s, h in hit if ivf.token_document[h] == document]
+                total += max(in_document) if in_document else min(s for s, _ in hit)
             estimates[document] = total
         expected = sorted(estimates, key=lambda d: (-estimates[d], d))[: settings.rerank]
         got = candidates.tolist()
