@@ -7,7 +7,7 @@ virtual environment (``.venv-pylate``, with ``voyager`` installed into it).
 ``queries (Tq, D)``, ``query_lengths (Q,)``) and ``ids.json`` (``documents``, ``queries``). The
 documents go into ``pylate.indexes.Voyager`` (its defaults: M=64, ef_construction=200,
 ef_search=200); ``pylate.retrieve.ColBERT`` retrieves the 10 best of each query (``K_TOKEN``
-nearest tokens a query token, then PyLate's rerank, every query at once). Writes
+nearest tokens a query token, then PyLate's rerank), a query a batch. Writes
 ``FOLDER/result.json``: versions, ``index_seconds``, ``search_seconds``, ``index_bytes`` and
 ``ranking`` (query id -> ``[[document id, score], ...]``, best first; a document whose id is the
 query's own left out, BEIR's convention, as ours).
@@ -38,7 +38,10 @@ def main(folder: Path, k_token: int) -> None:
     index_seconds = time.perf_counter() - start
     retriever = retrieve.ColBERT(index=index)
     start = time.perf_counter()
-    found = retriever.retrieve(queries_embeddings=[q.numpy() for q in queries], k=11, k_token=k_token, device="cpu")
+    # One query a batch: at PyLate's default of 50, the token vectors its rerank asks Voyager for
+    # overflow a 32-bit count on SciFact ("cannot create std::vector larger than max_size()").
+    found = retriever.retrieve(queries_embeddings=[q.numpy() for q in queries], k=11, k_token=k_token, device="cpu",
+                               batch_size=1)
     search_seconds = time.perf_counter() - start
     ranking = {}
     for query_id, results in zip(ids["queries"], found):
