@@ -172,6 +172,8 @@ def test_results_json_counts_what_was_dropped(compose_cfg, tmp_path, capsys):
 
 
 @pytest.mark.training
+@pytest.mark.slow  # two trainings, one under two processes (half a minute); the sharded ranking itself is
+# checked with two processes in the default run (tests/evaluation/test_corpus_ranking.py)
 def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path, stsb_dir):
     """Each process embeds its shard of the validation texts; the metric must be that of the whole set."""
     rows = [{"anchor": r["sentence1"], "positive": r["sentence2"]} for r in _stsb_rows(stsb_dir, "train", 300)]

@@ -84,7 +84,8 @@ def one_process_run(tmp_path_factory, stsb_dir) -> Path:
     # One process: epoch 2 is steps 9-16; checkpoints at 9 and 12 (every 3): killed at 14, resumed at 12.
     ("default", 14, 12),
     # Two processes: epoch 2 is steps 5-8; checkpoints at 4 (epoch end) and 6: killed at 7, resumed at 6.
-    ("ddp_sim", 7, 6),
+    # A minute on 2 cores: make test-all runs it (the default run's 10 minutes are spent).
+    pytest.param("ddp_sim", 7, 6, marks=pytest.mark.slow),
 ])
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, stsb_dir, trainer, kill_at, resumed_at,
                                                                      request):
