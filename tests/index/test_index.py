@@ -264,7 +264,7 @@ def test_a_build_killed_by_sigkill_continues_to_the_same_index(model, documents,
     assert _files(tmp_path / "killed") == _files(tmp_path / "whole")
 
 
-def test_what_a_review_found(model, documents, tmp_path):
+def test_adding_resuming_overwriting_and_a_foreign_manifest_at_their_edges(model, documents, tmp_path):
     """Edge cases: a list added to a list-built index, a rerun with another corpus while one is half
     added, a leftover shard whose texts changed, overwrite and other files, a second writer, and a
     manifest that names a file outside its folder."""
