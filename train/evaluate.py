@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.errors import DataError, SettingsError
 from lightning_modules.evaluation import evaluate_beir
 from lightning_modules.evaluation.sts import evaluate_sts
-from lightning_modules.precision import resolve_precision
-from lightning_modules.model import LateInteractionModel
 from train.cli import exit_on_user_error
 from train.run_files import run_tag, write_run
+from train.runtime import load_for_inference
 from train.tasks import resolve_sts_task, task_kind, task_names
 
 log = logging.getLogger(__name__)
@@ -84,9 +83,7 @@ def main(cfg: DictConfig) -> None:
     if out_run is not None and not retrieval_tasks:
         log.warning("out_run=%s: no retrieval task among tasks=, so no run file is written", out_run)
 
-    model = LateInteractionModel.load(cfg.model, setting="model").eval()
-    device = next(model.parameters()).device
-    model.inference_precision = resolve_precision(cfg.precision, device).inference
+    model, _ = load_for_inference(cfg.model, cfg.precision)
     for setting in ("max_length", "query_max_length"):  # the model's own unless told
         if cfg.get(setting) is not None:
             setattr(model.text_settings, setting, int(cfg[setting]))

@@ -14,9 +14,8 @@ from omegaconf import DictConfig
 from lightning_modules.errors import SettingsError
 from lightning_modules.index import write_index
 from lightning_modules.index.index import as_corpus, prepare_folder
-from lightning_modules.model import LateInteractionModel
-from lightning_modules.precision import resolve_precision
 from train.cli import exit_on_user_error
+from train.runtime import load_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,7 @@ def main(cfg: DictConfig) -> None:
     if corpus.empty:
         log.warning("%s: %d documents have neither title nor text; indexed as empty texts", corpus.source,
                     len(corpus.empty))
-    model = LateInteractionModel.load(cfg.model, setting="model").eval()
-    precision = resolve_precision(cfg.precision, next(model.parameters()).device)
-    model.inference_precision = precision.inference
+    model, precision = load_for_inference(cfg.model, cfg.precision)
     log.info("Encoding in %s (%s)", precision.inference, precision.reason)
     if int(cfg.batch_size) < 1:
         raise SettingsError(f"batch_size={cfg.batch_size}: must be at least 1")

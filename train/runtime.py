@@ -1,5 +1,6 @@
 """What a run computes with, set from its config before anything is built: the float precision
-(``trainer.precision``, ``auto`` resolved for this machine) and the on-disk encoding cache."""
+(``trainer.precision``, ``auto`` resolved for this machine) and the on-disk encoding cache; and
+for the tools, a model loaded to infer with at their ``precision=``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from omegaconf import DictConfig
 
 from lightning_modules.evaluation.corpus import corpus_work
 from lightning_modules.evaluation.encoding_cache import EncodingCache, use_cache
+from lightning_modules.model import LateInteractionModel
 from lightning_modules.precision import RunPrecision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,16 @@ def configure_precision(cfg: DictConfig) -> RunPrecision:
     log.info("Precision: training %s, evaluation and mining %s (%s)", precision.training, precision.inference,
              precision.reason)
     return precision
+
+
+def load_for_inference(source: str, precision: str = "auto",
+                       setting: str = "model") -> tuple[LateInteractionModel, RunPrecision]:
+    """The model at ``source`` (``LateInteractionModel.load``) in eval mode, its inference precision
+    resolved from a tool's ``precision=`` for its device."""
+    model = LateInteractionModel.load(source, setting=setting).eval()
+    resolved = resolve_precision(precision, next(model.parameters()).device)
+    model.inference_precision = resolved.inference
+    return model, resolved
 
 
 def configure_encoding_cache(cfg: DictConfig) -> EncodingCache | None:

@@ -19,9 +19,9 @@ from lightning_modules.errors import SettingsError
 from lightning_modules.index import ApproximateSettings, Index
 from lightning_modules.index.storage import read_manifest
 from lightning_modules.model import LateInteractionModel
-from lightning_modules.precision import resolve_precision
 from train.cli import exit_on_user_error, literal_text_arguments
 from train.run_files import JSONL_SUFFIXES, run_lines, run_tag, write_jsonl, write_run
+from train.runtime import load_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ def load_model(cfg: DictConfig) -> LateInteractionModel:
             raise SettingsError(f"{cfg.index} does not record the model that built it (it was saved from Python "
                                 "without model_path=); give it with model=")
         log.info("Model: %s (the one that built the index)", source)
-    model = LateInteractionModel.load(source, setting="model").eval()
-    model.inference_precision = resolve_precision(cfg.precision, next(model.parameters()).device).inference
-    return model
+    return load_for_inference(source, cfg.precision)[0]
 
 
 def print_results(index: Index, ids: list[str], scores: list[float]) -> None:
@@ -73,9 +71,7 @@ def print_results(index: Index, ids: list[str], scores: list[float]) -> None:
 def main(cfg: DictConfig) -> None:
     queries = load_queries(cfg)
     settings = cfg.search
-    approximate = ApproximateSettings(lists=settings.lists, probe=int(settings.probe),
-                                      token_hits=int(settings.token_hits), rerank=int(settings.rerank),
-                                      training_sample=int(settings.training_sample), seed=int(settings.seed))
+    approximate = ApproximateSettings(**{key: value for key, value in settings.items() if key != "mode"})
     model = load_model(cfg)
     start = time.perf_counter()
     index = Index.load(cfg.index, model)

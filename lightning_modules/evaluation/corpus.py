@@ -4,8 +4,8 @@ The corpus is encoded once per set of weights (``encode_corpus`` keeps the lates
 ``TokenizedCorpus`` in ``latest_encodings``, as padded blocks of documents of similar length:
 validation, test and mining at the same weights share it) and scored by the loop that search
 shares (``lightning_modules.index.ranking``: a block at a time, keeping a running top-k per
-query, so memory grows with the corpus's token vectors, never with ``Q * corpus size``). Under several processes,
-each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
+query, so memory grows with the corpus's token vectors, never with ``Q * corpus size``). Under
+several processes, each encodes and scores its own shard of the corpus (every ``world_size``-th document) and the
 shards' top-k lists are merged. How time and memory grow: docs/retrieval.md.
 
 Across runs, encodings and rankings are also kept on disk when a cache is active
@@ -26,6 +26,7 @@ import transformers
 from lightning_modules.data.batches import TokenizedCorpus
 from lightning_modules.encoder import TokenEmbeddings
 from lightning_modules.evaluation.encoding_cache import active_cache
+from lightning_modules.index.index import embed_documents
 from lightning_modules.index.ranking import best, length_blocks, rank_blocks
 from lightning_modules.index.storage import digest, model_fingerprint, tensor_bytes
 
@@ -112,13 +113,8 @@ def encode_corpus(model, corpus: TokenizedCorpus, rows: list[int], batch_size: i
         disk_key = encoding_key(model, corpus, rows) if cache and rows else None
         vectors = _cached_encoding(cache, disk_key, len(rows), model.encoder.dim)
         if vectors is None:
-            was_training = model.training
-            model.eval()
-            try:
-                vectors = model.embed_token_ids([corpus.token_ids[i] for i in rows], batch_size, show_progress_bar,
-                                                f"encoding {len(rows)} corpus documents")
-            finally:
-                model.train(was_training)
+            vectors = embed_documents(model, [corpus.token_ids[i] for i in rows], batch_size, show_progress_bar,
+                                      f"encoding {len(rows)} corpus documents")
             corpus_work.passes_encoded += passes
             if disk_key:
                 lengths = torch.tensor([len(v) for v in vectors])
@@ -202,6 +198,7 @@ def rank_corpus(
     if world > 1:  # merge the shards' lists: each process holds the best of its own documents
         shards = [None] * world
         dist.all_gather_object(shards, (top_scores, top_indices))
-        top_scores, top_indices = best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1), depth)
+        top_scores, top_indices = best(torch.cat([s for s, _ in shards], 1), torch.cat([i for _, i in shards], 1),
+                                       depth)
     # An excluded document can fill a place only when too few others remain: it is padding, not a hit.
     return top_scores, top_indices.masked_fill(top_scores == float("-inf"), -1)

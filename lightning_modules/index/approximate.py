@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lightning_modules.errors import SettingsError
-from lightning_modules.index.storage import atomic_write, digest
+from lightning_modules.index.storage import APPROXIMATE, atomic_write, digest
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class TokenIVF:
         if folder is not None and shard_digests is not None:
             key = digest("ivf-sq8", faiss.__version__, str(lists), str(settings.training_sample), str(settings.seed),
                          *shard_digests)
-            path = folder / "approximate" / f"ivf-{lists}-{key}.faiss"
+            path = folder / APPROXIMATE / f"ivf-{lists}-{key}.faiss"
             if path.is_file():
                 ivf = faiss.read_index(str(path))
                 if ivf.ntotal == len(token_document):

@@ -63,17 +63,24 @@ def as_corpus(corpus, first_position: int = 0) -> tuple[Corpus, bool]:
                     f"got {type(corpus).__name__}")
 
 
-def encode_documents(model, texts: list[str], batch_size: int, show_progress_bar: bool,
-                     desc: str) -> list[torch.Tensor]:
-    """The ``(L_i, D)`` token vectors of documents, on the CPU, as evaluation encodes a corpus
-    (eval mode; an empty document is its special tokens alone)."""
+def embed_documents(model, token_ids: list[list[int]], batch_size: int, show_progress_bar: bool,
+                    desc: str) -> list[torch.Tensor]:
+    """The ``(L_i, D)`` token vectors of tokenised documents on the model's device, computed in eval
+    mode whatever mode the model is in (and left in it): how evaluation and indexing encode a corpus."""
     was_training = model.training
     model.eval()
     try:
-        ids = model.tokenize(texts, is_query=False, allow_empty=True)
-        return [v.cpu() for v in model.embed_token_ids(ids, batch_size, show_progress_bar, desc)]
+        return model.embed_token_ids(token_ids, batch_size, show_progress_bar, desc)
     finally:
         model.train(was_training)
+
+
+def encode_documents(model, texts: list[str], batch_size: int, show_progress_bar: bool,
+                     desc: str) -> list[torch.Tensor]:
+    """The ``(L_i, D)`` token vectors of documents, on the CPU (an empty document is its special
+    tokens alone)."""
+    token_ids = model.tokenize(texts, is_query=False, allow_empty=True)
+    return [v.cpu() for v in embed_documents(model, token_ids, batch_size, show_progress_bar, desc)]
 
 
 class Index:
@@ -97,7 +104,7 @@ class Index:
         if len(self.position) != len(self.ids):
             raise DataError("two documents share an id; ids must be unique")
         self._blocks: list[Block] | None = None
-        self._ivf: dict[ApproximateSettings, TokenIVF] = {}
+        self._ivf: dict[tuple, TokenIVF] = {}  # by ApproximateSettings.build_key(), the latest only
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -141,8 +148,8 @@ class Index:
 
     @torch.no_grad()
     def search(self, queries: str | list[str], k: int = 10, mode: str = "exact",
-               exclude: list[str | None] | None = None, approximate: ApproximateSettings | None = None, batch_size: int = 64,
-               show_progress_bar: bool | None = None) -> SearchResults:
+               exclude: list[str | None] | None = None, approximate: ApproximateSettings | None = None,
+               batch_size: int = 64, show_progress_bar: bool | None = None) -> SearchResults:
         """The ``k`` best documents of each query by MaxSim.
 
         Args:
@@ -282,11 +289,12 @@ class Index:
         return cls(model, ids, texts, vectors, has_ids=manifest.has_ids, dtype=manifest.dtype, path=folder)
 
 
-def check_model(folder: Path, manifest: Manifest, model) -> None:
-    """Refuse ``model`` for the index in ``folder`` unless it is the model that built it, with the
-    same document settings: other vectors cannot be compared with the stored ones."""
+def check_model(folder: Path, manifest: Manifest, model, fingerprint: str | None = None) -> None:
+    """Refuse ``model`` (whose ``storage.model_fingerprint`` is ``fingerprint``, when the caller has
+    it) for the index in ``folder`` unless it is the model that built it, with the same document
+    settings: other vectors cannot be compared with the stored ones."""
     built_by = manifest.model.get("path") or "a model given in Python"
-    if manifest.model["fingerprint"] != storage.model_fingerprint(model):
+    if manifest.model["fingerprint"] != (fingerprint or storage.model_fingerprint(model)):
         raise SettingsError(f"{folder} was built by another model ({built_by}): its stored vectors cannot be "
                             "compared with this model's. Search it with the model that built it, or index the corpus "
                             "again with this one (python -m train.index model=... out=<a new folder>)")
@@ -377,7 +385,7 @@ def _write_index(model, corpus: Corpus, folder: Path, has_ids: bool, shard_size:
     fingerprint = storage.model_fingerprint(model)
     if (folder / MANIFEST).is_file():
         manifest = storage.read_manifest(folder)
-        check_model(folder, manifest, model)
+        check_model(folder, manifest, model, fingerprint)
         if manifest.has_ids != has_ids:
             raise DataError(f"{folder}: documents with ids cannot join an index of documents without (or the reverse)")
         for setting, value in (("dtype", dtype), ("shard_size", shard_size)):
