@@ -12,9 +12,11 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.data.batches import ContrastiveBatch, ScoredPairsBatch, TokenBatch
 from lightning_modules.datamodules.base import LateInteractionDataModule
-from lightning_modules.encoder import EncoderOptions
+from lightning_modules.distributed import world_size
+from lightning_modules.encoder import EncoderOptions, TokenEmbeddings
 from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
-from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss
+from lightning_modules.gradcache import GradCache
+from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss, cross_device_infonce
 
 from lightning_modules.model import LateInteractionModel
 
@@ -52,6 +54,17 @@ class MaxSimModule(pl.LightningModule):
       masked out; ``infonce_symmetric`` also picks each ``b`` text's ``a`` (for
       symmetric tasks, not for queries and documents).
 
+    Beyond one process and one memory (docs/scale.md):
+
+    * ``gather_across_devices``: under several processes, each ``ContrastiveBatch`` query is also
+      scored against the ``b`` texts and hard negatives of every other process, gathered with
+      their gradients (``lightning_modules.losses.cross_device``); the update equals one process
+      training on the whole global batch. Scored pairs still train per process.
+    * ``gradcache``: ``{"mini_batch_size": N, "token_budget": T}`` (either, or null: off). Encode
+      each batch in mini-batches of at most N texts or T padded tokens and train on the whole
+      batch's loss with gradient caching (``lightning_modules.gradcache``): activation memory of
+      one mini-batch, for one more forward pass. Combines with ``gather_across_devices``.
+
     Optimisation: AdamW (no weight decay on biases and norms), ``lr`` for the encoder,
     ``lr * projection_lr_multiplier`` for a fresh projection, linear warmup over
     ``warmup_ratio`` of the steps then linear decay to 0.
@@ -79,6 +92,8 @@ class MaxSimModule(pl.LightningModule):
         infonce_temperature: float = 0.05,
         infonce_min_score: float = 0.8,
         infonce_symmetric: bool = True,
+        gather_across_devices: bool = False,
+        gradcache: dict[str, int | None] | None = None,
         lr: float = 2e-5,
         projection_lr_multiplier: float = 1.0,
         weight_decay: float = 0.01,
@@ -100,6 +115,7 @@ class MaxSimModule(pl.LightningModule):
         self.regression = ScoreRegressionLoss()
         self.infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=True)
         self.pair_infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=infonce_symmetric)
+        self.gradcache = GradCache.from_settings(gradcache)
         # The training loss of each kind of training batch.
         self._losses = {ScoredPairsBatch: self._scored_loss, ContrastiveBatch: self._contrastive_loss}
         self.evaluator: Evaluator | None = None  # the DataModule's, attached in setup
@@ -144,21 +160,8 @@ class MaxSimModule(pl.LightningModule):
         return loss
 
     def _scored_loss(self, batch: ScoredPairsBatch) -> torch.Tensor:
-        gold = batch.scores
-        a, b = self.model.embed(batch.input_ids, batch.attention_mask).split(gold.shape[0])
-        predicted = self.model.score_pairs(a, b)
-        hp = self.hparams
-        loss = predicted.new_zeros(())
-        if hp.cosent_weight:
-            loss = loss + hp.cosent_weight * self.cosent(predicted, gold)
-        if hp.regression_weight:
-            loss = loss + hp.regression_weight * self.regression(predicted, gold)
-        if hp.infonce_weight:
-            positives = gold >= hp.infonce_min_score
-            if positives.sum() >= 2:  # one positive alone has no in-batch negative
-                scores = self.model.score_matrix(a.select(positives), b.select(positives))
-                loss = loss + hp.infonce_weight * self.infonce(scores)
-        return loss
+        """``input_ids (2B, L)``: the ``a`` texts then the ``b`` texts, one side for GradCache."""
+        return self._train_on(self._objective_of_scored_pairs(batch), (batch.input_ids, batch.attention_mask))
 
     def _contrastive_loss(self, batch: ContrastiveBatch) -> torch.Tensor:
         """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
@@ -167,12 +170,47 @@ class MaxSimModule(pl.LightningModule):
         # text, and short queries padded to document length would multiply the encoder's
         # work and the (Ba, Bb, La) argmax indices of the MaxSim backward pass.
         sizes = [pairs, batch.input_ids.shape[0] - pairs]
-        a, candidates = (
-            self.model.embed(*_trim_padding(ids, mask))
-            for ids, mask in zip(batch.input_ids.split(sizes), batch.attention_mask.split(sizes))
-        )
-        scores = self.model.score_matrix(a, candidates)
-        return self.pair_infonce(scores, mask=batch.false_negatives)
+        sides = [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes),
+                                                                batch.attention_mask.split(sizes))]
+        return self._train_on(self._objective_of_contrastive(batch), *sides)
+
+    def _train_on(self, objective, *sides: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``objective(*embeddings)``, one ``TokenEmbeddings`` per side ``(input_ids, attention_mask)``:
+        encoded at once, or in mini-batches with gradient caching (``model.gradcache``)."""
+        if self.gradcache is None:
+            return objective(*(self.model.embed(ids, mask) for ids, mask in sides))
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        return self.gradcache.loss(self.model.embed, sides, objective, trainable)
+
+    def _objective_of_scored_pairs(self, batch: ScoredPairsBatch):
+        gold = batch.scores
+        hp = self.hparams
+
+        def objective(texts: TokenEmbeddings) -> torch.Tensor:
+            a, b = texts.split(gold.shape[0])
+            predicted = self.model.score_pairs(a, b)
+            loss = predicted.new_zeros(())
+            if hp.cosent_weight:
+                loss = loss + hp.cosent_weight * self.cosent(predicted, gold)
+            if hp.regression_weight:
+                loss = loss + hp.regression_weight * self.regression(predicted, gold)
+            if hp.infonce_weight:
+                positives = gold >= hp.infonce_min_score
+                if positives.sum() >= 2:  # one positive alone has no in-batch negative
+                    scores = self.model.score_matrix(a.select(positives), b.select(positives))
+                    loss = loss + hp.infonce_weight * self.infonce(scores)
+            return loss
+
+        return objective
+
+    def _objective_of_contrastive(self, batch: ContrastiveBatch):
+        def objective(queries: TokenEmbeddings, candidates: TokenEmbeddings) -> torch.Tensor:
+            if self.hparams.gather_across_devices and world_size() > 1:
+                return cross_device_infonce(self.pair_infonce, self.model.score_matrix, queries, candidates,
+                                            batch.column_keys, batch.positive_keys)
+            return self.pair_infonce(self.model.score_matrix(queries, candidates), mask=batch.false_negatives)
+
+        return objective
 
     def validation_step(self, batch: TokenBatch, batch_idx: int) -> dict | None:
         return self._evaluation_step(batch, "val")

@@ -94,9 +94,16 @@ class ContrastiveBatch(TokenBatch):
     """Positive pairs with ``N`` hard negatives: ``input_ids (2B + N, L)`` holds the ``a`` texts, the
     ``b`` texts, then the negatives; ``false_negatives (B, B + N)`` bool, True where a column's text
     is a known positive of the row's ``a`` text (other than the row's own): those columns must not
-    count as negatives. Trains InfoNCE."""
+    count as negatives. Trains InfoNCE.
+
+    The same facts as text keys, for masking columns that come from other processes
+    (``model.gather_across_devices``): ``column_keys (B + N,)`` int64, the key of each ``b`` text
+    and negative; ``positive_keys (B, P)`` int64, the keys of all known positives of each row's
+    ``a`` text (its own ``b`` included), padded with -1."""
 
     false_negatives: torch.Tensor
+    column_keys: torch.Tensor
+    positive_keys: torch.Tensor
 
     @property
     def num_pairs(self) -> int:

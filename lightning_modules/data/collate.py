@@ -57,13 +57,13 @@ class ContrastiveCollator:
             negatives.extend(choices)
         rows = [i.a for i in items] + [i.b for i in items] + [ids for _, ids in negatives]
         input_ids, attention_mask = pad_token_ids(rows, self.pad_token_id)
-        column_keys = torch.tensor([item.b_key for item in items] + [key for key, _ in negatives])
-        false_negatives = torch.stack([
-            torch.isin(column_keys, torch.tensor(sorted(self.positives.get(item.a_key, ())), dtype=torch.long))
-            for item in items
-        ])
+        column_keys = torch.tensor([item.b_key for item in items] + [key for key, _ in negatives], dtype=torch.long)
+        positive_keys = pad_token_ids([sorted(self.positives.get(item.a_key, set()) | {item.b_key}) for item in items],
+                                      pad_token_id=-1)[0]
+        false_negatives = (column_keys[None, :, None] == positive_keys[:, None, :]).any(dim=-1)
         false_negatives.fill_diagonal_(False)  # each row's own positive is the target, not a negative
-        return ContrastiveBatch(input_ids, attention_mask, false_negatives=false_negatives)
+        return ContrastiveBatch(input_ids, attention_mask, false_negatives=false_negatives,
+                                column_keys=column_keys, positive_keys=positive_keys)
 
 
 class QueryCollator:

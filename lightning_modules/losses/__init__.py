@@ -2,7 +2,8 @@
 similarity (MaxSim in any direction or reduction) can be trained with any loss."""
 
 from lightning_modules.losses.cosent import CoSENTLoss
+from lightning_modules.losses.cross_device import UnequalBatchesError, cross_device_infonce
 from lightning_modules.losses.infonce import InfoNCELoss
 from lightning_modules.losses.regression import ScoreRegressionLoss
 
-__all__ = ["CoSENTLoss", "InfoNCELoss", "ScoreRegressionLoss"]
+__all__ = ["CoSENTLoss", "InfoNCELoss", "ScoreRegressionLoss", "UnequalBatchesError", "cross_device_infonce"]

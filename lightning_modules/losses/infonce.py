@@ -42,14 +42,19 @@ class InfoNCELoss(nn.Module):
     def forward(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if scores.dim() != 2 or scores.shape[1] < scores.shape[0]:
             raise ValueError(f"scores must be (Ba, Bb) with Bb >= Ba, got {tuple(scores.shape)}")
+        if mask is not None and (mask.shape != scores.shape or mask.diagonal().any()):
+            raise ValueError("mask must have the shape of scores and a False diagonal (the positives)")
         n = scores.shape[0]
+        targets = torch.arange(n, device=scores.device)
+        loss = self.pick(scores, targets, mask)
+        if self.symmetric:
+            loss = 0.5 * (loss + self.pick(scores[:, :n].T, targets, None if mask is None else mask[:, :n].T))
+        return loss
+
+    def pick(self, scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One direction: mean cross-entropy of each row of ``scores (R, C)`` picking column
+        ``targets (R,)`` among its columns, those where ``mask (R, C)`` is True left out."""
         logits = scores.float() / self.temperature
         if mask is not None:
-            if mask.shape != scores.shape or mask.diagonal().any():
-                raise ValueError("mask must have the shape of scores and a False diagonal (the positives)")
             logits = logits.masked_fill(mask, float("-inf"))
-        targets = torch.arange(n, device=scores.device)
-        loss = F.cross_entropy(logits, targets)
-        if self.symmetric:
-            loss = 0.5 * (loss + F.cross_entropy(logits[:, :n].T, targets))
-        return loss
+        return F.cross_entropy(logits, targets)

@@ -67,13 +67,16 @@ def test_each_batch_kind_finds_its_evaluator_and_primary_metric():
     with pytest.raises(ValueError, match="unknown evaluator 'NoSuchEvaluator'"):
         evaluator_named("NoSuchEvaluator")
     with pytest.raises(TypeError, match="no evaluator reads ContrastiveBatch"):
-        evaluator_for(ContrastiveBatch(ids, mask, false_negatives=torch.zeros(1, 1, dtype=torch.bool)))
+        evaluator_for(ContrastiveBatch(ids, mask, false_negatives=torch.zeros(1, 1, dtype=torch.bool),
+                                       column_keys=torch.zeros(1, dtype=torch.long),
+                                       positive_keys=torch.zeros(1, 1, dtype=torch.long)))
 
 
 def test_batches_count_their_pairs():
     ids, mask = torch.ones(6, 3, dtype=torch.long), torch.ones(6, 3, dtype=torch.long)
     assert ScoredPairsBatch(ids, mask, scores=torch.zeros(3)).num_pairs == 3
-    assert ContrastiveBatch(ids, mask, false_negatives=torch.zeros(2, 4, dtype=torch.bool)).num_pairs == 2
+    assert ContrastiveBatch(ids, mask, false_negatives=torch.zeros(2, 4, dtype=torch.bool),
+                            column_keys=torch.arange(4), positive_keys=torch.arange(2)[:, None]).num_pairs == 2
     queries = QueryBatch(ids, mask, query_ids=[f"q{i}" for i in range(6)], judgements=[{0: 1}] * 6,
                          corpus=TokenizedCorpus(["d0"], [[101, 102]]))
     assert queries.num_pairs == 6
