@@ -10,13 +10,14 @@ import pytorch_lightning as pl
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from lightning_modules.data.batches import ContrastiveBatch, ScoredPairsBatch, TokenBatch
+from lightning_modules.data.batches import ContrastiveBatch, DistillationBatch, ScoredPairsBatch, TokenBatch
 from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.distributed import world_size
 from lightning_modules.encoder import EncoderOptions, TokenEmbeddings
 from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
 from lightning_modules.gradcache import GradCache
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss, cross_device_infonce
+from lightning_modules.losses import distillation_loss as make_distillation_loss  # the name of an argument below
 
 from lightning_modules.model import LateInteractionModel
 
@@ -52,7 +53,12 @@ class MaxSimModule(pl.LightningModule):
     * ``ContrastiveBatch`` (positive pairs with hard negatives): InfoNCE of each ``a``
       text against every ``b`` text and hard negative of the batch, known positives
       masked out; ``infonce_symmetric`` also picks each ``b`` text's ``a`` (for
-      symmetric tasks, not for queries and documents).
+      symmetric tasks, not for queries and documents);
+    * ``DistillationBatch`` (queries with ``N`` candidates and a teacher's scores of them): the
+      student's MaxSim of each query's candidates against the teacher's, ``distillation_loss``
+      ``kl`` (with ``distillation_student_temperature``, ``distillation_teacher_temperature`` and
+      per-query min-max normalisation, ``distillation_normalize_scores``) or ``margin_mse``
+      (``lightning_modules.losses.distillation``).
 
     Beyond one process and one memory (docs/scale.md):
 
@@ -63,7 +69,8 @@ class MaxSimModule(pl.LightningModule):
     * ``gradcache``: ``{"mini_batch_size": N, "token_budget": T}`` (either, or null: off). Encode
       each batch in mini-batches of at most N texts or T padded tokens and train on the whole
       batch's loss with gradient caching (``lightning_modules.gradcache``): activation memory of
-      one mini-batch, for one more forward pass. Combines with ``gather_across_devices``.
+      one mini-batch, for one more forward pass. Every kind of training batch; combines with
+      ``gather_across_devices``.
 
     Optimisation: AdamW (no weight decay on biases and norms), ``lr`` for the encoder,
     ``lr * projection_lr_multiplier`` for a fresh projection, linear warmup over
@@ -98,6 +105,10 @@ class MaxSimModule(pl.LightningModule):
         projection_lr_multiplier: float = 1.0,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        distillation_loss: str = "kl",
+        distillation_student_temperature: float = 1.0,
+        distillation_teacher_temperature: float = 1.0,
+        distillation_normalize_scores: bool = True,
         **encoder_options: Any,
     ) -> None:
         super().__init__()
@@ -116,8 +127,12 @@ class MaxSimModule(pl.LightningModule):
         self.infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=True)
         self.pair_infonce = InfoNCELoss(temperature=infonce_temperature, symmetric=infonce_symmetric)
         self.gradcache = GradCache.from_settings(gradcache)
+        # A teacher's scores of each query's candidates (KL or Margin-MSE).
+        self.distillation = make_distillation_loss(distillation_loss, distillation_student_temperature,
+                                                   distillation_teacher_temperature, distillation_normalize_scores)
         # The training loss of each kind of training batch.
-        self._losses = {ScoredPairsBatch: self._scored_loss, ContrastiveBatch: self._contrastive_loss}
+        self._losses = {ScoredPairsBatch: self._scored_loss, ContrastiveBatch: self._contrastive_loss,
+                        DistillationBatch: self._distillation_loss}
         self.evaluator: Evaluator | None = None  # the DataModule's, attached in setup
 
     def setup(self, stage: str) -> None:
@@ -173,6 +188,26 @@ class MaxSimModule(pl.LightningModule):
         sides = [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes),
                                                                 batch.attention_mask.split(sizes))]
         return self._train_on(self._objective_of_contrastive(batch), *sides)
+
+    def _distillation_loss(self, batch: DistillationBatch) -> torch.Tensor:
+        """``input_ids (Q + Q * N, L)``: the queries, then each query's ``N`` candidates; ``teacher_scores (Q, N)``.
+
+        Each query is scored against its own ``N`` candidates only (``score_pairs`` of the query's
+        vectors, repeated ``N`` times, with its documents), and ``distillation_loss`` compares the
+        ``(Q, N)`` scores with the teacher's (``lightning_modules.losses.distillation``).
+        """
+        queries, ways = batch.teacher_scores.shape
+        sizes = [queries, batch.input_ids.shape[0] - queries]  # each side at its own length, as above
+        sides = [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes),
+                                                                batch.attention_mask.split(sizes))]
+
+        def objective(query_vectors: TokenEmbeddings, documents: TokenEmbeddings) -> torch.Tensor:
+            # Rows of the repeated queries line up with the documents: query 0 N times, then query 1, ...
+            rows = torch.arange(queries, device=batch.input_ids.device).repeat_interleave(ways)
+            scores = self.model.score_pairs(query_vectors.select(rows), documents).view(queries, ways)
+            return self.distillation(scores, batch.teacher_scores)
+
+        return self._train_on(objective, *sides)
 
     def _train_on(self, objective, *sides: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``objective(*embeddings)``, one ``TokenEmbeddings`` per side ``(input_ids, attention_mask)``:

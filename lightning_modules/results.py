@@ -76,9 +76,15 @@ def reported_metrics(results: dict) -> dict:
 def training_data_source(data_settings) -> str | None:
     """What a run trained and was measured on, by its DataModule's settings (a config's ``data``
     or a checkpoint's DataModule hyperparameters), for the model card: a BEIR set's name and
-    folder (or hub id) with its splits; the pairs files; the STS-B folder or hub id. None when
+    folder (or hub id) with its splits; the pairs files; the STS-B folder or hub id; a distillation's
+    scores and evaluation folder. None when
     the settings name no data."""
     settings = dict(data_settings or {})
+    if settings.get("scores"):  # DistillationDataModule
+        test = f", tested on its `{settings['test_split']}` queries" if settings.get("test_split") else ""
+        return (f"distilled from the teacher scores {settings['scores']} (queries {settings.get('queries')}, corpus "
+                f"{settings.get('corpus')}, {settings.get('n_ways')} candidates a query in each batch); validated on "
+                f"the `{settings.get('validation_split')}` queries of {settings.get('eval_path')}{test}")
     if settings.get("path"):  # BeirDataModule
         return _beir_source(settings)
     if settings.get("train"):  # PairsDataModule

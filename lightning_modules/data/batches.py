@@ -165,3 +165,32 @@ class QueryBatch(TokenBatch):
     @property
     def num_pairs(self) -> int:
         return len(self.query_ids)
+
+
+# ---- score distillation ----------------------------------------------------------------------------
+
+
+@dataclass
+class DistillationItem:
+    """One query with the teacher's scored candidates: ``query`` (its position among the DataModule's
+    tokenised queries), ``documents`` (corpus indices) and ``scores`` (the teacher's, one a document).
+    Positions, not texts: the tokenised queries and corpus are shared by the collator, never copied
+    into items."""
+
+    query: int
+    documents: list[int]
+    scores: list[float]
+
+
+@dataclass
+class DistillationBatch(TokenBatch):
+    """Queries with ``N`` candidate documents each and the teacher's scores of them:
+    ``input_ids (Q + Q * N, L)``, rows ``[:Q]`` the queries, then query 0's ``N`` documents, query
+    1's, ...; ``teacher_scores (Q, N)`` float32, column 0 the teacher's best-scored candidate of the
+    row. Trains the distillation losses (``lightning_modules.losses.distillation``)."""
+
+    teacher_scores: torch.Tensor
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.teacher_scores.shape[0])

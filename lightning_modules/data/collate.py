@@ -7,6 +7,8 @@ import torch
 from lightning_modules.data.batches import (
     ContrastiveBatch,
     ContrastiveItem,
+    DistillationBatch,
+    DistillationItem,
     LabelledPairsBatch,
     PairItem,
     QueryBatch,
@@ -16,7 +18,7 @@ from lightning_modules.data.batches import (
 )
 from lightning_modules.tokenization import pad_token_ids
 
-__all__ = ["ContrastiveCollator", "PairCollator", "QueryCollator", "pad_token_ids"]
+__all__ = ["ContrastiveCollator", "DistillationCollator", "PairCollator", "QueryCollator", "pad_token_ids"]
 
 
 class PairCollator:
@@ -77,3 +79,45 @@ class QueryCollator:
         input_ids, attention_mask = pad_token_ids([item.ids for item in items], self.pad_token_id)
         return QueryBatch(input_ids, attention_mask, query_ids=[item.query_id for item in items],
                           judgements=[dict(item.judgements) for item in items], corpus=self.corpus)
+
+
+class DistillationCollator:
+    """Queries with the teacher's scored candidates (``DistillationItem``) -> ``DistillationBatch``.
+
+    Each query brings ``n_ways`` of its candidates: the teacher's best-scored one (the first of them
+    on a tie), always, in column 0, then ``n_ways - 1`` of the others drawn at random each time
+    (torch's RNG, so a resumed run draws what the uninterrupted one would). Keeping the best one:
+    it is the mode of the teacher's distribution (for MS MARCO's lists, usually the labelled
+    positive), without which a sample of mostly weak candidates teaches a flat target; and
+    ``MarginMSELoss`` takes its margins over it. (PyLate keeps the first ``n_ways`` of each list.)
+
+    ``queries``: the token ids of every query (``DistillationItem.query`` indexes them);
+    ``corpus``: the tokenised documents (``DistillationItem.documents`` indexes them), shared.
+    """
+
+    def __init__(self, pad_token_id: int, queries: list[list[int]], corpus: TokenizedCorpus, n_ways: int) -> None:
+        if n_ways < 1:
+            raise ValueError(f"n_ways must be at least 1, got {n_ways}")
+        self.pad_token_id = pad_token_id
+        self.queries = queries
+        self.corpus = corpus
+        self.n_ways = n_ways
+
+    def sample(self, item: DistillationItem) -> list[int]:
+        """Positions in ``item.documents`` of the ``n_ways`` candidates to use: the best-scored first."""
+        if len(item.documents) < self.n_ways:
+            raise ValueError(f"query {item.query} has {len(item.documents)} candidates, fewer than "
+                             f"n_ways={self.n_ways}")
+        best = max(range(len(item.scores)), key=item.scores.__getitem__)
+        others = [i for i in range(len(item.documents)) if i != best]
+        drawn = torch.randperm(len(others))[: self.n_ways - 1].tolist()
+        return [best] + [others[i] for i in drawn]
+
+    def __call__(self, items: list[DistillationItem]) -> DistillationBatch:
+        chosen = [self.sample(item) for item in items]
+        documents = [self.corpus.token_ids[item.documents[i]] for item, picks in zip(items, chosen) for i in picks]
+        input_ids, attention_mask = pad_token_ids([self.queries[item.query] for item in items] + documents,
+                                                  self.pad_token_id)
+        teacher = torch.tensor([[item.scores[i] for i in picks] for item, picks in zip(items, chosen)],
+                               dtype=torch.float32)
+        return DistillationBatch(input_ids, attention_mask, teacher_scores=teacher)

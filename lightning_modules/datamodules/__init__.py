@@ -4,7 +4,9 @@ ask of them: ``LateInteractionDataModule`` (``datamodules.base``)."""
 
 from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.datamodules.beir import BeirDataModule
+from lightning_modules.datamodules.distillation import DistillationDataModule
 from lightning_modules.datamodules.pairs import PairsDataModule
 from lightning_modules.datamodules.stsb import STSBDataModule
 
-__all__ = ["BeirDataModule", "LateInteractionDataModule", "MiningRequest", "PairsDataModule", "STSBDataModule"]
+__all__ = ["BeirDataModule", "DistillationDataModule", "LateInteractionDataModule", "MiningRequest", "PairsDataModule",
+           "STSBDataModule"]
