@@ -64,6 +64,8 @@ bench: $(VENV)/.installed-bench $(PYLATE_VENV)/.installed-bench
 	$(PY) -m tools.kernels.triton_compile_check
 	$(PY) -m tools.kernels.triton_sass  # ours; late-interaction-kernels' too where it imports
 	-$(PY) -m benchmarks.contrastive_batch  # reads ../shared/data/stsb; without it, the others still run
+	-$(PY) -m benchmarks.gradcache  # reads ../shared/data/stsb; about 15 minutes on 2 cores
+	-$(PY) -m benchmarks.ddp_throughput  # reads ../shared/data/stsb; two gloo processes on the CPU
 	$(PY) -m benchmarks.sts_vs_sentence_transformers $(ARGS)
 	-$(PY) -m benchmarks.retrieval  # reads ../shared/data/scifact; PyLate runs in $(PYLATE_VENV)
 	-$(PY) -m benchmarks.search  # SciFact's test queries; PyLate's Voyager runs in $(PYLATE_VENV)
