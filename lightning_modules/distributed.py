@@ -26,8 +26,9 @@ class _GatherWithGradient(torch.autograd.Function):
     Why not ``self.all_gather(..., sync_grads=False)`` or a detached gather: the rows gathered from
     other ranks must pass this rank's loss gradient back to the rank that made them, or their encoder
     learns nothing from this rank's queries. Why not ``torch.distributed.nn.all_gather``: its backward
-    needs reduce-scatter or all-to-all, which gloo lacks on some builds; an all-reduce of the whole
-    gradient is available everywhere and, for the few MB of token vectors of a batch, as cheap.
+    needs reduce-scatter or all-to-all, which gloo lacks on some builds. Here NCCL reduce-scatters
+    (each rank receives only its own slice) and other backends all-reduce the whole gradient and keep
+    their slice: ``W`` times the traffic, for CPUs' gloo, where batches are small.
     """
 
     @staticmethod
@@ -39,8 +40,12 @@ class _GatherWithGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
-        gradient = gradient.contiguous()  # all_reduce works in place: never on autograd's own buffer
-        summed = gradient.clone()
+        gradient = gradient.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:
+            own = gradient.new_empty((ctx.rows, *gradient.shape[1:]))
+            dist.reduce_scatter_tensor(own, gradient, op=dist.ReduceOp.SUM)
+            return own
+        summed = gradient.clone()  # all_reduce works in place: never on autograd's own buffer
         dist.all_reduce(summed, op=dist.ReduceOp.SUM)
         start = rank() * ctx.rows
         return summed[start : start + ctx.rows]

@@ -16,13 +16,17 @@ Activations are held for one mini-batch at a time; the cost is one more forward 
 
 Where peers went wrong, and what this module does instead:
 
+* **Autocast.** Its cache of low-precision weight copies is cleared before the replay, whose
+  casts must carry a graph (the first pass's do not).
+* **fp16 loss scaling.** The cached gradients are replayed at the GradScaler's scale, as the
+  plain step's backward pass runs, so that they do not underflow in half precision.
 * **One DDP all-reduce per step.** Step 3 runs inside ``training_step``: each mini-batch's
   parameter gradients are taken with ``torch.autograd.grad`` (which fires no DDP hook) and summed
   in a buffer; the loss returned to Lightning carries them into ``.grad`` in its single backward
-  pass, so DDP reduces once per step, as for a plain step, and Lightning's loss scaling and
-  gradient accumulation apply to them as to any loss (``_AttachGradients``).
-* **Autocast.** The replay runs in ``training_step`` under the precision plugin's autocast, like
-  the first pass, not in a backward hook outside it.
+  pass, so DDP reduces once per step, as for a plain step, and Lightning's gradient accumulation
+  and loss scale apply to them as to any loss (``_AttachGradients``). The replay runs in
+  ``training_step`` under the precision plugin's autocast, like the first pass, not in a
+  backward hook outside it.
 * **Random state.** Each mini-batch's replay restores the CPU and CUDA generators it started from,
   and the state after step 1 is restored at the end, so the rest of the step draws what it would
   have drawn.
@@ -31,7 +35,7 @@ Where peers went wrong, and what this module does instead:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +67,9 @@ class GradCache:
     def from_settings(cls, settings: dict | None) -> GradCache | None:
         """``model.gradcache`` (a dict of the fields above, or null) -> a ``GradCache``, or None when
         off (null, or every field null)."""
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValueError(f"model.gradcache must be a mapping such as {{mini_batch_size: 64}} (set "
+                             f"model.gradcache.mini_batch_size=64 on the command line), got {settings!r}")
         if not settings or all(value is None for value in settings.values()):
             return None
         unknown = set(settings) - {"mini_batch_size", "token_budget"}
@@ -78,7 +85,7 @@ class GradCache:
         return max(1, min(rows))
 
     def loss(self, embed: Embed, sides: Sequence[tuple[torch.Tensor, torch.Tensor]], objective: Objective,
-             parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+             parameters: Sequence[torch.nn.Parameter], loss_scale: float = 1.0) -> torch.Tensor:
         """The loss of ``objective(*embeddings)``, one ``TokenEmbeddings`` per side, whose backward pass
         gives ``parameters`` the gradient that a plain step on the whole batch would give them.
 
@@ -88,6 +95,10 @@ class GradCache:
                 in mini-batches of its own.
             objective: the loss of the whole batch from every side's token vectors.
             parameters: the trainable parameters that ``embed`` uses.
+            loss_scale: fp16 training's current loss scale (GradScaler's), applied to the cached
+                gradients during the replay as the plain step's backward pass would have them, so
+                that small gradients do not underflow in half precision; taken out again before
+                the gradients are handed on (Lightning's backward pass applies the scale itself).
         """
         plans = [self._chunks(ids, mask) for ids, mask in sides]
         # 1. Token vectors without a graph, and the random state each mini-batch started from.
@@ -114,12 +125,19 @@ class GradCache:
         for plan, side_cache in zip(plans, cache):
             for (ids, mask), chunk_cache in zip(plan, side_cache.split([len(ids) for ids, _ in plan])):
                 _set_random_state(next(replay), ids.device)
+                # Autocast keeps the low-precision copies of the weights it makes while its region
+                # lasts. The first pass made them without a graph, and each replay frees its own:
+                # reused, they would leave weights without gradients (PyTorch issues 112583, 142234).
+                torch.clear_autocast_cache()
                 with torch.enable_grad():
                     out = embed(ids, mask)
-                    parts = torch.autograd.grad(out.vectors, parameters, grad_outputs=chunk_cache.to(out.vectors.dtype),
+                    parts = torch.autograd.grad(out.vectors, parameters,
+                                                grad_outputs=(chunk_cache * loss_scale).to(out.vectors.dtype),
                                                 allow_unused=True)
                 gradients = [g if p is None else p if g is None else g.add_(p) for g, p in zip(gradients, parts)]
         _set_random_state(after_first_pass, plans[0][0][0].device)
+        if loss_scale != 1.0:
+            gradients = [None if g is None else g.div_(loss_scale) for g in gradients]
         return _AttachGradients.apply(value.detach(), gradients, *parameters)
 
     def _chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.data.batches import ContrastiveBatch, DistillationBatch, ScoredPairsBatch, TokenBatch
@@ -18,7 +19,6 @@ from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_nam
 from lightning_modules.gradcache import GradCache
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss, cross_device_infonce
 from lightning_modules.losses import distillation_loss as make_distillation_loss  # the name of an argument below
-
 from lightning_modules.model import LateInteractionModel
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,9 @@ class MaxSimModule(pl.LightningModule):
         if compute_loss is None:
             raise TypeError(f"no training loss for {type(batch).__name__}; trainable batches: "
                             f"{sorted(kind.__name__ for kind in self._losses)}")
+        if batch_idx == 0 and self.hparams.gather_across_devices and not isinstance(batch, ContrastiveBatch):
+            rank_zero_warn(f"model.gather_across_devices applies to contrastive batches; {type(batch).__name__} "
+                           "trains on each process's own batch")
         loss = compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.num_pairs)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch.num_pairs)
@@ -215,7 +218,12 @@ class MaxSimModule(pl.LightningModule):
         if self.gradcache is None:
             return objective(*(self.model.embed(ids, mask) for ids, mask in sides))
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        return self.gradcache.loss(self.model.embed, sides, objective, trainable)
+        return self.gradcache.loss(self.model.embed, sides, objective, trainable, loss_scale=self._loss_scale())
+
+    def _loss_scale(self) -> float:
+        """fp16 training's current loss scale (the precision plugin's GradScaler), else 1."""
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return float(scaler.get_scale()) if scaler is not None else 1.0
 
     def _objective_of_scored_pairs(self, batch: ScoredPairsBatch):
         gold = batch.scores

@@ -96,8 +96,8 @@ class DistillationCollator:
     """
 
     def __init__(self, pad_token_id: int, queries: list[list[int]], corpus: TokenizedCorpus, n_ways: int) -> None:
-        if n_ways < 1:
-            raise ValueError(f"n_ways must be at least 1, got {n_ways}")
+        if n_ways < 2:
+            raise ValueError(f"n_ways must be at least 2, got {n_ways}")
         self.pad_token_id = pad_token_id
         self.queries = queries
         self.corpus = corpus

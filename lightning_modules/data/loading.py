@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from lightning_modules.data.collate import QueryCollator
+
 
 class EpochOrderSampler(DistributedSampler):
     """Shuffled training indices for one process, a function of ``(seed, epoch)`` only.
@@ -164,6 +166,17 @@ def describe_items(where: list[str], indices: list[int], shown: int = 8) -> str:
     places = [where[i] if 0 <= i < len(where) else f"training item {i}" for i in indices]
     more = f"; ... ({len(places)} in all)" if len(places) > shown else ""
     return "; ".join(places[:shown]) + more
+
+
+def query_loader(items: list, pad_token_id: int, corpus, batch_size: int) -> DataLoader:
+    """The evaluation loader of retrieval queries (``QueryItem``) ranked against ``corpus``
+    (a ``TokenizedCorpus``): shortest first, so that a batch pads little.
+
+    In this process, always: a worker would send each batch back with its own copy of the corpus,
+    and the one shared encoding of it (validation, test, mining) would be lost. Padding a few
+    pre-tokenised queries needs no worker anyway."""
+    ordered = sorted(items, key=lambda item: len(item.ids))
+    return make_loader(ordered, batch_size, QueryCollator(pad_token_id, corpus), num_workers=0)
 
 
 def make_loader(data, batch_size: int, collate, num_workers: int) -> DataLoader:

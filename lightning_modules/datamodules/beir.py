@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 from lightning_modules.data.batches import QueryItem, TokenizedCorpus
 from lightning_modules.data.beir import BeirData, Judgements, read_beir
 from lightning_modules.data.bm25 import bm25_top_k
-from lightning_modules.data.collate import ContrastiveCollator, QueryCollator
+from lightning_modules.data.collate import ContrastiveCollator
 from lightning_modules.data.contrastive import add_negatives, contrastive_items
-from lightning_modules.data.loading import make_loader, training_loader
+from lightning_modules.data.loading import query_loader, training_loader
 from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
@@ -290,12 +290,7 @@ class BeirDataModule(LateInteractionDataModule):
         return self._query_loader("test")
 
     def _query_loader(self, split: str) -> DataLoader:
-        data = sorted(self.datasets[split], key=lambda item: len(item.ids))
-        collate = QueryCollator(self.tokenizer.pad_token_id, self.corpus)
-        # In this process, always: a worker would send each batch back with its own copy of the
-        # corpus, and the one shared encoding (validation, test, mining) would be lost. Padding a few
-        # pre-tokenised queries needs no worker anyway.
-        return make_loader(data, self.hparams.eval_batch_size, collate, num_workers=0)
+        return query_loader(self.datasets[split], self.tokenizer.pad_token_id, self.corpus, self.hparams.eval_batch_size)
 
     # ---- mining (the HardNegativeMining callback, with the model being trained) ------------------
 

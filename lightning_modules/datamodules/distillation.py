@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 
 from lightning_modules.data.batches import DistillationItem, QueryItem, TokenizedCorpus
 from lightning_modules.data.beir import BeirData, read_beir, read_corpus, read_queries
-from lightning_modules.data.collate import DistillationCollator, QueryCollator
+from lightning_modules.data.collate import DistillationCollator
 from lightning_modules.data.distillation import TeacherScores, read_teacher_scores
-from lightning_modules.data.loading import make_loader, training_loader
+from lightning_modules.data.loading import query_loader, training_loader
 from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
@@ -87,8 +87,8 @@ class DistillationDataModule(LateInteractionDataModule):
                             "train.teacher_scores) and data.eval_path=BEIR_FOLDER (validation and test)")
         if not validation_split:
             raise DataError("data.validation_split: the qrels split of data.eval_path that picks the best checkpoint")
-        if n_ways < 1:
-            raise DataError(f"data.n_ways must be at least 1, got {n_ways}")
+        if n_ways < 2:  # a softmax over one candidate is 1 whatever the scores: nothing to learn
+            raise DataError(f"data.n_ways must be at least 2 (the teacher's best and one other candidate), got {n_ways}")
         if roles not in ROLES:
             raise DataError(f"data.roles must be one of {list(ROLES)}, got {roles!r}")
         self.tokenizer = None
@@ -215,10 +215,7 @@ class DistillationDataModule(LateInteractionDataModule):
         return self._query_loader("test")
 
     def _query_loader(self, split: str) -> DataLoader:
-        data = sorted(self.datasets[split], key=lambda item: len(item.ids))
-        collate = QueryCollator(self.tokenizer.pad_token_id, self.corpus)
-        # In this process, as BeirDataModule's: the one shared corpus encoding must not be copied.
-        return make_loader(data, self.hparams.eval_batch_size, collate, num_workers=0)
+        return query_loader(self.datasets[split], self.tokenizer.pad_token_id, self.corpus, self.hparams.eval_batch_size)
 
     def report_dict(self) -> dict:
         """What was read, used and left out, for results.json."""

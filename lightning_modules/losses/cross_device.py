@@ -70,24 +70,22 @@ def cross_device_infonce(
     if (sizes[:, 0] != pairs).any():
         raise UnequalBatchesError(
             f"model.gather_across_devices: the processes hold {sizes[:, 0].tolist()} pairs in this step (one "
-            "number per rank); a gathered loss needs the same number on every rank. The training loader gives "
-            "every rank an equal share; a last, smaller batch needs the training data's size to be a multiple of "
-            "batch_size x processes, or a loader that drops it"
+            "number per rank); a gathered loss needs the same number on every rank. The DataModules' training "
+            "loaders (lightning_modules/data/loading.py) give every rank an equal share of every step; a custom "
+            "loader or sampler must do the same"
         )
     most_negatives, query_length, candidate_length, most_positives = sizes[:, 1:].max(dim=0).values.tolist()
 
     positives, negatives = candidates.split(pairs)
     positives = _padded(positives, candidate_length)
     negatives = _padded(negatives, candidate_length, rows=most_negatives)
-    columns = TokenEmbeddings(
-        torch.cat([gather_with_gradient(positives.vectors), gather_with_gradient(negatives.vectors)]),
-        torch.cat([gather_without_gradient(positives.mask), gather_without_gradient(negatives.mask)]),
-    )
-    keys = torch.cat([
-        gather_without_gradient(column_keys[:pairs]),
-        gather_without_gradient(F.pad(column_keys[pairs:], (0, most_negatives - negatives_count),
-                                      value=PADDING_COLUMN_KEY)),
-    ])
+    columns = TokenEmbeddings(gather_with_gradient(positives.vectors), gather_without_gradient(positives.mask))
+    keys = gather_without_gradient(column_keys[:pairs])
+    if most_negatives:  # every rank decides alike (the sizes are gathered), so none waits on a skipped gather
+        columns = TokenEmbeddings(torch.cat([columns.vectors, gather_with_gradient(negatives.vectors)]),
+                                  torch.cat([columns.mask, gather_without_gradient(negatives.mask)]))
+        keys = torch.cat([keys, gather_without_gradient(F.pad(column_keys[pairs:], (0, most_negatives - negatives_count),
+                                                               value=PADDING_COLUMN_KEY))])
     targets = rank() * pairs + torch.arange(pairs, device=device)  # each row's own positive, globally
     rows = torch.arange(pairs, device=device)
 
@@ -122,7 +120,8 @@ def _padded(embeddings: TokenEmbeddings, length: int, rows: int | None = None) -
     positions; a new row holds one zero token marked True (every text needs a token that takes part
     in MaxSim), and the caller masks its column out."""
     vectors, mask = embeddings.vectors, embeddings.mask
-    extra_tokens, extra_rows = length - vectors.shape[1], (rows or vectors.shape[0]) - vectors.shape[0]
+    extra_tokens = length - vectors.shape[1]
+    extra_rows = (rows if rows is not None else vectors.shape[0]) - vectors.shape[0]
     vectors = F.pad(vectors, (0, 0, 0, extra_tokens, 0, extra_rows))
     mask = F.pad(mask, (0, extra_tokens, 0, extra_rows))
     if extra_rows:
