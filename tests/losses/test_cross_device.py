@@ -9,6 +9,7 @@ from all items: it shares no code with the gather, the padding or the cross-rank
 from __future__ import annotations
 
 import copy
+import time
 import traceback
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from lightning_modules.tokenization import pad_token_ids
 from tests.helpers.models import TINY
 
 WORLD = 2
+WORKER_TIMEOUT_S = 600  # about 40 s on a quiet 2-core machine
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 NO_DROPOUT = {**TINY, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 DROPOUT = {**TINY, "hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.3}
@@ -105,6 +107,17 @@ class _Step(torch.nn.Module):
         return self.module._contrastive_loss(batch)
 
 
+def _train_step_in_ddp(module: MaxSimModule, batch, seed: int | None = None) -> None:
+    """One backward pass of ``module``'s contrastive loss through PyTorch's DDP, which averages the
+    gradients. The DDP object lives only here: freed while the process group is still alive, its
+    reducer does not take the group's last reference with it. (Freed last, at the worker's exit,
+    the gloo group's destructor can deadlock with its own threads over the GIL.)"""
+    step = torch.nn.parallel.DistributedDataParallel(_Step(module))
+    if seed is not None:  # after DDP's construction, which draws random numbers
+        torch.manual_seed(seed)
+    step(batch).backward()
+
+
 def _worker(rank: int, init_file: str, minilm_path: str, errors: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -130,8 +143,7 @@ def _worker(rank: int, init_file: str, minilm_path: str, errors: str) -> None:
                 # GradCache with gathering, inside DDP: DDP's own reduction of the attached gradients.
                 cached = _module(minilm_path, symmetric, gather_across_devices=True,
                                  gradcache={"mini_batch_size": 3, "token_budget": None})
-                step = torch.nn.parallel.DistributedDataParallel(_Step(cached))
-                step(local).backward()
+                _train_step_in_ddp(cached, local)
                 _assert_same_gradients(_gradients(cached), want)
 
         # GradCache with dropout on, gathered, in DDP: the plain gathered step with the encoder run
@@ -145,9 +157,7 @@ def _worker(rank: int, init_file: str, minilm_path: str, errors: str) -> None:
         torch.manual_seed(100 + rank)
         _chunked_reference(reference, local, cached.gradcache).backward()
         want = _average_over_ranks(_gradients(reference))
-        step = torch.nn.parallel.DistributedDataParallel(_Step(cached))
-        torch.manual_seed(100 + rank)
-        step(local).backward()
+        _train_step_in_ddp(cached, local, seed=100 + rank)
         _assert_same_gradients(_gradients(cached), want)
 
         # Without the gather, each rank's loss ignores the other's documents: the comparison above can fail.
@@ -176,8 +186,14 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, minilm_pa
     equal one process on the concatenated batch: with and without hard negatives, one-way and
     symmetric InfoNCE, ragged lengths and negative counts, false negatives across ranks."""
     errors = tmp_path / "errors"
+    workers = mp.spawn(_worker, args=(str(tmp_path / "init"), minilm_path, str(errors)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
     try:
-        mp.spawn(_worker, args=(str(tmp_path / "init"), minilm_path, str(errors)), nprocs=WORLD, join=True)
+        while not workers.join(timeout=5):
+            if time.monotonic() > deadline:  # a hang fails the test instead of the whole run
+                for process in workers.processes:
+                    process.kill()
+                pytest.fail(f"the two workers did not finish within {WORKER_TIMEOUT_S} s")
     except mp.ProcessException:
         reports = "\n".join(p.read_text() for p in sorted(tmp_path.glob("errors.*")))
         pytest.fail(f"a worker failed:\n{reports}")
