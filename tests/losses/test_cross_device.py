@@ -302,6 +302,12 @@ def test_gradcache_loss_scale_is_taken_out_again(minilm_path):
     scaled._loss_scale = lambda: 2.0**16
     scaled._contrastive_loss(batch).backward()
     _assert_same_gradients(_gradients(scaled), _gradients(plain))
+    # What Lightning does to the returned loss (1 / accumulate_grad_batches, the fp16 scale) reaches
+    # the attached gradients: half the loss, half the gradients. (AdamW would hide a missed factor.)
+    halved = copy.deepcopy(scaled)
+    halved.zero_grad()
+    (0.5 * halved._contrastive_loss(batch)).backward()
+    _assert_same_gradients(_gradients(halved), {name: 0.5 * g for name, g in _gradients(plain).items()})
 
 
 def test_gradcache_trains_scored_pairs_and_distillation_as_the_plain_step(minilm_path):

@@ -55,3 +55,24 @@ def test_two_gathering_processes_train_the_weights_of_one_process_on_the_global_
         return torch.cat([(weights[key] - want).abs().flatten() for key, want in one.items()]).mean().item()
 
     assert mean_difference(two) < 0.1 * mean_difference(alone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradcache_through_lightning_accumulation_and_precision_trains_the_plain_weights(tmp_path, stsb_dir, precision):
+    """GradCache's gradients ride on the loss that Lightning scales for gradient accumulation and runs
+    under its precision plugin's autocast: the same weights as the plain step (no dropout in the pairs
+    recipe), to float32 rounding, or to bf16's where the encoder computes in bf16."""
+    with (stsb_dir / "train.csv").open(encoding="utf-8") as f:
+        rows = [{"anchor": r["sentence1"], "positive": r["sentence2"]} for r in list(csv.DictReader(f))[:96]]
+    write_rows(tmp_path / "train.jsonl", rows[:64])
+    write_rows(tmp_path / "validation.jsonl", rows[64:])
+    common = ("trainer=default", "data.batch_size=8", "++trainer.accumulate_grad_batches=2",
+              f"trainer.precision={precision}")
+    _run(tmp_path, "plain", *common)
+    _run(tmp_path, "cached", *common, "model.gradcache.mini_batch_size=3")
+    plain, cached = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("plain", "cached"))
+    tolerance = 1e-4 if precision == "32-true" else 2e-3
+    for key, want in plain.items():
+        torch.testing.assert_close(cached[key], want, rtol=tolerance, atol=tolerance,
+                                   msg=lambda m, key=key: f"{key}: {m}")
