@@ -107,6 +107,14 @@ def test_retrieval_data_brings_retrieval_defaults_and_names_the_run_after_the_da
     assert compose_cfg(["data=beir", "data.path=/x/y", "model.direction=both"], tmp_path).model.direction == "both"
 
 
+@pytest.mark.parametrize("data", ["+experiment=scifact", "+experiment=pairs"])
+def test_the_training_seed_leaves_the_data_split_alone(compose_cfg, tmp_path, data):
+    """seed= varies training only, so that a seed sweep is validated on one split; data.seed moves it."""
+    assert compose_cfg([data], tmp_path).data.seed == 42
+    assert compose_cfg([data, "seed=43"], tmp_path).data.seed == 42
+    assert compose_cfg([data, "seed=43", "data.seed=7"], tmp_path).data.seed == 7
+
+
 def test_command_line_group_beats_the_experiment_default(compose_cfg, tmp_path):
     # `+experiment=sts model=tiny`: the experiment says `override /model: minilm`, the command line wins.
     cfg = compose_cfg(["+experiment=sts", "model=tiny"], tmp_path)
