@@ -27,7 +27,8 @@ Where peers went wrong, and what this module does instead:
   and loss scale apply to them as to any loss (``_AttachGradients``). The replay runs in
   ``training_step`` under the precision plugin's autocast, like the first pass, not in a
   backward hook outside it.
-* **Random state.** Each mini-batch's replay restores the CPU and CUDA generators it started from,
+* **Random state.** Each mini-batch's replay restores the random states it started from (torch's
+  CPU and CUDA generators, NumPy's and Python's: ``data.loading.rng_states``),
   and the state after step 1 is restored at the end, so the rest of the step draws what it would
   have drawn.
 * **No cache on the module.** Everything lives in one call; a second forward cannot clobber it.
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_modules.data.loading import rng_states, set_rng_states
 from lightning_modules.encoder import TokenEmbeddings
 
 Embed = Callable[[torch.Tensor, torch.Tensor], TokenEmbeddings]
@@ -106,13 +108,13 @@ class GradCache:
         for plan in plans:
             vectors, masks = [], []
             for ids, mask in plan:
-                states.append(_random_state(ids.device))
+                states.append(rng_states())
                 with torch.no_grad():
                     out = embed(ids, mask)
                 vectors.append(out.vectors)
                 masks.append(out.mask)
             cached.append(TokenEmbeddings(torch.cat(vectors).requires_grad_(), torch.cat(masks)))
-        after_first_pass = _random_state(plans[0][0][0].device)
+        after_first_pass = rng_states()
 
         # 2. The loss over the whole batch, and its gradient with respect to every token vector.
         with torch.enable_grad():
@@ -124,7 +126,7 @@ class GradCache:
         replay = iter(states)
         for plan, side_cache in zip(plans, cache):
             for (ids, mask), chunk_cache in zip(plan, side_cache.split([len(ids) for ids, _ in plan])):
-                _set_random_state(next(replay), ids.device)
+                set_rng_states(next(replay))
                 # Autocast keeps the low-precision copies of the weights it makes while its region
                 # lasts. The first pass made them without a graph, and each replay frees its own:
                 # reused, they would leave weights without gradients (PyTorch issues 112583, 142234).
@@ -135,7 +137,7 @@ class GradCache:
                                                 grad_outputs=(chunk_cache * loss_scale).to(out.vectors.dtype),
                                                 allow_unused=True)
                 gradients = [g if p is None else p if g is None else g.add_(p) for g, p in zip(gradients, parts)]
-        _set_random_state(after_first_pass, plans[0][0][0].device)
+        set_rng_states(after_first_pass)
         if loss_scale != 1.0:
             gradients = [None if g is None else g.div_(loss_scale) for g in gradients]
         return _AttachGradients.apply(value.detach(), gradients, *parameters)
@@ -158,14 +160,3 @@ class _AttachGradients(torch.autograd.Function):
     def backward(ctx, incoming: torch.Tensor):
         return (None, None, *(None if g is None else g * incoming.to(g.dtype) for g in ctx.gradients))
 
-
-def _random_state(device: torch.device) -> tuple:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_random_state(state: tuple, device: torch.device) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)

@@ -183,14 +183,7 @@ class MaxSimModule(pl.LightningModule):
 
     def _contrastive_loss(self, batch: ContrastiveBatch) -> torch.Tensor:
         """``input_ids (2B + N, L)``: ``a`` texts, ``b`` texts, hard negatives; ``false_negatives (B, B + N)``."""
-        pairs = batch.num_pairs
-        # Each side is encoded at its own length: the collator pads every row to the longest
-        # text, and short queries padded to document length would multiply the encoder's
-        # work and the (Ba, Bb, La) argmax indices of the MaxSim backward pass.
-        sizes = [pairs, batch.input_ids.shape[0] - pairs]
-        sides = [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes),
-                                                                batch.attention_mask.split(sizes))]
-        return self._train_on(self._objective_of_contrastive(batch), *sides)
+        return self._train_on(self._objective_of_contrastive(batch), *_two_sides(batch, batch.num_pairs))
 
     def _distillation_loss(self, batch: DistillationBatch) -> torch.Tensor:
         """``input_ids (Q + Q * N, L)``: the queries, then each query's ``N`` candidates; ``teacher_scores (Q, N)``.
@@ -200,9 +193,6 @@ class MaxSimModule(pl.LightningModule):
         ``(Q, N)`` scores with the teacher's (``lightning_modules.losses.distillation``).
         """
         queries, ways = batch.teacher_scores.shape
-        sizes = [queries, batch.input_ids.shape[0] - queries]  # each side at its own length, as above
-        sides = [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes),
-                                                                batch.attention_mask.split(sizes))]
 
         def objective(query_vectors: TokenEmbeddings, documents: TokenEmbeddings) -> torch.Tensor:
             # Rows of the repeated queries line up with the documents: query 0 N times, then query 1, ...
@@ -210,7 +200,7 @@ class MaxSimModule(pl.LightningModule):
             scores = self.model.score_pairs(query_vectors.select(rows), documents).view(queries, ways)
             return self.distillation(scores, batch.teacher_scores)
 
-        return self._train_on(objective, *sides)
+        return self._train_on(objective, *_two_sides(batch, queries))
 
     def _train_on(self, objective, *sides: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``objective(*embeddings)``, one ``TokenEmbeddings`` per side ``(input_ids, attention_mask)``:
@@ -312,6 +302,14 @@ def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, pr
         }
         for (decay, is_projection), params in groups.items()
     ]
+
+
+def _two_sides(batch: TokenBatch, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows ``[:first]`` (queries, ``a`` texts) and the rest, each ``(input_ids, attention_mask)`` cut to
+    its own length. The collator pads every row to the longest text; short queries padded to document
+    length would multiply the encoder's work and the (Ba, Bb, La) argmax indices of MaxSim's backward."""
+    sizes = [first, batch.input_ids.shape[0] - first]
+    return [_trim_padding(ids, mask) for ids, mask in zip(batch.input_ids.split(sizes), batch.attention_mask.split(sizes))]
 
 
 def _trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from lightning_modules.data.collate import QueryCollator
+from lightning_modules.distributed import rank, world_size
 
 
 class EpochOrderSampler(DistributedSampler):
@@ -106,7 +107,7 @@ class ResumableLoader(DataLoader):
         batches = super().__iter__()
         self._epoch_served, self._served = sampler.epoch, served
         if resume is not None:
-            set_rng_states(resume["rng"][_rank()])
+            set_rng_states(resume["rng"][rank()])
         for batch in batches:
             self._served += 1
             yield batch
@@ -115,10 +116,10 @@ class ResumableLoader(DataLoader):
         return {"epoch": self._epoch_served, "batches_served": self._served, "rng": _gather(rng_states())}
 
     def load_state_dict(self, state: dict) -> None:
-        if len(state["rng"]) != _world_size():
+        if len(state["rng"]) != world_size():
             raise RuntimeError(
                 f"this checkpoint was written by {len(state['rng'])} processes and is resumed by "
-                f"{_world_size()}: an exact resume needs the same number (trainer.devices, trainer.num_nodes)"
+                f"{world_size()}: an exact resume needs the same number (trainer.devices, trainer.num_nodes)"
             )
         self._resume = state
 
@@ -211,16 +212,8 @@ def set_rng_states(states: dict) -> None:
 
 
 def _gather(value) -> list:
-    if _world_size() == 1:
+    if world_size() == 1:
         return [value]
-    gathered = [None] * _world_size()
+    gathered = [None] * world_size()
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

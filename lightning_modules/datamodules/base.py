@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
+from torch.utils.data import DataLoader
 
 from lightning_modules.data.batches import PairItem, TokenizedCorpus
-from lightning_modules.data.loading import describe_items
+from lightning_modules.data.loading import describe_items, query_loader
+from lightning_modules.errors import DataError
 from lightning_modules.evaluation import Evaluator
+from lightning_modules.tokenization import marker_token_id
 
 
 @dataclass
@@ -86,3 +89,28 @@ class LateInteractionDataModule(pl.LightningDataModule):
         validation scored them; empty when validation holds no pairs (it ranks queries)."""
         items = self.datasets.get("validation") or []
         return [(item.a, item.b, float(item.target)) for item in items[:count] if isinstance(item, PairItem)]
+
+    def _marker_id(self, marker: str | None) -> int | None:
+        """The vocabulary id of a query or document marker (``[unused0]``), or None: no marker, or
+        symmetric roles (every text a document). For DataModules with ``roles`` and
+        ``tokenizer_name_or_path`` settings and a loaded ``tokenizer``."""
+        if marker is None or self.hparams.roles == "symmetric":
+            return None
+        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
+
+
+class RankedQueriesDataModule(LateInteractionDataModule):
+    """A DataModule whose validation and test rank queries (``datasets["validation"]`` and
+    ``datasets["test"]``, ``QueryItem``s) against ``self.corpus``, a ``TokenizedCorpus``, in batches
+    of ``eval_batch_size`` queries (``lightning_modules.data.loading.query_loader``)."""
+
+    def val_dataloader(self) -> DataLoader:
+        return self._query_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise DataError("no test split: set data.test_split, or run with test=false")
+        return self._query_loader("test")
+
+    def _query_loader(self, split: str) -> DataLoader:
+        return query_loader(self.datasets[split], self.tokenizer.pad_token_id, self.corpus, self.hparams.eval_batch_size)

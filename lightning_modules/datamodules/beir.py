@@ -24,11 +24,11 @@ from lightning_modules.data.beir import BeirData, Judgements, read_beir
 from lightning_modules.data.bm25 import bm25_top_k
 from lightning_modules.data.collate import ContrastiveCollator
 from lightning_modules.data.contrastive import add_negatives, contrastive_items
-from lightning_modules.data.loading import query_loader, training_loader
-from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
+from lightning_modules.data.loading import training_loader
+from lightning_modules.datamodules.base import MiningRequest, RankedQueriesDataModule
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
-from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
+from lightning_modules.tokenization import load_tokenizer, tokenize_texts
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ NEGATIVE_SOURCES = ("model", "bm25", "none")
 ROLES = ("asymmetric", "symmetric")
 
 
-class BeirDataModule(LateInteractionDataModule):
+class BeirDataModule(RankedQueriesDataModule):
     """Queries, a corpus and relevance judgements, checked and batched.
 
     Args:
@@ -224,11 +224,6 @@ class BeirDataModule(LateInteractionDataModule):
             if not self.splits[split]:
                 raise DataError(f"{self.hparams.path}: no {split} query is left (see the notes above)")
 
-    def _marker_id(self, marker: str | None) -> int | None:
-        if marker is None or self.hparams.roles == "symmetric":
-            return None
-        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
-
     def _tokenize_queries(self, split: str, query_ids: list[str]) -> list[list[int]]:
         hp = self.hparams
         asymmetric = hp.roles == "asymmetric"
@@ -280,17 +275,6 @@ class BeirDataModule(LateInteractionDataModule):
         collate = ContrastiveCollator(self.tokenizer.pad_token_id, self._positives, hp.max_negatives_per_pair)
         return training_loader(data, [len(item.b) for item in data], hp.batch_size, collate, hp.num_workers,
                                hp.group_by_length, self.trainer)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._query_loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.datasets:
-            raise DataError("no test split: set data.test_split, or run with test=false")
-        return self._query_loader("test")
-
-    def _query_loader(self, split: str) -> DataLoader:
-        return query_loader(self.datasets[split], self.tokenizer.pad_token_id, self.corpus, self.hparams.eval_batch_size)
 
     # ---- mining (the HardNegativeMining callback, with the model being trained) ------------------
 

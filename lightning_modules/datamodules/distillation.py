@@ -26,18 +26,18 @@ from lightning_modules.data.batches import DistillationItem, QueryItem, Tokenize
 from lightning_modules.data.beir import BeirData, read_beir, read_corpus, read_queries
 from lightning_modules.data.collate import DistillationCollator
 from lightning_modules.data.distillation import TeacherScores, read_teacher_scores
-from lightning_modules.data.loading import query_loader, training_loader
-from lightning_modules.datamodules.base import LateInteractionDataModule
+from lightning_modules.data.loading import training_loader
+from lightning_modules.datamodules.base import RankedQueriesDataModule
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import CorpusRetrievalEvaluator
-from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
+from lightning_modules.tokenization import load_tokenizer, tokenize_texts
 
 log = logging.getLogger(__name__)
 
 ROLES = ("asymmetric", "symmetric")
 
 
-class DistillationDataModule(LateInteractionDataModule):
+class DistillationDataModule(RankedQueriesDataModule):
     """Queries, a corpus and a teacher's scores for training; a BEIR folder for evaluation.
 
     Args:
@@ -181,11 +181,6 @@ class DistillationDataModule(LateInteractionDataModule):
         return self._tokenize(texts, hp.query_max_length if asymmetric else hp.max_length, self._markers[0],
                               f"{split} queries")
 
-    def _marker_id(self, marker: str | None) -> int | None:
-        if marker is None or self.hparams.roles == "symmetric":
-            return None
-        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
-
     def _query_items(self, split: str) -> list[QueryItem]:
         position = self.corpus.position
         queries = sorted(self.splits[split])
@@ -205,17 +200,6 @@ class DistillationDataModule(LateInteractionDataModule):
         # Not grouped by length: a batch's documents, not its queries, make most of its padding.
         return training_loader(data, [len(self._train_query_token_ids[item.query]) for item in data], hp.batch_size,
                                collate, hp.num_workers, False, self.trainer)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._query_loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.datasets:
-            raise DataError("no test split: set data.test_split, or run with test=false")
-        return self._query_loader("test")
-
-    def _query_loader(self, split: str) -> DataLoader:
-        return query_loader(self.datasets[split], self.tokenizer.pad_token_id, self.corpus, self.hparams.eval_batch_size)
 
     def report_dict(self) -> dict:
         """What was read, used and left out, for results.json."""

@@ -42,7 +42,7 @@ from lightning_modules.data.splitting import MAX_HOLDOUT_SHARE, drop_leaked_pair
 from lightning_modules.datamodules.base import LateInteractionDataModule, MiningRequest
 from lightning_modules.errors import DataError
 from lightning_modules.evaluation import ClassificationEvaluator, CorrelationEvaluator, PairRetrievalEvaluator
-from lightning_modules.tokenization import load_tokenizer, marker_token_id, tokenize_texts
+from lightning_modules.tokenization import load_tokenizer, tokenize_texts
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,6 @@ class PairsDataModule(LateInteractionDataModule):
         for examples in self.examples.values():
             normalise_scores(examples, low, high)
 
-    def _marker_id(self, marker: str | None) -> int | None:
-        if marker is None or self.symmetric:
-            return None
-        return marker_token_id(self.tokenizer, marker, self.hparams.tokenizer_name_or_path)
 
     # ---- tokenising into items -----------------------------------------------------------
 
