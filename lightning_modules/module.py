@@ -42,7 +42,9 @@ class MaxSimModule(pl.LightningModule):
     ``reduction``, ``temperature``; and how the engine computes in-batch score matrices,
     ``maxsim``, a dict of ``ENGINE_DEFAULTS`` keys (``backend``, ``chunk_budget_mb``) that
     change the scores by rounding at most (``lightning_modules.maxsim.engine_settings``;
-    the ``auto`` policy: docs/engine.md).
+    the ``auto`` policy: docs/engine.md). ``pooled_weight``: the hybrid score
+    ``(1 - w) * MaxSim + w * cos`` of the texts' mean token vectors, trained and evaluated alike
+    (``lightning_modules.maxsim.pooled``; 0: MaxSim alone).
 
     The kind of training batch (``lightning_modules.data.batches``) decides how it trains:
 
@@ -91,6 +93,7 @@ class MaxSimModule(pl.LightningModule):
         reduction: str = "mean",
         temperature: float | None = None,
         maxsim: dict[str, Any] | None = None,
+        pooled_weight: float = 0.0,
         gradient_checkpointing: bool = False,
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
@@ -115,7 +118,8 @@ class MaxSimModule(pl.LightningModule):
         self.save_hyperparameters()  # encoder_options too, flat (Lightning merges **kwargs in)
         encoder = EncoderOptions.from_settings({"model_name_or_path": model_name_or_path, **encoder_options},
                                                strict=True)
-        self.model = LateInteractionModel.build(encoder, direction, reduction, temperature, maxsim)
+        self.model = LateInteractionModel.build(encoder, direction, reduction, temperature, maxsim,
+                                                pooled_weight=pooled_weight)
         if gradient_checkpointing:
             _enable_checkpointing(self.model.encoder.backbone)
         # from_pretrained returns the encoder in eval mode and Lightning keeps modes

@@ -91,7 +91,7 @@ def model_card(model, card: dict) -> str:
         "score a query against a document ColBERT's way: for each query token the best document token, "
         "**summed** over query tokens (direction `a2b`, reduction `sum`). "
         f"This model was trained and evaluated with direction `{model.direction}` and reduction "
-        f"`{model.reduction}`" + _against_pylate(model),
+        f"`{model.reduction}`" + _against_pylate(model) + _pooled_note(model),
         "",
     ]
     if card.get("config"):
@@ -140,6 +140,17 @@ def _purpose(model, retriever: bool) -> str:
             "second, as in `score(queries, documents)`, `similarity_matrix(queries, documents)` and "
             f"`rank(query, documents)`; {lengths}. Swapped, the score changes: it is not a symmetric "
             "similarity of two texts.")
+
+
+def _pooled_note(model) -> str:
+    """What PyLate and sentence-transformers miss of a hybrid score (``pooled_weight``), or nothing."""
+    if not model.pooled_weight:
+        return ""
+    w = model.pooled_weight
+    return (f" Its score is also a hybrid: {1 - w:g} x MaxSim + {w:g} x the cosine of the two texts' mean token "
+            "vectors (`pooled_weight`), which neither PyLate nor sentence-transformers can represent: they score "
+            "with MaxSim alone, so their figures differ from the ones above. Load it with maxsim-lightning for "
+            "its own scores.")
 
 
 def _against_pylate(model) -> str:

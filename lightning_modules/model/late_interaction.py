@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from lightning_modules.encoder import EncoderOptions, TokenEmbeddings, TokenEncoder
-from lightning_modules.errors import InputError, ModelLoadError
+from lightning_modules.errors import InputError, ModelLoadError, SettingsError
 from lightning_modules.index import DEFAULT_DTYPE, Index
 from lightning_modules.maxsim import BACKENDS, CHUNK_BUDGET_BYTES, engine_settings, maxsim_matrix, maxsim_pairwise
+from lightning_modules.maxsim.pooled import mix_scores, pooled_cosine_matrix, pooled_cosine_pairwise
 from lightning_modules.model import saving
 from lightning_modules.model.settings import TextSettings
 from lightning_modules.precision import inference_autocast
@@ -46,6 +47,9 @@ class LateInteractionModel(nn.Module):
             ``lightning_modules.maxsim``).
         chunk_budget_bytes: the chunked backend's budget for a block's largest tensor.
         text_settings: tokenisation of raw texts for ``encode``/``score``/...
+        pooled_weight: ``w`` in [0, 1] of the hybrid score ``(1 - w) * MaxSim + w * cos``, ``cos`` the
+            cosine of the texts' mean token vectors (``lightning_modules.maxsim.pooled``); 0 (default):
+            MaxSim alone.
 
     ``inference_precision`` (``"32"``, ``"bf16"`` or ``"16"``; an attribute, not saved) is the
     precision of the encodings and scoring without gradients (``embed_token_ids`` and what
@@ -62,6 +66,7 @@ class LateInteractionModel(nn.Module):
         text_settings: TextSettings | None = None,
         backend: str = "auto",
         chunk_budget_bytes: int = CHUNK_BUDGET_BYTES,
+        pooled_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -73,6 +78,7 @@ class LateInteractionModel(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.chunk_budget_bytes = chunk_budget_bytes
+        self.pooled_weight = check_pooled_weight(pooled_weight)
         self.inference_precision = "32"
 
     @classmethod
@@ -84,13 +90,16 @@ class LateInteractionModel(nn.Module):
         temperature: float | None = None,
         maxsim: dict[str, Any] | None = None,
         text_settings: TextSettings | None = None,
+        pooled_weight: float = 0.0,
     ) -> LateInteractionModel:
         """A model from plain settings, as ``conf/model/*.yaml`` and a checkpoint's hyperparameters give
-        them: the ``encoder``'s, MaxSim's, and ``maxsim``, the engine settings
-        (``lightning_modules.maxsim.engine_settings``: checked before the encoder loads)."""
+        them: the ``encoder``'s, the score's, and ``maxsim``, the engine settings
+        (``lightning_modules.maxsim.engine_settings``: checked, with ``pooled_weight``, before the encoder
+        loads)."""
         engine = engine_settings(maxsim)
+        check_pooled_weight(pooled_weight)
         return cls(TokenEncoder(encoder), direction, reduction, temperature, text_settings, backend=engine["backend"],
-                   chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20))
+                   chunk_budget_bytes=int(engine["chunk_budget_mb"] * 2**20), pooled_weight=pooled_weight)
 
     @classmethod
     def load(cls, path: str | Path, setting: str | None = None) -> LateInteractionModel:
@@ -123,7 +132,8 @@ class LateInteractionModel(nn.Module):
             encoder, settings = saving.read_export(path)
             return cls(encoder, **settings)
         hparams, weights, text_settings = saving.read_checkpoint(path)
-        scoring = {k: hparams[k] for k in ("direction", "reduction", "temperature", "maxsim") if k in hparams}
+        scoring = {k: hparams[k] for k in ("direction", "reduction", "temperature", "maxsim", "pooled_weight")
+                   if k in hparams}
         model = cls.build(EncoderOptions.from_settings(hparams), **scoring, text_settings=text_settings)
         try:
             model.load_state_dict(weights)
@@ -153,22 +163,32 @@ class LateInteractionModel(nn.Module):
         return self.encoder(input_ids, attention_mask)
 
     def score_pairs(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
-        """MaxSim of aligned pairs, ``(B,)``."""
-        return maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self.scoring_options())
+        """The score (MaxSim, or the hybrid with ``pooled_weight``) of aligned pairs, ``(B,)``."""
+        scores = maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self.maxsim_options())
+        if not self.pooled_weight:
+            return scores
+        return mix_scores(scores, pooled_cosine_pairwise(a.vectors, a.mask, b.vectors, b.mask), self.pooled_weight)
 
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
-        """MaxSim of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
-        return maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,
-                             chunk_budget_bytes=self.chunk_budget_bytes, a_zero_padded=a.zero_padded,
-                             b_zero_padded=b.zero_padded, **self.scoring_options())
+        """The score of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
+        scores = maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,
+                               chunk_budget_bytes=self.chunk_budget_bytes, a_zero_padded=a.zero_padded,
+                               b_zero_padded=b.zero_padded, **self.maxsim_options())
+        if not self.pooled_weight:
+            return scores
+        return mix_scores(scores, pooled_cosine_matrix(a.vectors, a.mask, b.vectors, b.mask), self.pooled_weight)
 
     def inference_context(self):
         """The autocast context of ``inference_precision`` on the model's device."""
         return inference_autocast(self.inference_precision, next(self.parameters()).device.type)
 
-    def scoring_options(self) -> dict:
-        """What the score is: ``direction``, ``reduction``, ``temperature``."""
+    def maxsim_options(self) -> dict:
+        """What MaxSim is: ``direction``, ``reduction``, ``temperature`` (``lightning_modules.maxsim``)."""
         return {"direction": self.direction, "reduction": self.reduction, "temperature": self.temperature}
+
+    def scoring_options(self) -> dict:
+        """What the score is: MaxSim's options and ``pooled_weight``."""
+        return {**self.maxsim_options(), "pooled_weight": self.pooled_weight}
 
     # ---- texts (inference) ----------------------------------------------------------------------
 
@@ -270,6 +290,14 @@ class LateInteractionModel(nn.Module):
         (a corpus file, ``.jsonl``/``.csv``/``.tsv``/``.parquet``, or a BEIR folder). ``dtype``: of the
         stored vectors (float16 halves float32's memory; scoring multiplies in float32 on a CPU)."""
         return Index.build(self, corpus, dtype=dtype, batch_size=batch_size, show_progress_bar=show_progress_bar)
+
+
+def check_pooled_weight(pooled_weight: float) -> float:
+    """``pooled_weight`` as a float in [0, 1], else a ``SettingsError`` that says what it mixes."""
+    if isinstance(pooled_weight, bool) or not isinstance(pooled_weight, (int, float)) or not 0 <= pooled_weight <= 1:
+        raise SettingsError(f"model.pooled_weight must be a number in [0, 1] (the pooled cosine's share of the "
+                            f"score: (1 - w) * MaxSim + w * cosine of mean token vectors), got {pooled_weight!r}")
+    return float(pooled_weight)
 
 
 def _check_texts(texts, allow_empty: bool = False) -> None:

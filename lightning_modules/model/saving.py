@@ -13,7 +13,7 @@ The layout is PyLate's (which sentence-transformers >= 6 ``MultiVectorEncoder`` 
     DIR/modules.json                         [Transformer, Dense]
     DIR/1_Dense/config.json, model.safetensors   the projection (identity when there is none)
     DIR/config_sentence_transformers.json    similarity_fn_name "MaxSim" and PyLate's keys
-    DIR/maxsim_lightning.json                our settings: MaxSim direction, reduction, token skipping
+    DIR/maxsim_lightning.json                our settings: MaxSim direction, reduction, pooled weight, token skipping
     DIR/README.md                            the model card
 
 Weights are written as safetensors only. The directory is written under a temporary
@@ -73,6 +73,11 @@ def write_export(
     if out_dir.exists() and not (out_dir / OUR_CONFIG).is_file():
         # overwrite replaces an earlier export, never an arbitrary folder or file (a run folder, say).
         raise ExportError(f"{out_dir} exists and is not an earlier export (no {OUR_CONFIG}); refusing to replace it")
+    if model.pooled_weight:
+        log.warning("%s: this model scores (1 - %g) * MaxSim + %g * the cosine of mean token vectors; PyLate and "
+                    "sentence-transformers load its weights but score with MaxSim alone, so their scores differ from "
+                    "its own (the model card says so); use maxsim-lightning's score/rank", out_dir,
+                    model.pooled_weight, model.pooled_weight)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -136,6 +141,7 @@ def _write(model, folder: Path, card: dict) -> None:
         "direction": model.direction,
         "reduction": model.reduction,
         "temperature": model.temperature,
+        "pooled_weight": model.pooled_weight,
         "projection": encoder.projection is not None,
         "skip_special_tokens": encoder.options.skip_special_tokens,
         "skip_punctuation": encoder.options.skip_punctuation,
@@ -174,7 +180,7 @@ def source_kind(path: str | Path, setting: str | None = None) -> str:
 
 def read_export(path: Path) -> tuple[TokenEncoder, dict]:
     """The encoder of an export folder (projection included) and the rest of the model's arguments:
-    ``direction``, ``reduction``, ``temperature``, ``text_settings``."""
+    ``direction``, ``reduction``, ``temperature``, ``pooled_weight``, ``text_settings``."""
     config = json.loads((path / OUR_CONFIG).read_text(encoding="utf-8"))
     weight = None
     if config["projection"]:
@@ -190,6 +196,7 @@ def read_export(path: Path) -> tuple[TokenEncoder, dict]:
         encoder.projection.weight.data.copy_(weight)
     return encoder, {
         "direction": config["direction"], "reduction": config["reduction"], "temperature": config["temperature"],
+        "pooled_weight": config.get("pooled_weight", 0.0),  # exports before the hybrid score: MaxSim alone
         "text_settings": TextSettings(**config["text"]),
     }
 

@@ -103,3 +103,21 @@ def reference_matrix_gradients(a, a_mask, b, b_mask, direction, reduction, weigh
                 _one_direction_grad(B[j], BM[j], A[i], AM[i], reduction, half * W[i][j], grad_b[j], grad_a[i])
     as_tensor = lambda g, like: torch.tensor(g, dtype=torch.float64).reshape(like.shape)  # noqa: E731
     return as_tensor(grad_a, a), as_tensor(grad_b, b)
+
+
+def reference_pooled_cosine(a, a_mask, b, b_mask):
+    """The cosine of two texts' mean unmasked token vectors (lists of floats; masks: lists of bools)."""
+    def mean(x, m):
+        kept = [v for v, keep in zip(x, m) if keep]
+        return [math.fsum(column) / len(kept) for column in zip(*kept)]
+
+    u, v = mean(a, a_mask), mean(b, b_mask)
+    return _dot(u, v) / math.sqrt(_dot(u, u) * _dot(v, v))
+
+
+def reference_pooled_matrix(a, a_mask, b, b_mask):
+    """``reference_pooled_cosine`` of every text of ``a (Ba, La, D)`` against every text of ``b``: ``(Ba, Bb)`` float64."""
+    A, AM = _as_lists(a, a_mask)
+    B, BM = _as_lists(b, b_mask)
+    return torch.tensor([[reference_pooled_cosine(A[i], AM[i], B[j], BM[j]) for j in range(len(B))]
+                         for i in range(len(A))], dtype=torch.float64)

@@ -56,13 +56,16 @@ def test_evaluate_matches_pair_by_pair_scoring_and_scipy(tmp_path, minilm_path, 
     assert result["mean"] == {"spearman": task["spearman"], "pearson": task["pearson"]}
 
 
-def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, tmp_path, stsb_dir):
+@pytest.mark.parametrize("pooled_weight", [0.0, 0.5])  # MaxSim alone, and the hybrid score
+def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, tmp_path, stsb_dir, pooled_weight):
     from train.pipeline import run
 
     folder = _stsb_folder(stsb_dir, tmp_path / "stsb", n=60)
     cfg = compose_cfg(["+experiment=sts", "model=tiny", f"data.data_dir='{folder}'", "data.hub_id=null", "~logger",
-                       "trainer.max_epochs=1", "++trainer.enable_progress_bar=false"], tmp_path / "run")
+                       "trainer.max_epochs=1", "++trainer.enable_progress_bar=false",
+                       f"model.pooled_weight={pooled_weight}"], tmp_path / "run")
     results = run(cfg)
+    assert LateInteractionModel.load(tmp_path / "run" / "model").pooled_weight == pooled_weight
     done = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
                       f"out={tmp_path / 'eval.json'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
