@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from lightning_modules.data.batches import ContrastiveBatch, DistillationBatch, 
 from lightning_modules.datamodules.base import LateInteractionDataModule
 from lightning_modules.distributed import world_size
 from lightning_modules.encoder import EncoderOptions, TokenEmbeddings
+from lightning_modules.errors import SettingsError
 from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_named
 from lightning_modules.gradcache import GradCache
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss, cross_device_infonce
@@ -76,7 +78,10 @@ class MaxSimModule(pl.LightningModule):
 
     Optimisation: AdamW (no weight decay on biases and norms), ``lr`` for the encoder,
     ``lr * projection_lr_multiplier`` for a fresh projection, linear warmup over
-    ``warmup_ratio`` of the steps then linear decay to 0.
+    ``warmup_ratio`` of the steps then linear decay to 0. ``layer_lr_decay`` (< 1: layer-wise
+    learning-rate decay) multiplies the rate of each encoder layer by ``decay ** k``, ``k`` its
+    distance from the top layer (the embeddings one further down): lower layers, which hold the
+    most general knowledge, move less.
 
     Evaluation: the DataModule's ``evaluator`` (taken in ``setup``; without a DataModule,
     the one that reads the first evaluation batch) scores each batch and computes the
@@ -106,6 +111,7 @@ class MaxSimModule(pl.LightningModule):
         gradcache: dict[str, int | None] | None = None,
         lr: float = 2e-5,
         projection_lr_multiplier: float = 1.0,
+        layer_lr_decay: float = 1.0,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         distillation_loss: str = "kl",
@@ -115,6 +121,9 @@ class MaxSimModule(pl.LightningModule):
         **encoder_options: Any,
     ) -> None:
         super().__init__()
+        if isinstance(layer_lr_decay, bool) or not isinstance(layer_lr_decay, (int, float)) or not 0 < layer_lr_decay <= 1:
+            raise SettingsError(f"model.layer_lr_decay must be a number in (0, 1] (each encoder layer's learning "
+                                f"rate is lr * decay ** its depth below the top; 1: off), got {layer_lr_decay!r}")
         self.save_hyperparameters()  # encoder_options too, flat (Lightning merges **kwargs in)
         encoder = EncoderOptions.from_settings({"model_name_or_path": model_name_or_path, **encoder_options},
                                                strict=True)
@@ -263,7 +272,8 @@ class MaxSimModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = _parameter_groups(self.model, hp.lr, hp.weight_decay, hp.projection_lr_multiplier)
+        groups = _parameter_groups(self.model, hp.lr, hp.weight_decay, hp.projection_lr_multiplier,
+                                   hp.get("layer_lr_decay", 1.0))
         # fused: one kernel over all parameters instead of a Python loop over tensors.
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=True)
         total = self.trainer.estimated_stepping_batches
@@ -289,23 +299,36 @@ class MaxSimModule(pl.LightningModule):
                      prog_bar=name == self.evaluator.primary_metric)
 
 
-def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, projection_lr_multiplier: float):
-    """AdamW groups: no decay for biases and norm weights; the projection may get its own rate."""
-    groups: dict[tuple[bool, bool], list] = {}
+def _parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, projection_lr_multiplier: float,
+                      layer_lr_decay: float = 1.0):
+    """AdamW groups: no decay for biases and norm weights; the projection may get its own rate, and each
+    encoder layer ``layer_lr_decay ** depth`` of ``lr`` (``layer_depth``). The groups at ``lr`` itself come
+    first: ``train/lr`` logs the first group's rate."""
+    layers = model.encoder.backbone.config.num_hidden_layers
+    groups: dict[tuple[bool, float, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         decay = parameter.ndim >= 2
         is_projection = name.startswith("encoder.projection")
-        groups.setdefault((decay, is_projection), []).append(parameter)
-    return [
-        {
-            "params": params,
-            "weight_decay": weight_decay if decay else 0.0,
-            "lr": lr * (projection_lr_multiplier if is_projection else 1.0),
-        }
-        for (decay, is_projection), params in groups.items()
-    ]
+        if is_projection:
+            rate = lr * projection_lr_multiplier
+        else:
+            rate = lr * layer_lr_decay ** layer_depth(name.removeprefix("encoder.backbone."), layers)
+        groups.setdefault((decay, rate, is_projection), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: item[0][2] or item[0][1] != lr)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": rate}
+            for (decay, rate, _), params in ordered]
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """How far below the top a Hugging Face encoder's parameter ``name`` sits: 0 for the top layer (and
+    anything above the layers, such as a final norm), ``layers - 1 - i`` for layer ``i``
+    (``...layer.3.``, ``...layers.3.``), ``layers`` for the embeddings."""
+    found = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+    if found:
+        return layers - 1 - int(found.group(1))
+    return layers if "embeddings" in name.split(".") else 0
 
 
 def _two_sides(batch: TokenBatch, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
