@@ -46,7 +46,10 @@ class MaxSimModule(pl.LightningModule):
     change the scores by rounding at most (``lightning_modules.maxsim.engine_settings``;
     the ``auto`` policy: docs/engine.md). ``pooled_weight``: the hybrid score
     ``(1 - w) * MaxSim + w * cos`` of the texts' mean token vectors, trained and evaluated alike
-    (``lightning_modules.maxsim.pooled``; 0: MaxSim alone).
+    (``lightning_modules.maxsim.pooled``; 0: MaxSim alone). ``separate_view_losses``: train scored pairs
+    with the score losses of each view, ``(1 - w) * loss(MaxSim) + w * loss(cos)``, instead of the loss
+    of their mix: each view learns to score on its own, and the hybrid mixes two good scores
+    (docs/recipe.md measured both).
 
     The kind of training batch (``lightning_modules.data.batches``) decides how it trains:
 
@@ -99,6 +102,7 @@ class MaxSimModule(pl.LightningModule):
         temperature: float | None = None,
         maxsim: dict[str, Any] | None = None,
         pooled_weight: float = 0.0,
+        separate_view_losses: bool = False,
         gradient_checkpointing: bool = False,
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
@@ -234,12 +238,12 @@ class MaxSimModule(pl.LightningModule):
 
         def objective(texts: TokenEmbeddings) -> torch.Tensor:
             a, b = texts.split(gold.shape[0])
-            predicted = self.model.score_pairs(a, b)
-            loss = predicted.new_zeros(())
-            if hp.cosent_weight:
-                loss = loss + hp.cosent_weight * self.cosent(predicted, gold)
-            if hp.regression_weight:
-                loss = loss + hp.regression_weight * self.regression(predicted, gold)
+            loss = gold.new_zeros(())
+            for share, predicted in self._scored_views(a, b):
+                if hp.cosent_weight:
+                    loss = loss + share * hp.cosent_weight * self.cosent(predicted, gold)
+                if hp.regression_weight:
+                    loss = loss + share * hp.regression_weight * self.regression(predicted, gold)
             if hp.infonce_weight:
                 positives = gold >= hp.infonce_min_score
                 if positives.sum() >= 2:  # one positive alone has no in-batch negative
@@ -248,6 +252,15 @@ class MaxSimModule(pl.LightningModule):
             return loss
 
         return objective
+
+    def _scored_views(self, a: TokenEmbeddings, b: TokenEmbeddings) -> list[tuple[float, torch.Tensor]]:
+        """The ``(share of the loss, scores (B,))`` that the score losses of aligned pairs apply to: the
+        model's score, or with ``separate_view_losses`` MaxSim and the pooled cosine by their mix weights."""
+        weight = self.model.pooled_weight
+        if not (self.hparams.get("separate_view_losses") and weight):
+            return [(1.0, self.model.score_pairs(a, b))]
+        maxsim, pooled = self.model.score_views(a, b)
+        return [(1.0 - weight, maxsim), (weight, pooled)]
 
     def _objective_of_contrastive(self, batch: ContrastiveBatch):
         def objective(queries: TokenEmbeddings, candidates: TokenEmbeddings) -> torch.Tensor:

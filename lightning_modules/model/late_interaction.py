@@ -169,6 +169,12 @@ class LateInteractionModel(nn.Module):
             return scores
         return mix_scores(scores, pooled_cosine_pairwise(a.vectors, a.mask, b.vectors, b.mask), self.pooled_weight)
 
+    def score_views(self, a: TokenEmbeddings, b: TokenEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views of aligned pairs that the hybrid score mixes: MaxSim ``(B,)`` and the pooled cosine
+        ``(B,)``; ``score_pairs`` is ``(1 - pooled_weight) * MaxSim + pooled_weight * cosine``."""
+        return (maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self.maxsim_options()),
+                pooled_cosine_pairwise(a.vectors, a.mask, b.vectors, b.mask))
+
     def score_matrix(self, a: TokenEmbeddings, b: TokenEmbeddings) -> torch.Tensor:
         """The score of every ``a`` text against every ``b`` text, ``(Ba, Bb)``."""
         scores = maxsim_matrix(a.vectors, a.mask, b.vectors, b.mask, backend=self.backend,

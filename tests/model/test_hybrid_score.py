@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -103,3 +104,35 @@ def test_a_checkpoint_keeps_the_weight(minilm_path, tmp_path):
     loaded = LateInteractionModel.load(saved).eval()
     assert loaded.pooled_weight == 0.25
     assert torch.equal(loaded.score(A, B), module.model.eval().score(A, B))
+
+
+def _cosent(predicted, gold, scale=20.0):
+    """CoSENT written out: log(1 + sum over gold[i] > gold[j] of exp(scale * (pred[j] - pred[i])))."""
+    terms = [math.exp(scale * (float(predicted[j]) - float(predicted[i])))
+             for i in range(len(gold)) for j in range(len(gold)) if gold[i] > gold[j]]
+    return math.log1p(math.fsum(terms))
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_training_loss_of_the_mix_or_of_each_view(minilm_path, separate):
+    from lightning_modules.data.batches import ScoredPairsBatch
+    from lightning_modules.module import MaxSimModule
+    from tests.helpers.models import TINY
+
+    module = MaxSimModule(minilm_path, projection_dim=16, random_init=True, config_overrides=TINY, pooled_weight=0.3,
+                          separate_view_losses=separate).eval()  # no dropout: the same vectors twice
+    ids = [module.model.tokenize([text])[0] for text in A + B]
+    length = max(map(len, ids))
+    input_ids = torch.tensor([row + [0] * (length - len(row)) for row in ids])
+    batch = ScoredPairsBatch(input_ids, (input_ids != 0).long(), scores=torch.tensor([0.9, 0.2, 0.5]))
+    with torch.no_grad():
+        loss = float(module._scored_loss(batch))
+        a, b = _embedded(module.model, A), _embedded(module.model, B)
+    maxsim = [float(reference_pairwise(x.vectors, x.mask, y.vectors, y.mask, "both", "mean", None)) for x, y in zip(a, b)]
+    pooled = [float(reference_pooled_matrix(x.vectors, x.mask, y.vectors, y.mask)[0, 0]) for x, y in zip(a, b)]
+    gold = [0.9, 0.2, 0.5]
+    if separate:
+        expected = 0.7 * _cosent(maxsim, gold) + 0.3 * _cosent(pooled, gold)
+    else:
+        expected = _cosent([0.7 * m + 0.3 * p for m, p in zip(maxsim, pooled)], gold)
+    assert loss == pytest.approx(expected, abs=2e-4)
