@@ -50,8 +50,11 @@ class TokenMatch:
         best_b_for_a: ``(La,)`` long, for each token of ``a`` the index of its best match among the
             matching tokens of ``b`` (computed for every row, matching or not).
         best_a_for_b: ``(Lb,)`` long, the same the other way.
-        score: the model's MaxSim score of the pair (its direction, reduction and temperature).
+        score: the model's score of the pair: MaxSim (its direction, reduction and temperature), or the
+            hybrid ``(1 - pooled_weight) * maxsim + pooled_weight * pooled``.
         direction, reduction, temperature: the model's MaxSim options, for the picture.
+        pooled_weight, maxsim, pooled: the hybrid's weight and its two views (``pooled``: the cosine of
+            the mean token vectors), when ``pooled_weight`` is not 0.
     """
 
     tokens_a: list[str]
@@ -65,11 +68,19 @@ class TokenMatch:
     direction: str = "both"
     reduction: str = "mean"
     temperature: float | None = None
+    pooled_weight: float = 0.0
+    maxsim: float | None = None
+    pooled: float | None = None
 
     def describe_score(self) -> str:
-        """``"MaxSim 0.8123 (both, mean)"``: the score and how it was computed."""
+        """``"MaxSim 0.8123 (both, mean)"``, or for a hybrid
+        ``"score 0.8200 = 0.5 x MaxSim 0.8123 (both, mean) + 0.5 x pooled cosine 0.8277"``: the score and how
+        it was computed."""
         options = [self.direction, self.reduction] + ([f"T={self.temperature:g}"] if self.temperature else [])
-        return f"MaxSim {self.score:.4f} ({', '.join(options)})"
+        if not self.pooled_weight:
+            return f"MaxSim {self.score:.4f} ({', '.join(options)})"
+        return (f"score {self.score:.4f} = {1 - self.pooled_weight:g} x MaxSim {self.maxsim:.4f} ({', '.join(options)})"
+                f" + {self.pooled_weight:g} x pooled cosine {self.pooled:.4f}")
 
 
 # ---- computing ----------------------------------------------------------------------------------
@@ -98,6 +109,7 @@ def token_similarity_from_ids(model, ids_a: list[int], ids_b: list[int]) -> Toke
     with _evaluating(model), torch.no_grad():
         a, b = _embed_one(model, ids_a), _embed_one(model, ids_b)
         score = float(model.score_pairs(a, b)[0])
+        maxsim, pooled = (float(view[0]) for view in model.score_views(a, b))
         # float32: bf16 vectors would round the cosines shown in the picture.
         va, vb = a.vectors[0].float(), b.vectors[0].float()  # (La, D), (Lb, D)
         similarity = (va @ vb.T).cpu()  # (La, Lb)
@@ -115,6 +127,9 @@ def token_similarity_from_ids(model, ids_a: list[int], ids_b: list[int]) -> Toke
         direction=model.direction,
         reduction=model.reduction,
         temperature=model.temperature,
+        pooled_weight=model.pooled_weight,
+        maxsim=maxsim,
+        pooled=pooled,
     )
 
 

@@ -399,3 +399,16 @@ def test_retrieval_run_saves_per_query_pictures(compose_cfg, tmp_path, tiny_beir
     assert len(drawn) == 1 and drawn[0]["queries"] == 5
     assert set(drawn[0]) == ({"queries", "better", "worse", "unchanged"} if zero_shot else {"queries"})
     assert not zero_shot or drawn[0]["better"] + drawn[0]["worse"] + drawn[0]["unchanged"] == 5
+
+
+def test_a_hybrid_models_score_is_described_by_its_two_views(minilm_path):
+    from tests.helpers.models import tiny_model
+
+    model = tiny_model(minilm_path)
+    model.pooled_weight = 0.25
+    match = token_similarity(model, "A man is cutting a tomato.", "No tomato is cut.")
+    expected = model.score(["A man is cutting a tomato."], ["No tomato is cut."])[0]
+    assert match.score == pytest.approx(float(expected), abs=1e-6)
+    assert match.score == pytest.approx(0.75 * match.maxsim + 0.25 * match.pooled, abs=1e-6)
+    assert match.describe_score() == (f"score {match.score:.4f} = 0.75 x MaxSim {match.maxsim:.4f} (both, mean) "
+                                      f"+ 0.25 x pooled cosine {match.pooled:.4f}")
