@@ -21,9 +21,13 @@ from lightning_modules.evaluation import Evaluator, evaluator_for, evaluator_nam
 from lightning_modules.gradcache import GradCache
 from lightning_modules.losses import CoSENTLoss, InfoNCELoss, ScoreRegressionLoss, cross_device_infonce
 from lightning_modules.losses import distillation_loss as make_distillation_loss  # the name of an argument below
+from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
 
 log = logging.getLogger(__name__)
+
+# What the score losses of scored pairs see of a hybrid score (``pooled_weight``; MaxSimModule).
+LOSS_SCORES = ("mix", "views", "maxsim")
 
 
 class MaxSimModule(pl.LightningModule):
@@ -46,10 +50,10 @@ class MaxSimModule(pl.LightningModule):
     change the scores by rounding at most (``lightning_modules.maxsim.engine_settings``;
     the ``auto`` policy: docs/engine.md). ``pooled_weight``: the hybrid score
     ``(1 - w) * MaxSim + w * cos`` of the texts' mean token vectors, trained and evaluated alike
-    (``lightning_modules.maxsim.pooled``; 0: MaxSim alone). ``separate_view_losses``: train scored pairs
-    with the score losses of each view, ``(1 - w) * loss(MaxSim) + w * loss(cos)``, instead of the loss
-    of their mix: each view learns to score on its own, and the hybrid mixes two good scores
-    (docs/recipe.md measured both).
+    (``lightning_modules.maxsim.pooled``; 0: MaxSim alone). ``loss_score``: what the score losses of
+    scored pairs see when ``w`` is not 0: ``"mix"``, the hybrid score itself; ``"views"``, each view
+    on its own, ``(1 - w) * loss(MaxSim) + w * loss(cos)``; ``"maxsim"``, MaxSim alone, the pooled
+    view entering at scoring only (docs/recipe.md measured the three).
 
     The kind of training batch (``lightning_modules.data.batches``) decides how it trains:
 
@@ -102,7 +106,7 @@ class MaxSimModule(pl.LightningModule):
         temperature: float | None = None,
         maxsim: dict[str, Any] | None = None,
         pooled_weight: float = 0.0,
-        separate_view_losses: bool = False,
+        loss_score: str = "mix",
         gradient_checkpointing: bool = False,
         cosent_weight: float = 1.0,
         cosent_scale: float = 20.0,
@@ -125,6 +129,9 @@ class MaxSimModule(pl.LightningModule):
         **encoder_options: Any,
     ) -> None:
         super().__init__()
+        if loss_score not in LOSS_SCORES:
+            raise SettingsError(f"model.loss_score must be one of {LOSS_SCORES} (what the training losses of scored "
+                                f"pairs see of the hybrid score), got {loss_score!r}")
         if isinstance(layer_lr_decay, bool) or not isinstance(layer_lr_decay, (int, float)) or not 0 < layer_lr_decay <= 1:
             raise SettingsError(f"model.layer_lr_decay must be a number in (0, 1] (each encoder layer's learning "
                                 f"rate is lr * decay ** its depth below the top; 1: off), got {layer_lr_decay!r}")
@@ -254,11 +261,13 @@ class MaxSimModule(pl.LightningModule):
         return objective
 
     def _scored_views(self, a: TokenEmbeddings, b: TokenEmbeddings) -> list[tuple[float, torch.Tensor]]:
-        """The ``(share of the loss, scores (B,))`` that the score losses of aligned pairs apply to: the
-        model's score, or with ``separate_view_losses`` MaxSim and the pooled cosine by their mix weights."""
-        weight = self.model.pooled_weight
-        if not (self.hparams.get("separate_view_losses") and weight):
+        """The ``(share of the loss, scores (B,))`` that the score losses of aligned pairs apply to, as
+        ``loss_score`` says: the model's score; MaxSim and the pooled cosine by their mix weights; MaxSim."""
+        weight, loss_score = self.model.pooled_weight, self.hparams.get("loss_score", "mix")
+        if not weight or loss_score == "mix":
             return [(1.0, self.model.score_pairs(a, b))]
+        if loss_score == "maxsim":
+            return [(1.0, maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask, **self.model.maxsim_options()))]
         maxsim, pooled = self.model.score_views(a, b)
         return [(1.0 - weight, maxsim), (weight, pooled)]
 

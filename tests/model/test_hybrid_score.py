@@ -113,14 +113,14 @@ def _cosent(predicted, gold, scale=20.0):
     return math.log1p(math.fsum(terms))
 
 
-@pytest.mark.parametrize("separate", [False, True])
-def test_training_loss_of_the_mix_or_of_each_view(minilm_path, separate):
+@pytest.mark.parametrize("loss_score", ["mix", "views", "maxsim"])
+def test_training_loss_of_the_mix_of_each_view_or_of_maxsim(minilm_path, loss_score):
     from lightning_modules.data.batches import ScoredPairsBatch
     from lightning_modules.module import MaxSimModule
     from tests.helpers.models import TINY
 
     module = MaxSimModule(minilm_path, projection_dim=16, random_init=True, config_overrides=TINY, pooled_weight=0.3,
-                          separate_view_losses=separate).eval()  # no dropout: the same vectors twice
+                          loss_score=loss_score).eval()  # no dropout: the same vectors twice
     ids = [module.model.tokenize([text])[0] for text in A + B]
     length = max(map(len, ids))
     input_ids = torch.tensor([row + [0] * (length - len(row)) for row in ids])
@@ -131,8 +131,15 @@ def test_training_loss_of_the_mix_or_of_each_view(minilm_path, separate):
     maxsim = [float(reference_pairwise(x.vectors, x.mask, y.vectors, y.mask, "both", "mean", None)) for x, y in zip(a, b)]
     pooled = [float(reference_pooled_matrix(x.vectors, x.mask, y.vectors, y.mask)[0, 0]) for x, y in zip(a, b)]
     gold = [0.9, 0.2, 0.5]
-    if separate:
-        expected = 0.7 * _cosent(maxsim, gold) + 0.3 * _cosent(pooled, gold)
-    else:
-        expected = _cosent([0.7 * m + 0.3 * p for m, p in zip(maxsim, pooled)], gold)
-    assert loss == pytest.approx(expected, abs=2e-4)
+    expected = {"views": 0.7 * _cosent(maxsim, gold) + 0.3 * _cosent(pooled, gold),
+                "mix": _cosent([0.7 * m + 0.3 * p for m, p in zip(maxsim, pooled)], gold),
+                "maxsim": _cosent(maxsim, gold)}
+    assert loss == pytest.approx(expected[loss_score], abs=2e-4)
+    assert len({round(value, 3) for value in expected.values()}) == 3  # the three differ: the test tells them apart
+
+
+def test_an_unknown_loss_score_is_a_settings_error(minilm_path):
+    from lightning_modules.module import MaxSimModule
+
+    with pytest.raises(SettingsError, match=r"model.loss_score must be one of \('mix', 'views', 'maxsim'\)"):
+        MaxSimModule(minilm_path, random_init=True, loss_score="pooled")
