@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import importlib.util
 import json
 import logging
@@ -129,7 +130,9 @@ def describe_our_loss(model_cfg) -> str:
         for name, key in (("cosent", "cosent_weight"), ("mse", "regression_weight"), ("infonce", "infonce_weight"))
         if float(model_cfg.get(key) or 0.0) > 0
     ]
-    return "maxsim " + ("+".join(parts) or "none")
+    weight = float(model_cfg.get("pooled_weight") or 0.0)
+    score = f"hybrid {weight:g}" if weight else "maxsim"
+    return f"{score} " + ("+".join(parts) or "none")
 
 
 # --------------------------------------------------------------------------- ours
@@ -495,30 +498,43 @@ def main(argv=None) -> None:
         "device": "cpu",
     }
 
+    # What decides each system's figures; a run is kept (and reported) only under the same. Ours: the
+    # composed config of the recipe (a changed conf/experiment/sts.yaml counts too); theirs: the shared
+    # settings and sentence-transformers' own.
+    from omegaconf import OmegaConf
+
+    shared = {key: config[key] for key in ("epochs", "batch_size", "data_dir", "limit_train_pairs",
+                                            "limit_eval_pairs", "max_length", "model")}
+    ours_settings = digest({**shared, "config": OmegaConf.to_container(compose_ours(shared_overrides), resolve=False)})
+    theirs_settings = digest({**shared, "st_lr": args.st_lr, "st_warmup_ratio": args.st_warmup_ratio})
+
     # Runs of an earlier, interrupted invocation with the same settings are kept: a killed benchmark
-    # continues at the next system and seed (--fresh starts over).
-    rows = [] if args.fresh else earlier_runs(args.out, config)
-    if rows:
-        log.info("continuing %s: %d run(s) already done with these settings", args.out, len(rows))
+    # continues at the next system and seed, and a change of one system's settings reruns that system
+    # only (--fresh starts over).
+    rows = [] if args.fresh else earlier_runs(args.out)
+    kept = [row for row in rows if row.get("settings") in (ours_settings, theirs_settings)]
+    if kept:
+        log.info("continuing %s: %d run(s) already done with these settings", args.out, len(kept))
 
-    def done(system_prefix: str, loss: str | None, seed: int) -> bool:
-        return any(row["system"].startswith(system_prefix) and row["seed"] == seed
-                   and (loss is None or row["loss"] == f"cos {loss}") for row in rows)
+    def done(system_prefix: str, loss: str | None, seed: int, settings_now: str) -> bool:
+        return any(row["system"].startswith(system_prefix) and row["seed"] == seed and row["settings"] == settings_now
+                   and (loss is None or row["loss"] == f"cos {loss}") for row in kept)
 
-    def record(row: dict) -> None:
-        rows.append(row)
-        write_report(args.out, config, rows)  # after every run: a kill loses at most the run under way
+    def record(row: dict, settings_now: str) -> None:
+        kept.append({**row, "settings": settings_now})
+        write_report(args.out, config, kept)  # after every run: a kill loses at most the run under way
 
     for seed in seeds:
-        if not args.skip_ours and not done("ours", None, seed):
+        if not args.skip_ours and not done("ours", None, seed, ours_settings):
             log.info("=== ours: MaxSim, %d epoch(s), batch %d, seed %d ===", epochs, batch, seed)
-            record(run_ours(args, [*shared_overrides, f"seed={seed}"]))
+            record(run_ours(args, [*shared_overrides, f"seed={seed}"]), ours_settings)
             gc.collect()
         for loss_name in config["st_losses"]:
-            if not done("theirs", loss_name, seed):
+            if not done("theirs", loss_name, seed, theirs_settings):
                 log.info("=== theirs: sentence-transformers, %s, %d epoch(s), batch %d, seed %d ===", loss_name,
                          epochs, batch, seed)
-                record(run_theirs(args, loss_name, {**settings, "seed": seed}))
+                record(run_theirs(args, loss_name, {**settings, "seed": seed}), theirs_settings)
+    rows = kept
 
     rows = [row for row in rows if row["seed"] in seeds]
     report = write_report(args.out, config, rows)
@@ -542,15 +558,19 @@ def write_report(out: Path, config: dict, rows: list[dict]) -> dict:
     return report
 
 
-def earlier_runs(out: Path, config: dict) -> list[dict]:
-    """The runs in ``out`` when it was written with the same ``config``, else none."""
+def digest(settings: dict) -> str:
+    """A short fingerprint of ``settings`` (plain values), stored with each run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def earlier_runs(out: Path) -> list[dict]:
+    """The runs in ``out``, each with the ``settings`` it ran under; none when there is no readable file."""
     try:
         earlier = json.loads(out.read_text())
     except (OSError, ValueError):
         return []
-    if earlier.get("config") != config or not isinstance(earlier.get("runs"), list):
-        return []
-    return earlier["runs"]
+    runs = earlier.get("runs") if isinstance(earlier, dict) else None
+    return [run for run in runs if isinstance(run, dict) and "settings" in run] if isinstance(runs, list) else []
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from benchmarks.sts_vs_sentence_transformers import earlier_runs, format_table, ratios, summarize, write_report
+from benchmarks.sts_vs_sentence_transformers import digest, earlier_runs, format_table, ratios, summarize, write_report
 
 OURS, THEIRS = "ours (MaxSim, Lightning)", "theirs (sentence-transformers)"
 
@@ -40,12 +40,15 @@ def test_summary_is_the_mean_and_sample_std_over_seeds_and_ratios_compare_means(
     assert one_seed["test_spearman_std"] is None and one_seed["test_spearman_mean"] == 87.0
 
 
-def test_a_killed_benchmark_keeps_runs_of_the_same_settings_only(tmp_path):
-    out, config = tmp_path / "bench.json", {"epochs": 4, "st_lr": 2e-5}
-    assert earlier_runs(out, config) == []  # nothing written yet
-    write_report(out, config, RUNS[:3])
-    assert json.loads(out.read_text())["runs"] == RUNS[:3] and not list(tmp_path.glob("*.partial"))
-    assert earlier_runs(out, config) == RUNS[:3]
-    assert earlier_runs(out, {**config, "epochs": 1}) == []  # other settings: start over
+def test_a_killed_benchmark_keeps_the_runs_it_wrote(tmp_path):
+    out = tmp_path / "bench.json"
+    assert earlier_runs(out) == []  # nothing written yet
+    runs = [{**run, "settings": digest({"epochs": 4})} for run in RUNS[:3]]
+    write_report(out, {"epochs": 4}, runs)
+    assert json.loads(out.read_text())["runs"] == runs and not list(tmp_path.glob("*.partial"))
+    assert earlier_runs(out) == runs
+    write_report(out, {"epochs": 4}, RUNS[:3])  # written before runs carried their settings: not kept
+    assert earlier_runs(out) == []
     out.write_text("{truncated")
-    assert earlier_runs(out, config) == []
+    assert earlier_runs(out) == []
+    assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1}) != digest({"a": 1, "b": 3})
