@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.errors import DataError, SettingsError
 from lightning_modules.evaluation import evaluate_beir
 from lightning_modules.evaluation.sts import evaluate_sts
+from lightning_modules.model.late_interaction import check_pooled_weight
 from train.cli import exit_on_user_error
 from train.run_files import run_tag, write_run
 from train.runtime import load_for_inference
@@ -87,6 +88,8 @@ def main(cfg: DictConfig) -> None:
     for setting in ("max_length", "query_max_length"):  # the model's own unless told
         if cfg.get(setting) is not None:
             setattr(model.text_settings, setting, int(cfg[setting]))
+    if cfg.get("pooled_weight") is not None:  # another mix than the model's own
+        model.pooled_weight = check_pooled_weight(cfg.pooled_weight)
     evaluation = evaluate_sts(model, sts_tables, cfg.batch_size) if sts_tables else {}
     retrieval = {name: evaluate_beir(model, t, cfg.split, cfg.batch_size)
                  for name, t in zip(retrieval_names, retrieval_tasks)}

@@ -12,6 +12,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from lightning_modules.errors import DataError
+import lightning_modules.evaluation.sts as sts_module
 from lightning_modules.evaluation.sts import evaluate_sts
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
@@ -57,7 +58,8 @@ def test_evaluate_matches_pair_by_pair_scoring_and_scipy(tmp_path, minilm_path, 
 
 
 @pytest.mark.parametrize("pooled_weight", [0.0, 0.5])  # MaxSim alone, and the hybrid score
-def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, tmp_path, stsb_dir, pooled_weight):
+def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, tmp_path, stsb_dir, pooled_weight,
+                                                                  monkeypatch):
     from train.pipeline import run
 
     folder = _stsb_folder(stsb_dir, tmp_path / "stsb", n=60)
@@ -72,6 +74,21 @@ def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, t
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert abs(evaluation["tasks"]["stsb"]["spearman"] - results["test/spearman"]) <= 0.01
     assert "mean" in done.stdout and "stsb" in done.stdout
+    # Another mix than the model's own, as one tries a weight on validation: the model scores with it.
+    seen = []
+
+    def spy(model, tables, batch_size=64):
+        seen.append((model.pooled_weight, [spec.split for spec in tables.values()]))
+        return evaluate_sts(model, tables, batch_size)
+
+    monkeypatch.setattr(sts_module, "evaluate_sts", spy)  # train.evaluate imports it when run
+    other = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
+                       "split=validation", "pooled_weight=0.25", f"out={tmp_path / 'mix.json'}", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert seen == [(0.25, ["validation"])]
+    refused = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
+                         "pooled_weight=2", cwd=tmp_path)
+    assert refused.returncode == 2 and "model.pooled_weight must be a number in [0, 1]" in refused.stderr
 
 
 def test_evaluate_a_plain_encoder_zero_shot_and_refuse_bad_tasks(tmp_path, minilm_path, stsb_dir):
