@@ -114,8 +114,9 @@ def test_the_distill_experiment_trains_tests_and_exports_from_the_command_line(d
 def test_teacher_scores_writes_each_querys_exact_ranking(distill_data, tmp_path, minilm_path):
     folder, _ = distill_data
     out = tmp_path / "teacher.jsonl"
+    # fp32, as the search below: precision auto scores in bf16 where the CPU has it.
     done = run_module("train.teacher_scores", f"model={minilm_path}", f"queries={folder}", f"corpus={folder}",
-                      f"out={out}", "k=5", cwd=tmp_path)
+                      f"out={out}", "k=5", "precision=32-true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query_id"] for r in rows] == [f"q{i}" for i in range(40)]
