@@ -334,7 +334,7 @@ def ratios(summaries: list[dict]) -> dict:
 
 COLUMNS = (
     ("system", "system", 32, "s"),
-    ("loss", "loss", 14, "s"),
+    ("loss", "loss", 19, "s"),
     ("seed", "seed", 6, "d"),
     ("epochs", "epochs", 7, "d"),
     ("batch_size", "batch", 6, "d"),
@@ -348,7 +348,7 @@ COLUMNS = (
 
 SUMMARY_COLUMNS = (
     ("system", "system", 32, "s"),
-    ("loss", "loss", 14, "s"),
+    ("loss", "loss", 19, "s"),
     ("seeds", "seeds", 14, "s"),
     ("val_spearman_mean", "val mean", 9, ".2f"),
     ("val_spearman_std", "val std", 8, ".2f"),
