@@ -4,11 +4,12 @@ bf16 pays only where the hardware multiplies in bf16: a CPU with AVX512-BF16 or 
 faster in bf16 than in fp32, while on a CPU without them (AVX2 only) torch emulates bf16 far
 *slower* than fp32 (figures: docs/benchmarks.md, "CPU speed"). So ``auto`` asks the processor.
 
-``auto`` runs the encodings and MaxSim scoring of evaluation and mining (no gradients) under bf16
-autocast where the hardware has it and in fp32 elsewhere, and trains in fp32 (``32-true``):
-whether bf16 training keeps the figures was not measured on bf16 hardware (docs/benchmarks.md).
-Any Lightning precision forces both: ``trainer.precision=32-true`` (fp32 everywhere),
-``trainer.precision=bf16-mixed`` (bf16 autocast everywhere).
+``auto`` computes in bf16 autocast where the hardware has it, and in fp32 elsewhere: training
+(``bf16-mixed``, fp32 weights and optimizer) and the encodings and MaxSim scoring of evaluation
+and mining. bf16 training keeps the figures within a few hundredths at the same seed and is
+faster (docs/benchmarks.md, "CPU speed", measures both). Any Lightning precision forces both:
+``trainer.precision=32-true`` (fp32 everywhere), ``trainer.precision=bf16-mixed`` (bf16
+autocast everywhere).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def resolve_precision(requested: str | int | None, device: str | torch.device = 
     requested = "32-true" if requested is None else str(requested)  # Lightning's default
     if requested == "auto":
         if bf16_supported(device, flags):
-            return RunPrecision("32-true", "bf16", f"auto: {torch.device(device).type} has native bf16")
+            return RunPrecision("bf16-mixed", "bf16", f"auto: {torch.device(device).type} has native bf16")
         return RunPrecision("32-true", "32", f"auto: no native bf16 on this {torch.device(device).type}")
     if requested.startswith("bf16"):
         return RunPrecision(requested, "bf16", "asked for")

@@ -23,7 +23,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_auto_picks_bf16_only_with_native_bf16(flags, native):
     assert bf16_supported("cpu", flags) is native
     precision = resolve_precision("auto", "cpu", flags)
-    assert precision.training == "32-true"  # training stays fp32 under auto (docs/benchmarks.md)
+    assert precision.training == ("bf16-mixed" if native else "32-true")
     assert precision.inference == ("bf16" if native else "32")
     assert ("has native bf16" in precision.reason) is native
 

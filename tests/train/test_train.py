@@ -64,6 +64,8 @@ def test_two_epochs_test_the_best_checkpoint_and_log_csv_metrics(compose_cfg, tm
         _overrides(
             stsb_dir, "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
             "data.limit_train_pairs=64", "data.limit_eval_pairs=64",
+            # fp32, as the recomputation below: precision auto computes in bf16 where the CPU has it.
+            "trainer.precision=32-true",
         ),
         tmp_path,
     )
