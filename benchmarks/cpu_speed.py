@@ -14,13 +14,17 @@ run, then side by side:
   the same command again (warm: the same weights at every step, so every encoding is cached),
   the same with another learning rate (warm: the zero-shot line cached, the trained weights not),
   and of ``python -m train +experiment=sts`` (``make train``), each as a multiple of the unit,
-  with its figures, precision and corpus passes.
+  with its figures, precision and corpus passes;
+- **fp32** (not in the default parts): the cold SciFact run and the STS run again with
+  ``trainer.precision=32-true``, the reference that ``auto``'s bf16 is held to (same seed: the
+  figures, and the speed-up).
 
 Printed as a table and as JSON (also written to ``--out``). Timings are reported, never judged by
 a test. Run one at a time on a quiet machine: another job beside it changes every figure.
 
     python -m benchmarks.cpu_speed                                   # about an hour on 2 cores
     python -m benchmarks.cpu_speed --only unit,encoder --documents 300   # a quick check
+    python -m benchmarks.cpu_speed --only unit,fp32                      # the fp32 reference runs
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import torch
 from benchmarks.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("matmul", "unit", "encoder", "scifact", "sts")
+PARTS = ("matmul", "unit", "encoder", "scifact", "sts", "fp32")
+# Every run's precision forced to fp32 (the ``fp32`` part): what ``auto``'s bf16 is compared with.
+FP32 = "trainer.precision=32-true"
 DOCUMENT_LENGTH = 256
 UNIT_BATCH = 32
 
@@ -137,7 +143,7 @@ def train_run(experiment: str, overrides: list[str], run_dir: Path, log: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
+    parser.add_argument("--only", default=",".join(PARTS[:-1]), help=f"comma-separated parts of {PARTS}")
     parser.add_argument("--scifact", type=Path, default=ROOT / ".." / "shared" / "data" / "scifact")
     parser.add_argument("--documents", type=int, default=None, help="the unit on the first N documents only")
     parser.add_argument("--sample", type=int, default=500, help="documents for the encoder comparison")
@@ -173,6 +179,11 @@ def main() -> None:
     if "sts" in parts:
         runs["sts"] = train_run("sts", [*cache, *args.override], work / "sts", work / "sts.log")
         print(f"sts: {runs['sts']['wall_s']} s", flush=True)
+    if "fp32" in parts:
+        fp32_cache = [f"paths.cache_dir={work / 'cache_fp32'}"]  # cold too
+        for name, experiment in (("scifact_cold_fp32", "scifact"), ("sts_fp32", "sts")):
+            runs[name] = train_run(experiment, [*fp32_cache, *args.override, FP32], work / name, work / f"{name}.log")
+            print(f"{name}: {runs[name]['wall_s']} s", flush=True)
     figures["runs"] = runs
     if "unit" in parts and args.documents is None:  # multiples of a whole corpus pass only
         unit = figures["unit"]["seconds"]
@@ -212,7 +223,17 @@ def _print_table(figures: dict) -> None:
         passes = run["corpus_passes"] or {}
         print(f"{name:<28}{run['wall_s']:>10}{run.get('plain_fp32_passes', '-'):>9}{'':>10}  {shown}; "
               f"encoded {passes.get('passes_encoded')}, cached {passes.get('passes_from_cache')}; "
-              f"precision {run['precision']['inference'] if run.get('precision') else '?'}")
+              f"precision {_precision(run)}")
+    for name in ("scifact_cold", "sts"):
+        if name in figures.get("runs", {}) and f"{name}_fp32" in figures["runs"]:
+            print(f"{name}: fp32 / {_precision(figures['runs'][name])} wall time = "
+                  f"{figures['runs'][name + '_fp32']['wall_s'] / figures['runs'][name]['wall_s']:.2f}x")
+
+
+def _precision(run: dict) -> str:
+    """``training/inference`` precision of a run, from its results.json."""
+    p = run.get("precision")
+    return f"{p['training']}/{p['inference']}" if p else "?"
 
 
 if __name__ == "__main__":

