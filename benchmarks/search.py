@@ -12,11 +12,11 @@ in one run, on the CPU:
 Every system searches the **same token vectors**: those of our index (``--index``, built by
 ``python -m train.index`` with ``--model``, or built here), so the figures compare retrieval, not
 encoding. Queries are encoded once, by our model; ours encodes and scores at ``--precision``
-(``auto``, as ``train.search``: bf16 where the CPU has bf16 units). Each system's ms a query is its search of all
-test queries at once, divided by their number, and (for ours) one query at a time. For each:
-nDCG@10 (x100, by pytrec_eval), the share of exact search's top 10 it finds, and the bytes a
-document of what it stores (our shards in float16, plus the faiss index; PyLate's folder). A
-table, then JSON (``--out``). Timings are reported, never judged.
+(``auto``, as ``train.search``: bf16 where the CPU has bf16 units). Each system's ms a query is
+its search of all test queries at once, divided by their number, and (for ours) one query at a
+time. For each: nDCG@10 (x100, by pytrec_eval), the share of exact search's top 10 it finds, and
+the bytes a document of what it stores (our shards in float16, plus the faiss index; PyLate's
+folder). A table, then JSON (``--out``). Timings are reported, never judged.
 
     python -m benchmarks.search --model <run>/model --index indexes/scifact
     python -m benchmarks.search --model <run>/model --skip pylate --settings 8:64:32 8:64:96

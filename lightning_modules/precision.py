@@ -8,9 +8,8 @@ faster in bf16 than in fp32, while on a CPU without them (AVX2 only) torch emula
 (``bf16-mixed``, fp32 weights and optimizer) and the encodings and MaxSim scoring of evaluation
 and mining. Measured against fp32 at the same seed, it is faster and its figures differ by
 less than a seed's spread (the decision and its numbers: docs/benchmarks.md, "CPU speed").
-Any Lightning precision forces both:
-``trainer.precision=32-true`` (fp32 everywhere), ``trainer.precision=bf16-mixed`` (bf16
-autocast everywhere).
+Any Lightning precision forces both: ``trainer.precision=32-true`` (fp32 everywhere),
+``trainer.precision=bf16-mixed`` (bf16 autocast everywhere).
 """
 
 from __future__ import annotations
