@@ -11,13 +11,14 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from lightning_modules.errors import DataError
 import lightning_modules.evaluation.sts as sts_module
+from lightning_modules.errors import DataError
 from lightning_modules.evaluation.sts import evaluate_sts
 from lightning_modules.maxsim import maxsim_pairwise
 from lightning_modules.model import LateInteractionModel
 from tests.helpers.cli import run_module
 from tests.helpers.models import tiny_model
+from tests.helpers.precision import FP32_TOOL, FP32_TRAINING
 from tests.helpers.tables import write_rows
 from train.tasks import MTEB_STS, resolve_sts_task
 
@@ -65,14 +66,11 @@ def test_evaluate_on_the_export_reproduces_the_runs_test_spearman(compose_cfg, t
     folder = _stsb_folder(stsb_dir, tmp_path / "stsb", n=60)
     cfg = compose_cfg(["+experiment=sts", "model=tiny", f"data.data_dir='{folder}'", "data.hub_id=null", "~logger",
                        "trainer.max_epochs=1", "++trainer.enable_progress_bar=false",
-                       f"model.pooled_weight={pooled_weight}",
-                       # fp32 in both: bf16 results depend on how texts are batched (to its rounding),
-                       # enough to move a tiny model's Spearman over 60 pairs.
-                       "trainer.precision=32-true"], tmp_path / "run")
+                       f"model.pooled_weight={pooled_weight}", FP32_TRAINING], tmp_path / "run")
     results = run(cfg)
     assert LateInteractionModel.load(tmp_path / "run" / "model").pooled_weight == pooled_weight
     done = run_module("train.evaluate", f"model={tmp_path / 'run' / 'model'}", f"tasks=[{folder}]",
-                      f"out={tmp_path / 'eval.json'}", "precision=32-true", cwd=tmp_path)
+                      f"out={tmp_path / 'eval.json'}", FP32_TOOL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert abs(evaluation["tasks"]["stsb"]["spearman"] - results["test/spearman"]) <= 0.01

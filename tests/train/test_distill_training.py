@@ -19,6 +19,7 @@ from lightning_modules.tokenization import pad_token_ids
 from tests.helpers.beir import write_beir
 from tests.helpers.cli import run_module
 from tests.helpers.models import TINY
+from tests.helpers.precision import FP32_TOOL
 
 TOPICS = ["insulin resistance in liver cells", "tumor growth in mouse models", "vitamin D and bone density",
           "virus entry into immune cells", "statin dose and heart risk", "gene expression in the brain"]
@@ -114,9 +115,8 @@ def test_the_distill_experiment_trains_tests_and_exports_from_the_command_line(d
 def test_teacher_scores_writes_each_querys_exact_ranking(distill_data, tmp_path, minilm_path):
     folder, _ = distill_data
     out = tmp_path / "teacher.jsonl"
-    # fp32, as the search below: precision auto scores in bf16 where the CPU has it.
     done = run_module("train.teacher_scores", f"model={minilm_path}", f"queries={folder}", f"corpus={folder}",
-                      f"out={out}", "k=5", "precision=32-true", cwd=tmp_path)
+                      f"out={out}", "k=5", FP32_TOOL, cwd=tmp_path)  # as the search below
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query_id"] for r in rows] == [f"q{i}" for i in range(40)]

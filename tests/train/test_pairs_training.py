@@ -16,9 +16,10 @@ from lightning_modules.evaluation.metrics import best_threshold_metrics, metrics
 from lightning_modules.module import MaxSimModule
 from tests.helpers.cli import run_module
 from tests.helpers.memory import saved_bytes
+from tests.helpers.models import TINY
+from tests.helpers.precision import FP32_TRAINING
 from tests.helpers.tables import write_rows
 from train.pipeline import run
-from tests.helpers.models import TINY
 
 
 def _stsb_rows(stsb_dir, split, n):
@@ -55,9 +56,8 @@ def _scores_and_targets(module, loader, key):
 def test_binary_pairs_report_auc_and_apply_validation_thresholds_on_test(compose_cfg, tmp_path, stsb_dir):
     train = write_rows(tmp_path / "train.csv", _binary_rows(_stsb_rows(stsb_dir, "train", 200)))
     test = write_rows(tmp_path / "test.csv", _binary_rows(_stsb_rows(stsb_dir, "test", 80)))
-    # fp32 evaluation, as the recomputation below: precision auto evaluates in bf16 where the CPU has it.
     cfg = compose_cfg(_overrides(train, f"data.test='{test}'", "data.validation_fraction=0.3",
-                                 "trainer.precision=32-true"), tmp_path / "run")
+                                 FP32_TRAINING), tmp_path / "run")  # as the recomputation below
     results = run(cfg)
     assert results["monitor"] == "val/auc"
     for key in ("val/auc", "val/f1", "val/accuracy", "val/f1_threshold", "test/auc", "test/f1", "test/accuracy"):
@@ -204,9 +204,8 @@ def test_retrieval_evaluation_under_two_processes_sees_the_whole_corpus(tmp_path
 
 def _contrastive_batch():
     """Short queries and long documents, padded together by the collator to the longest document."""
-    from lightning_modules.data.collate import ContrastiveCollator
-
     from lightning_modules.data.batches import ContrastiveItem
+    from lightning_modules.data.collate import ContrastiveCollator
 
     items = [ContrastiveItem([101, 2000 + i, 102], [101, *range(3000 + 10 * i, 3000 + 10 * i + 5 + 2 * i), 102],
                              a_key=i, b_key=i, negatives=[(100 + i, [101, 4000 + i, 4100 + i, 102])]) for i in range(5)]

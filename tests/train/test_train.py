@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 from lightning_modules.datamodules import STSBDataModule
 from lightning_modules.module import MaxSimModule
 from tests.helpers.cli import run_module
+from tests.helpers.precision import FP32_TRAINING
 from train.pipeline import run
 
 # Each test trains a model or runs a whole training command.
@@ -64,8 +65,7 @@ def test_two_epochs_test_the_best_checkpoint_and_log_csv_metrics(compose_cfg, tm
         _overrides(
             stsb_dir, "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
             "data.limit_train_pairs=64", "data.limit_eval_pairs=64",
-            # fp32, as the recomputation below: precision auto computes in bf16 where the CPU has it.
-            "trainer.precision=32-true",
+            FP32_TRAINING,  # as the recomputation below
         ),
         tmp_path,
     )
