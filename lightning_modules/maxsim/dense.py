@@ -77,7 +77,7 @@ def dense_matrix(a, a_mask, b, b_mask, direction, reduction, temperature):
     (ba, la, dim), (bb, lb, _) = a.shape, b.shape
     # One product of every a token with every b token, read as (Ba, Bb, La, Lb) without a copy:
     # the einsum "ild,jmd->ijlm" first copies b into a batched layout, which in bf16 on a CPU
-    # cost several times the product itself (docs/engine.md, "bf16 on a CPU").
+    # cost far more than the product itself (docs/engine.md, "bf16 on a CPU").
     sims = (a.reshape(ba * la, dim) @ b.reshape(bb * lb, dim).T).view(ba, la, bb, lb).transpose(1, 2)
     return combine_directions(sims, a_mask[:, None, :], b_mask[None, :, :], direction, reduction, temperature)
 
