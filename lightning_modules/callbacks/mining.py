@@ -41,7 +41,8 @@ class HardNegativeMining(pl.Callback):
 def mine_hard_negatives(model, request: MiningRequest) -> list[list[int]]:
     """For each query of ``request``, up to ``request.k`` corpus indices, best first: the
     best-scoring documents that are not its positives, nor closer to it than its lowest positive
-    minus ``request.margin`` (likely unlabelled positives).
+    minus ``request.margin`` (likely unlabelled positives); with ``request.margin`` None, the
+    best-scoring non-positives whatever their score, those that outrank a positive included.
 
     Each query is ranked against the whole corpus (``rank_corpus``: in shards under several
     processes, and the corpus encoding shared with the evaluations at the same weights), deep
@@ -62,7 +63,7 @@ def mine_hard_negatives(model, request: MiningRequest) -> list[list[int]]:
     mined = []
     for scores, indices, known in zip(top_scores.tolist(), top_indices.tolist(), positives):
         found = [s for s, i in zip(scores, indices) if i in known]
-        if not known:
+        if not known or request.margin is None:
             ceiling = float("inf")
         elif len(found) < len(known):  # a positive ranked below the depth: every candidate scores above it
             ceiling = float("-inf")

@@ -29,7 +29,8 @@ class MiningRequest:
         positives: for each query, the corpus indices of its positives: never mined.
         k: negatives kept per query.
         margin: a candidate scoring above the query's lowest positive minus ``margin`` is skipped,
-            as more likely an unlabelled positive than a negative.
+            as more likely an unlabelled positive than a negative; None skips none (the
+            documents that outrank a positive are the ones the model gets most wrong).
         batch_size: texts per encoder call.
     """
 
@@ -37,7 +38,7 @@ class MiningRequest:
     corpus: TokenizedCorpus
     positives: list[set[int]]
     k: int
-    margin: float
+    margin: float | None
     batch_size: int
 
 

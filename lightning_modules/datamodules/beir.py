@@ -55,7 +55,8 @@ class BeirDataModule(RankedQueriesDataModule):
             documents, mined while reading; needs ``bm25s``) or ``none`` (in-batch negatives only).
         mine_negatives: hard negatives kept per query (the most similar non-relevant documents);
             a candidate scoring above the query's lowest relevant document minus ``mine_margin``
-            is skipped as a likely unjudged relevant document (model mining only).
+            is skipped as a likely unjudged relevant document; ``mine_margin`` None skips none,
+            so the documents that outrank a relevant one are mined too (model mining only).
         max_negatives_per_pair: hard negatives each training pair brings into a batch, drawn anew
             from its query's mined ones each time.
         batch_size: training queries per batch; eval_batch_size: queries (and documents) per
@@ -87,7 +88,7 @@ class BeirDataModule(RankedQueriesDataModule):
         max_length: int = 256,
         negatives_from: str = "model",
         mine_negatives: int = 20,
-        mine_margin: float = 0.0,
+        mine_margin: float | None = 0.0,
         max_negatives_per_pair: int = 1,
         batch_size: int = 16,
         eval_batch_size: int = 64,

@@ -202,7 +202,8 @@ def test_test_loader_without_test_data_says_what_to_do(tmp_path, minilm_path):
         datamodule.test_dataloader()
 
 
-def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm_path):
+@pytest.mark.parametrize("margin", [0.01, None], ids=["below the margin", "no ceiling"])
+def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm_path, margin):
     torch.manual_seed(0)
     encoder = TokenEncoder(EncoderOptions(minilm_path, projection_dim=8, random_init=True, config_overrides=TINY))
     model = LateInteractionModel(encoder).train()
@@ -211,7 +212,7 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
     corpus = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist() for n in [4, 6, 8, 3, 5, 7, 2, 9]]
     positives = [{0}, {1, 2}, {3}, {4}]
     request = MiningRequest(queries, TokenizedCorpus([f"d{i}" for i in range(len(corpus))], corpus), positives,
-                            k=3, margin=0.01, batch_size=3)
+                            k=3, margin=margin, batch_size=3)
     mined = mine_hard_negatives(model, request)
     assert model.training  # restored
     model.eval()
@@ -221,7 +222,7 @@ def test_mining_returns_the_best_non_positive_candidates_below_the_margin(minilm
             b = model.embed(torch.tensor([corpus[c]]), torch.ones(1, len(corpus[c]), dtype=torch.long))
             return float(maxsim_pairwise(a.vectors, a.mask, b.vectors, b.mask))
         for q, known in enumerate(positives):
-            ceiling = min(score(q, c) for c in known) - 0.01
+            ceiling = float("inf") if margin is None else min(score(q, c) for c in known) - margin
             expected = sorted((c for c in range(len(corpus)) if c not in known and score(q, c) <= ceiling),
                               key=lambda c: -score(q, c))[:3]
             assert mined[q] == expected
