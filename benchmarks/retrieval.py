@@ -22,8 +22,19 @@ model's figure: same architecture and lengths); and the bytes per document of wh
 stored (float32 vectors; BM25's sparse index). Then the ratios against ours trained. A table
 and JSON (``--out``). Timings are reported, never judged.
 
+Each system's rows are kept in a work folder (``--work``; default: next to ``--out``,
+``benchmarks/results/retrieval.work/``) as soon as it finishes: ``<step>.json`` for the steps
+``ours-zero-shot``, ``bm25``, ``bi-encoder``, ``pylate``, ``ours-trained`` (done in that order),
+the zero-shot step's with the negatives it mined (by query and document id), and
+``fingerprint.json``, what the rows depend on (the data folder, the overrides, the shared
+settings). A killed run, started again with the same command, reads the steps it finished and
+goes on with the next (the negatives handed back to the peers, not mined again); one with other
+settings stops and names what differs, and ``--fresh`` starts over. ``--skip`` neither runs nor
+reads a system.
+
     python -m benchmarks.retrieval                     # SciFact, the experiment's settings
     python -m benchmarks.retrieval --data path/to/beir_folder --skip pylate
+    python -m benchmarks.retrieval --fresh             # forget the finished steps of an earlier run
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import subprocess
 import tempfile
@@ -46,6 +58,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scifact"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "retrieval.json"
 PYLATE_PYTHON = ROOT / ".venv-pylate" / "bin" / "python"
 SYSTEMS = ("bm25", "bi-encoder", "pylate", "ours")
+STEPS = ("ours-zero-shot", "bm25", "bi-encoder", "pylate", "ours-trained")  # the order of work
 DEPTH = 100
 LATENCY_QUERIES = 20
 
@@ -182,12 +195,12 @@ def run_pylate(task: Task, triples: list[dict], settings: dict) -> dict:
             "bytes_per_document": round(result["bytes_per_document"])}
 
 
-def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
-    from lightning_modules.callbacks.mining import mine_hard_negatives
+def run_ours_zero_shot(task: Task, cfg) -> dict:
+    """Ours zero-shot: its row (``rows``) and the hard negatives it mines for the training queries,
+    as the experiment does (``negatives``: see ``negatives_by_id``; None where it mines none)."""
     from lightning_modules.encoder import EncoderOptions
     from lightning_modules.evaluation.corpus import latest_encodings, rank_corpus
     from lightning_modules.model import LateInteractionModel
-    from train.pipeline import run
 
     dm = task.datamodule
     model_cfg = {k: v for k, v in dict(cfg.model).items() if not k.startswith("_")}
@@ -202,22 +215,135 @@ def run_ours(task: Task, cfg, overrides: list[str]) -> list[dict]:
     stored = 4 * model.encoder.dim * latest_encodings[dm.corpus].tokens / latest_encodings[dm.corpus].documents
     zero = {"system": "ours zero-shot (MaxSim, raw token vectors)", **metrics_of(ranked, task.judgements),
             "train_pairs_per_second": None, "latency_ms_per_query": round(latency, 2), "bytes_per_document": round(stored)}
-    # The peers' hard negatives: what the experiment itself mines with this zero-shot model.
-    request = dm.mining_request()
-    if request is not None:
-        dm.add_hard_negatives(mine_hard_negatives(model, request))
+    negatives = mine_negatives(model, dm)
     latest_encodings.pop(dm.corpus, None)
+    return {"rows": [zero], "negatives": negatives}
 
-    def train_ours() -> dict:
-        with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmpdir:
-            results = run(compose_ours([*overrides, "zero_shot=false", "export=false", f"paths.output_dir={tmpdir}"]))
-        return {"system": "ours, +experiment=scifact", "ndcg@10": results.get("test/ndcg@10"),
-                "mrr@10": results.get("test/mrr@10"), "recall@100": results.get("test/recall@100"),
-                "train_pairs_per_second": results.get("train_pairs_per_second"), "latency_ms_per_query": zero[
-                    "latency_ms_per_query"], "bytes_per_document": zero["bytes_per_document"],
-                "val/ndcg@10": results.get("val/ndcg@10")}
 
-    return [zero, train_ours]
+def mine_negatives(model, dm) -> dict[str, list[str]] | None:
+    """The peers' hard negatives: what the experiment itself mines with this zero-shot model, by id;
+    None where the experiment mines none (``dm.mining_request()``)."""
+    from lightning_modules.callbacks.mining import mine_hard_negatives
+
+    request = dm.mining_request()
+    return None if request is None else negatives_by_id(dm, mine_hard_negatives(model, request))
+
+
+def negatives_by_id(dm, mined: list[list[int]]) -> dict[str, list[str]]:
+    """``mined`` (corpus positions, one list per training query, in ``dm``'s order) as corpus ids by
+    training query id: ids stay the same from run to run, positions are only ``dm``'s."""
+    ids = dm.corpus.ids
+    return {query: [ids[i] for i in row] for query, row in zip(dm._train_queries, mined, strict=True)}
+
+
+def give_negatives(dm, negatives: dict[str, list[str]] | None) -> None:
+    """Make ``negatives`` (corpus ids by training query id) ``dm``'s hard negatives, at its positions."""
+    if negatives is None:
+        return
+    position = dm.corpus.position
+    dm.add_hard_negatives([[position[d] for d in negatives[query]] for query in dm._train_queries])
+
+
+def run_ours_trained(overrides: list[str], zero: dict) -> dict:
+    """Ours trained by ``+experiment=scifact`` (``train.pipeline.run``); latency and storage are
+    those of ``zero`` (ours' zero-shot row): the same architecture and lengths."""
+    from train.pipeline import run
+
+    with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmpdir:
+        results = run(compose_ours([*overrides, "zero_shot=false", "export=false", f"paths.output_dir={tmpdir}"]))
+    return {"system": "ours, +experiment=scifact", "ndcg@10": results.get("test/ndcg@10"),
+            "mrr@10": results.get("test/mrr@10"), "recall@100": results.get("test/recall@100"),
+            "train_pairs_per_second": results.get("train_pairs_per_second"),
+            "latency_ms_per_query": zero["latency_ms_per_query"], "bytes_per_document": zero["bytes_per_document"],
+            "val/ndcg@10": results.get("val/ndcg@10")}
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def write_atomically(path: Path, result: dict) -> None:
+    """Write ``result`` as JSON to ``path`` whole or not at all: a run killed while writing leaves
+    the earlier file (or none), never half of one."""
+    text = json.dumps(result, indent=2) + "\n"
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two fingerprints, by name: ``data``, ``settings.lr``, ``override trainer.max_epochs``."""
+    def flat(fingerprint: dict) -> dict:
+        out = {}
+        for key, value in fingerprint.items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            elif key == "overrides":
+                out.update({f"override {o.split('=', 1)[0]}": o for o in value})
+            else:
+                out[key] = value
+        return out
+
+    before, after = flat(old), flat(new)
+    changes = [key for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+    if not changes and old.get("overrides") != new.get("overrides"):
+        changes = ["the order of the overrides"]
+    return changes
+
+
+class WorkFolder:
+    """A run's finished steps, one ``<step>.json`` each, written as soon as the step finishes, next
+    to ``fingerprint.json``: what they depend on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fingerprint = path / "fingerprint.json"
+        self.resumed: list[str] = []  # the steps read from an earlier run, in order
+
+    def step_file(self, step: str) -> Path:
+        return self.path / f"{step}.json"
+
+    def clear(self) -> None:
+        """Forget an earlier run (``--fresh``): remove the files this script writes, and only those."""
+        for path in [self.fingerprint, *map(self.step_file, STEPS), *self.path.glob("*.json.tmp")]:
+            path.unlink(missing_ok=True)
+
+    def check(self, fingerprint: dict) -> None:
+        """Keep ``fingerprint`` in a new work folder; stop where the folder's results ran under another."""
+        if self.fingerprint.is_file():
+            changes = fingerprint_changes(json.loads(self.fingerprint.read_text()), fingerprint)
+            if changes:
+                raise SystemExit(f"error: {self.path} holds results of other settings ({', '.join(changes)} differ): "
+                                 "--fresh starts over (or give another --work)")
+            return
+        if any(self.step_file(step).is_file() for step in STEPS):
+            raise SystemExit(f"error: {self.path} holds results but no fingerprint.json: --fresh starts over "
+                             "(or give another --work)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.fingerprint, fingerprint)
+
+    def take(self, step: str, compute) -> dict:
+        """``step``'s result: read where an earlier run finished it, else ``compute()``d and kept at once."""
+        path = self.step_file(step)
+        if path.is_file():
+            log.info("%s: finished earlier, read from %s", step, path)
+            self.resumed.append(step)
+            return json.loads(path.read_text())
+        log.info("%s: running (kept in %s when it finishes)", step, path)
+        result = compute()
+        write_atomically(path, result)
+        return result
+
+
+def plan(skip: list[str]) -> list[str]:
+    """The steps to take, in the order of ``STEPS``: ours' zero-shot whenever ours or a trained peer
+    runs (it mines the negatives they train on), each system unless skipped."""
+    wanted = set(SYSTEMS) - set(skip)
+    steps = {"ours-zero-shot": bool(wanted & {"ours", "bi-encoder", "pylate"}), "bm25": "bm25" in wanted,
+             "bi-encoder": "bi-encoder" in wanted, "pylate": "pylate" in wanted, "ours-trained": "ours" in wanted}
+    return [step for step in STEPS if steps[step]]
 
 
 # --------------------------------------------------------------------------- report
@@ -259,7 +385,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for ours, applied to every system's shared settings (repeatable)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=None, metavar="DIR",
+                        help="each finished system's rows, for resuming (default: --out's name with .work)")
+    parser.add_argument("--fresh", action="store_true", help="forget the finished systems of an earlier run")
     return parser.parse_args(argv)
+
+
+def settings_of(cfg) -> dict:
+    """The settings every system shares, from the experiment's config."""
+    return {"model_dir": str(cfg.model.model_name_or_path), "epochs": int(cfg.trainer.max_epochs),
+            "batch_size": int(cfg.data.batch_size), "lr": float(cfg.model.lr), "seed": int(cfg.seed),
+            "max_length": int(cfg.data.max_length)}
 
 
 def main(argv=None) -> None:
@@ -267,27 +403,30 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     overrides = [f"data.path={args.data.resolve()}", *args.override]
     cfg = compose_ours(overrides)
-    settings = {"model_dir": str(cfg.model.model_name_or_path), "epochs": int(cfg.trainer.max_epochs),
-                "batch_size": int(cfg.data.batch_size), "lr": float(cfg.model.lr), "seed": int(cfg.seed),
-                "max_length": int(cfg.data.max_length)}
+    settings = settings_of(cfg)
+    work = WorkFolder(args.work or args.out.with_suffix(".work"))
+    if args.fresh:
+        work.clear()
+    work.check({"data": str(args.data.resolve()), "overrides": overrides, "settings": settings})
     task = Task(cfg)
-    rows, train_ours = [], None
-    if "ours" not in args.skip or {"bi-encoder", "pylate"} - set(args.skip):
-        zero, train_ours = run_ours(task, cfg, overrides)  # the zero-shot row, and the mined negatives
-        rows.append(zero)
+    steps, results = plan(args.skip), {}
+    if "ours-zero-shot" in steps:
+        results["ours-zero-shot"] = work.take("ours-zero-shot", lambda: run_ours_zero_shot(task, cfg))
+        # Given back whether mined now or read: the peers' triples are drawn from them.
+        give_negatives(task.datamodule, results["ours-zero-shot"]["negatives"])
     triples = task.triples(settings["seed"])
-    if "bm25" not in args.skip:
-        rows.append(run_bm25(task))
-    if "bi-encoder" not in args.skip:
-        rows.extend(run_bi_encoder(task, triples, settings))
-    if "pylate" not in args.skip:
-        rows.append(run_pylate(task, triples, settings))
-    if "ours" not in args.skip and train_ours is not None:
-        rows.append(train_ours())
+    runners = {"bm25": lambda: {"rows": [run_bm25(task)]},
+               "bi-encoder": lambda: {"rows": run_bi_encoder(task, triples, settings)},
+               "pylate": lambda: {"rows": [run_pylate(task, triples, settings)]},
+               "ours-trained": lambda: {"rows": [run_ours_trained(overrides, results["ours-zero-shot"]["rows"][0])]}}
+    for step in steps:
+        if step in runners:
+            results[step] = work.take(step, runners[step])
+    rows = [row for step in steps for row in results[step]["rows"]]
     print(format_table(rows))
     write_json({"data": str(args.data), "settings": settings, "training_pairs": len(triples),
                 "test_queries": len(task.test_ids), "documents": len(task.corpus_texts), "rows": rows,
-                "ratios": ratios(rows), "overrides": overrides}, args.out)
+                "ratios": ratios(rows), "overrides": overrides, "resumed": work.resumed}, args.out)
 
 
 if __name__ == "__main__":
