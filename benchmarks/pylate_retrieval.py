@@ -1,7 +1,7 @@
 """Run inside the PyLate virtual environment (``make interop-env``): fine-tune PyLate's ColBERT with its
-``Contrastive`` loss on given triples, then rank every query against the whole corpus.
+``Contrastive`` loss on given examples (a query, its positive, hard negatives), then rank every query against the whole corpus.
 
-stdin: {"model", "triples": [{"query", "positive", "negative"}], "corpus": [...], "queries": [...],
+stdin: {"model", "examples": [{"query", "positive", "negative_1", ...}], "corpus": [...], "queries": [...],
 "epochs", "batch_size", "lr", "seed", "document_length", "depth", "latency_queries", "exclude", "out"};
 written to ``out``: one JSON object: {"pylate", "ranked": [[corpus index, ...], ...], "train_time_s", "train_pairs",
 "latency_ms_per_query", "bytes_per_document", "dim"}. Metrics are computed by the caller, with
@@ -63,8 +63,8 @@ def main():
     transformers.set_seed(request["seed"])
     model = models.ColBERT(model_name_or_path=request["model"], document_length=request["document_length"],
                            device="cpu")
-    triples = request["triples"]
-    dataset = datasets.Dataset.from_dict({key: [t[key] for t in triples] for key in ("query", "positive", "negative")})
+    examples = request["examples"]
+    dataset = datasets.Dataset.from_dict({key: [e[key] for e in examples] for key in examples[0]})  # columns in order
     with tempfile.TemporaryDirectory(prefix="bench_pylate_") as tmpdir:
         arguments = SentenceTransformerTrainingArguments(
             output_dir=tmpdir, num_train_epochs=request["epochs"], per_device_train_batch_size=request["batch_size"],

@@ -11,8 +11,9 @@
 
 Every trained system sees the same training queries (the experiment's, after its validation
 hold-out) and the same hard negatives: the ones our zero-shot model mines, as the experiment
-does (one per pair for the peers, drawn with the seed; a random non-relevant document where
-mining found none), with the same epochs, batch size, learning rate and seed. Documents are cut
+does (for the peers, as many a pair as ours draws into each batch, ``data.max_negatives_per_pair``,
+drawn once with the seed; random non-relevant documents where mining found fewer), with the same
+epochs, batch size, learning rate and seed. Documents are cut
 at the experiment's ``data.max_length`` tokens everywhere.
 
 For each: test nDCG@10, MRR@10 and Recall@100 (x100, over the whole corpus, the same metric
@@ -84,7 +85,7 @@ def metrics_of(ranked, judgements) -> dict:
 
 
 class Task:
-    """The experiment's data: corpus, test queries with judgements, training triples."""
+    """The experiment's data: corpus, test queries with judgements, training examples."""
 
     def __init__(self, cfg) -> None:
         from lightning_modules.datamodules import BeirDataModule
@@ -100,16 +101,23 @@ class Task:
         self.judgements = [{position[d]: g for d, g in dm.splits["test"][q].items()} for q in self.test_ids]
         self.exclude = [position.get(q) for q in self.test_ids]
 
-    def triples(self, seed: int) -> list[dict]:
-        """(query, positive, negative) texts: one mined negative per pair, drawn with ``seed``."""
+    def examples(self, seed: int, negatives: int) -> list[dict]:
+        """One training example a pair: ``query``, ``positive`` and ``negative_1`` .. ``negative_<negatives>``
+        texts, drawn with ``seed`` from the pair's mined negatives (as many a pair as ours draws into
+        each batch, ``data.max_negatives_per_pair``), random non-relevant documents where mining
+        found fewer."""
         dm, rng = self.datamodule, random.Random(seed)
         out = []
         for item in dm.datasets["train"]:
-            negatives = [k for k, _ in item.negatives]
-            if not negatives:
-                negatives = [k for k in rng.sample(range(len(self.corpus_texts)), 10) if k not in dm._positives[item.a_key]]
+            mined = [k for k, _ in item.negatives]
+            chosen = rng.sample(mined, min(negatives, len(mined)))
+            while len(chosen) < negatives:
+                k = rng.randrange(len(self.corpus_texts))
+                if k not in dm._positives[item.a_key] and k not in chosen:
+                    chosen.append(k)
             out.append({"query": dm.data.queries[dm._train_queries[item.a_key]],
-                        "positive": self.corpus_texts[item.b_key], "negative": self.corpus_texts[rng.choice(negatives)]})
+                        "positive": self.corpus_texts[item.b_key],
+                        **{f"negative_{n + 1}": self.corpus_texts[k] for n, k in enumerate(chosen)}})
         return out
 
 
@@ -147,7 +155,7 @@ def _bi_encoder_row(model, task: Task, name: str) -> dict:
             "bytes_per_document": 4 * documents.shape[1]}
 
 
-def run_bi_encoder(task: Task, triples: list[dict], settings: dict) -> list[dict]:
+def run_bi_encoder(task: Task, examples: list[dict], settings: dict) -> list[dict]:
     import datasets
     import transformers
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -160,7 +168,7 @@ def run_bi_encoder(task: Task, triples: list[dict], settings: dict) -> list[dict
     model = SentenceTransformer(settings["model_dir"], device="cpu")
     model.max_seq_length = settings["max_length"]
     rows = [{**_bi_encoder_row(model, task, "bi-encoder MiniLM, zero-shot"), "train_pairs_per_second": None}]
-    dataset = datasets.Dataset.from_dict({k: [t[k] for t in triples] for k in ("query", "positive", "negative")})
+    dataset = datasets.Dataset.from_dict({k: [e[k] for e in examples] for k in examples[0]})  # columns in order
     with tempfile.TemporaryDirectory(prefix="bench_st_") as tmpdir:
         arguments = SentenceTransformerTrainingArguments(
             output_dir=tmpdir, num_train_epochs=settings["epochs"], per_device_train_batch_size=settings["batch_size"],
@@ -174,11 +182,11 @@ def run_bi_encoder(task: Task, triples: list[dict], settings: dict) -> list[dict
     return rows
 
 
-def run_pylate(task: Task, triples: list[dict], settings: dict) -> dict:
+def run_pylate(task: Task, examples: list[dict], settings: dict) -> dict:
     if not PYLATE_PYTHON.is_file():
         raise SystemExit(f"error: {PYLATE_PYTHON} not found: make interop-env builds PyLate's environment "
                          "(or --skip pylate)")
-    request = {"model": settings["model_dir"], "triples": triples, "corpus": task.corpus_texts, "queries": task.test_texts,
+    request = {"model": settings["model_dir"], "examples": examples, "corpus": task.corpus_texts, "queries": task.test_texts,
                "epochs": settings["epochs"], "batch_size": settings["batch_size"], "lr": settings["lr"],
                "seed": settings["seed"], "document_length": settings["max_length"], "depth": DEPTH,
                "latency_queries": LATENCY_QUERIES, "exclude": task.exclude}
@@ -395,7 +403,7 @@ def settings_of(cfg) -> dict:
     """The settings every system shares, from the experiment's config."""
     return {"model_dir": str(cfg.model.model_name_or_path), "epochs": int(cfg.trainer.max_epochs),
             "batch_size": int(cfg.data.batch_size), "lr": float(cfg.model.lr), "seed": int(cfg.seed),
-            "max_length": int(cfg.data.max_length)}
+            "max_length": int(cfg.data.max_length), "negatives_per_pair": int(cfg.data.max_negatives_per_pair)}
 
 
 def main(argv=None) -> None:
@@ -412,19 +420,19 @@ def main(argv=None) -> None:
     steps, results = plan(args.skip), {}
     if "ours-zero-shot" in steps:
         results["ours-zero-shot"] = work.take("ours-zero-shot", lambda: run_ours_zero_shot(task, cfg))
-        # Given back whether mined now or read: the peers' triples are drawn from them.
+        # Given back whether mined now or read: the peers' examples are drawn from them.
         give_negatives(task.datamodule, results["ours-zero-shot"]["negatives"])
-    triples = task.triples(settings["seed"])
+    examples = task.examples(settings["seed"], settings["negatives_per_pair"])
     runners = {"bm25": lambda: {"rows": [run_bm25(task)]},
-               "bi-encoder": lambda: {"rows": run_bi_encoder(task, triples, settings)},
-               "pylate": lambda: {"rows": [run_pylate(task, triples, settings)]},
+               "bi-encoder": lambda: {"rows": run_bi_encoder(task, examples, settings)},
+               "pylate": lambda: {"rows": [run_pylate(task, examples, settings)]},
                "ours-trained": lambda: {"rows": [run_ours_trained(overrides, results["ours-zero-shot"]["rows"][0])]}}
     for step in steps:
         if step in runners:
             results[step] = work.take(step, runners[step])
     rows = [row for step in steps for row in results[step]["rows"]]
     print(format_table(rows))
-    write_json({"data": str(args.data), "settings": settings, "training_pairs": len(triples),
+    write_json({"data": str(args.data), "settings": settings, "training_pairs": len(examples),
                 "test_queries": len(task.test_ids), "documents": len(task.corpus_texts), "rows": rows,
                 "ratios": ratios(rows), "overrides": overrides, "resumed": work.resumed}, args.out)
 

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from benchmarks import retrieval
 
 CFG = OmegaConf.create({"model": {"model_name_or_path": "minilm", "lr": 2e-5}, "trainer": {"max_epochs": 1},
-                        "data": {"batch_size": 8, "max_length": 32}, "seed": 42})
+                        "data": {"batch_size": 8, "max_length": 32, "max_negatives_per_pair": 3},
+                        "seed": 42})
 CORPUS = ["d0", "d1", "d2", "d3"]
 MINED = [[2, 3], [0]]  # what ours' zero-shot mines: corpus positions for the training queries q1, q2
 SYSTEMS = ["ours zero-shot", "BM25", "bi-encoder zero-shot", "bi-encoder MNRL", "PyLate", "ours, trained"]
@@ -54,10 +55,10 @@ class Fakes:
         monkeypatch.setattr(retrieval, "Task", self.task)
         monkeypatch.setattr(retrieval, "run_ours_zero_shot", self.zero_shot)
         monkeypatch.setattr(retrieval, "run_bm25", lambda task: self.step("bm25", _row("BM25")))
-        monkeypatch.setattr(retrieval, "run_bi_encoder", lambda task, triples, settings: self.step(
+        monkeypatch.setattr(retrieval, "run_bi_encoder", lambda task, examples, settings: self.step(
             "bi-encoder", [_row("bi-encoder zero-shot"), _row("bi-encoder MNRL")]))
         monkeypatch.setattr(retrieval, "run_pylate",
-                            lambda task, triples, settings: self.step("pylate", _row("PyLate")))
+                            lambda task, examples, settings: self.step("pylate", _row("PyLate")))
         monkeypatch.setattr(retrieval, "run_ours_trained", lambda overrides, zero: self.step(
             "ours-trained", {**_row("ours, trained"), "latency_ms_per_query": zero["latency_ms_per_query"]}))
 
@@ -71,7 +72,7 @@ class Fakes:
         datamodule = FakeDataModule(list(self.corpus))
         self.datamodules.append(datamodule)
         return types.SimpleNamespace(datamodule=datamodule, test_ids=["t1", "t2"], corpus_texts=self.corpus,
-                                     triples=lambda seed: [{"query": "q", "positive": "p", "negative": "n"}] * 3)
+                                     examples=lambda seed, negatives: [{"query": "q", "positive": "p", "negative_1": "n"}] * 3)
 
     def zero_shot(self, task, cfg) -> dict:
         rows = self.step("ours-zero-shot", [_row("ours zero-shot")])
@@ -169,3 +170,21 @@ def test_a_finished_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         retrieval.write_atomically(path, {"rows": []})
     assert json.loads(path.read_text()) == {"rows": [_row("BM25")]}
     assert [p.name for p in tmp_path.iterdir()] == ["bm25.json"]
+
+
+def test_each_example_brings_distinct_mined_negatives_and_random_non_relevant_ones_where_too_few():
+    corpus = [f"doc {i}" for i in range(30)]
+    items = [types.SimpleNamespace(a_key=0, b_key=0, negatives=[(5, 0.9), (6, 0.8), (7, 0.7), (8, 0.6)]),
+             types.SimpleNamespace(a_key=1, b_key=1, negatives=[(9, 0.5)])]
+    dm = types.SimpleNamespace(datasets={"train": items}, _positives={0: {0}, 1: {1, 2}}, _train_queries=["q1", "q2"],
+                               data=types.SimpleNamespace(queries={"q1": "one", "q2": "two"}))
+    task = object.__new__(retrieval.Task)
+    task.datamodule, task.corpus_texts = dm, corpus
+    first, second = task.examples(seed=0, negatives=3)
+    assert list(first) == ["query", "positive", "negative_1", "negative_2", "negative_3"]
+    assert (first["query"], first["positive"], second["query"], second["positive"]) == ("one", "doc 0", "two", "doc 1")
+    assert {first[f"negative_{n}"] for n in (1, 2, 3)} < {"doc 5", "doc 6", "doc 7", "doc 8"}  # 3 distinct mined
+    second_negatives = [second[f"negative_{n}"] for n in (1, 2, 3)]
+    assert second_negatives[0] == "doc 9" and len(set(second_negatives)) == 3  # the one mined, then random others
+    assert not {"doc 1", "doc 2"} & set(second_negatives)  # never a relevant document
+    assert task.examples(seed=0, negatives=3) == [first, second]  # seeded
