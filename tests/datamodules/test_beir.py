@@ -110,7 +110,7 @@ def test_bm25_negatives_are_lexical_neighbours_and_never_relevant(folder, minilm
 
 
 def test_model_mining_over_the_corpus_skips_relevant_documents_and_those_above_them(folder, minilm_path):
-    datamodule = _datamodule(folder, minilm_path, negatives_from="model", mine_negatives=4)
+    datamodule = _datamodule(folder, minilm_path, negatives_from="model", mine_negatives=4, mine_margin=0.0)
     request = datamodule.mining_request()
     model = tiny_model(minilm_path)
     assert (request.k, request.margin) == (4, 0.0)
