@@ -124,7 +124,9 @@ def check_theirs_installed() -> None:
         )
 
 
-def describe_our_loss(model_cfg) -> str:
+def describe_our_loss(cfg) -> str:
+    """The score, the losses and the weight averaging of a composed run config: "hybrid 0.5 cosent ema 0.999"."""
+    model_cfg = cfg.model
     parts = [
         name
         for name, key in (("cosent", "cosent_weight"), ("mse", "regression_weight"), ("infonce", "infonce_weight"))
@@ -132,7 +134,9 @@ def describe_our_loss(model_cfg) -> str:
     ]
     weight = float(model_cfg.get("pooled_weight") or 0.0)
     score = f"hybrid {weight:g}" if weight else "maxsim"
-    return f"{score} " + ("+".join(parts) or "none")
+    averaging = (cfg.get("callbacks") or {}).get("weight_averaging")
+    decay = f" ema {float(averaging.decay):g}" if averaging is not None and "decay" in averaging else ""
+    return f"{score} " + ("+".join(parts) or "none") + decay
 
 
 # --------------------------------------------------------------------------- ours
@@ -156,7 +160,7 @@ def run_ours(args, base_overrides: list[str]) -> dict:
     train_s = results.get("train_time_s")
     return {
         "system": "ours (MaxSim, Lightning)",
-        "loss": describe_our_loss(cfg.model),
+        "loss": describe_our_loss(cfg),
         "epochs": results.get("epochs"),
         "batch_size": int(cfg.data.batch_size),
         "lr": model_cfg.get("lr"),

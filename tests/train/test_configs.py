@@ -89,6 +89,13 @@ def test_sts_experiment_applies_its_recipe(compose_cfg, tmp_path):
     # The recipe trains without dropout, as its sweeps did.
     assert dict(cfg.model.config_overrides) == raw["model"]["config_overrides"]
     assert cfg.model.config_overrides.hidden_dropout_prob == 0.0
+    # Validation, the test and the export see the moving average of the weights, at the recipe's decay.
+    assert "weight_averaging" not in base.callbacks
+    assert cfg.callbacks.weight_averaging._target_ == "lightning_modules.callbacks.ValidatedEMA"
+    assert cfg.callbacks.weight_averaging.decay == 0.999
+    # callbacks=default takes the averaging out again, leaving no half node behind.
+    assert "weight_averaging" not in compose_cfg(["+experiment=sts", "callbacks=default"], tmp_path).callbacks
+    assert cfg.model.pooled_weight == raw["model"]["pooled_weight"]
 
 
 def test_retrieval_data_brings_retrieval_defaults_and_names_the_run_after_the_data(compose_cfg, tmp_path):
