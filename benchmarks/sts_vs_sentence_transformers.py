@@ -363,16 +363,22 @@ SUMMARY_COLUMNS = (
 
 
 def _table(rows: list[dict], columns) -> list[str]:
-    def cell(row, key, width, fmt):
+    """Fixed-width columns, each widened to its longest cell so that long values never run together."""
+
+    def text(row, key, fmt):
         value = row.get(key)
         if isinstance(value, list):
             value = ",".join(map(str, value))
-        text = "-" if value is None else (format(value, fmt) if fmt != "s" else str(value))
-        return text.ljust(width) if fmt == "s" else text.rjust(width)
+        return "-" if value is None else (format(value, fmt) if fmt != "s" else str(value))
 
-    header = "".join(title.ljust(w) if f == "s" else title.rjust(w) for _, title, w, f in columns)
-    return [header, "-" * len(header), *("".join(cell(row, key, w, f) for key, _, w, f in columns) for row in rows),
-            "-" * len(header)]
+    widths = [max([width, *(len(text(row, key, fmt)) + 2 for row in rows)]) for key, _, width, fmt in columns]
+
+    def line(cells):
+        return "".join(c.ljust(w) if f == "s" else c.rjust(w) for c, w, (_, _, _, f) in zip(cells, widths, columns))
+
+    header = line([title for _, title, _, _ in columns])
+    body = [line([text(row, key, fmt) for key, _, _, fmt in columns]) for row in rows]
+    return [header, "-" * len(header), *body, "-" * len(header)]
 
 
 def _signed(value: float | None) -> str:

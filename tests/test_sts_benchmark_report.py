@@ -52,3 +52,18 @@ def test_a_killed_benchmark_keeps_the_runs_it_wrote(tmp_path):
     out.write_text("{truncated")
     assert earlier_runs(out) == []
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1}) != digest({"a": 1, "b": 3})
+
+
+def test_a_long_cell_widens_its_column_instead_of_running_into_the_next():
+    long_loss = "hybrid 0.5 cosent ema 0.999 and then some more words"
+    runs = [_run(OURS, long_loss, 42, 89.5, 85.87, 59.4), _run(THEIRS, "cos cosent", 42, 87.98, 86.62, 20.0)]
+    summaries = summarize(runs)
+    lines = format_table(runs, summaries, ratios(summaries)).splitlines()
+    for line in lines:
+        if long_loss in line:
+            # The loss is followed by blanks, and the next columns (seed 42 or the seeds "42") stay whole.
+            after = line.split(long_loss, 1)[1]
+            assert after.startswith("  ") and after.split()[0] == "42"
+    assert sum(long_loss in line for line in lines) == 2  # the run and its summary
+    header, rule = lines[0], lines[1]
+    assert len(rule) == len(header) == len(lines[2])
