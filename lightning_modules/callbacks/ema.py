@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging
+
+
+def ema_update(decay: float) -> Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], torch.Tensor], None]:
+    """The update of torch's ``AveragedModel`` for ``multi_avg_fn``: ``ema = decay * ema + (1 - decay) * current``
+    in one fused pass over floating-point tensors (all of one dtype and device: AveragedModel groups
+    them so), and a plain copy of any other tensor.
+
+    Integer buffers (BERT's ``position_ids``) are indices, not weights: torch's own EMA functions
+    compute them in float and truncate, which turns position 3 into 2 at decay 0.9995 (160 of
+    BERT's 512 positions), and the averaged model would then read the wrong position embeddings.
+    """
+
+    @torch.no_grad()
+    def update(averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor], _n_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point() or averaged[0].is_complex():
+            torch._foreach_lerp_(list(averaged), list(current), 1.0 - decay)
+        else:
+            torch._foreach_copy_(list(averaged), list(current))
+
+    return update
 
 
 class ValidatedEMA(EMAWeightAveraging):
     """Lightning's ``EMAWeightAveraging``, with the training weights put back at ``on_validation_end``
-    rather than at ``on_validation_epoch_end``.
+    rather than at ``on_validation_epoch_end``, and each update done by :func:`ema_update`.
 
     Lightning runs the callbacks' ``on_validation_epoch_end`` before the module's, and the module
     computes its metrics there: a retrieval evaluator encodes the corpus at that point, and would
@@ -15,7 +38,19 @@ class ValidatedEMA(EMAWeightAveraging):
     Swapping back one hook later keeps the averaged weights for all of the validation; the
     checkpoint, saved at ``on_validation_end`` by ``ModelCheckpoint`` (which Lightning runs
     last), is unchanged.
+
+    The average is Lightning's (after every optimizer step, the first update copies), computed by
+    :func:`ema_update`: integer buffers stay intact, and the fused update took about 9 ms a step
+    for MiniLM's 22M parameters on a 2-core CPU, where Lightning's tensor-by-tensor default took
+    64 ms, a quarter of the STS recipe's training time.
     """
+
+    def __init__(self, decay: float = 0.999, **kwargs) -> None:
+        super().__init__(decay=decay, **kwargs)
+        # WeightAveraging hands these keyword arguments to torch's AveragedModel, which takes
+        # either a per-tensor avg_fn (what EMAWeightAveraging sets) or a multi_avg_fn, not both.
+        self._kwargs.pop("avg_fn")
+        self._kwargs["multi_avg_fn"] = ema_update(decay)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         pass  # see on_validation_end
