@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.trainer.states import TrainerFn
 
 
 def ema_update(decay: float) -> Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], torch.Tensor], None]:
@@ -51,6 +52,17 @@ class ValidatedEMA(EMAWeightAveraging):
         # either a per-tensor avg_fn (what EMAWeightAveraging sets) or a multi_avg_fn, not both.
         self._kwargs.pop("avg_fn")
         self._kwargs["multi_avg_fn"] = ema_update(decay)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        """Resuming a fit restores both the training weights and their average; testing or validating
+        a checkpoint (``trainer.test(ckpt_path="best")``) keeps its ``state_dict``, the average.
+
+        Lightning's callback puts the training weights back into the module whenever it loads a
+        checkpoint while it holds an average, so the test after ``fit`` scored the training
+        weights: not what validation chose, and not what the export holds.
+        """
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         pass  # see on_validation_end
