@@ -15,8 +15,9 @@ def ema_update(decay: float) -> Callable[[Sequence[torch.Tensor], Sequence[torch
     them so), and a plain copy of any other tensor.
 
     Integer buffers (BERT's ``position_ids``) are indices, not weights: torch's own EMA functions
-    compute them in float and truncate, which turns position 3 into 2 at decay 0.9995 (160 of
-    BERT's 512 positions), and the averaged model would then read the wrong position embeddings.
+    compute them in float and truncate, which at some decays lowers positions by one, and the
+    averaged model then reads the wrong position embeddings (measured in docs/recipe.md,
+    "Weight averaging").
     """
 
     @torch.no_grad()
@@ -41,9 +42,9 @@ class ValidatedEMA(EMAWeightAveraging):
     last), is unchanged.
 
     The average is Lightning's (after every optimizer step, the first update copies), computed by
-    :func:`ema_update`: integer buffers stay intact, and the fused update took about 9 ms a step
-    for MiniLM's 22M parameters on a 2-core CPU, where Lightning's tensor-by-tensor default took
-    64 ms, a quarter of the STS recipe's training time.
+    :func:`ema_update`: integer buffers stay intact, and one fused update replaces Lightning's
+    tensor-by-tensor one, which cost a quarter of the STS recipe's training time on a 2-core CPU
+    (docs/recipe.md, "Weight averaging").
     """
 
     def __init__(self, decay: float = 0.999, **kwargs) -> None:
